@@ -1,0 +1,126 @@
+"""The Redis key schema: every key forrestq writes, in one place.
+
+Every key of a queue carries the queue name as a hash tag, ``fq:{name}:...``, so that all keys of
+one queue live in one Redis Cluster slot and the multi-key Lua scripts stay valid on a cluster.
+
+Per queue ``q`` (prefix ``fq:{q}:``):
+
+=========================  ======  ==================================  ==========================
+key                        type    what                                written by
+=========================  ======  ==================================  ==========================
+``fq:{q}:stream``          stream  ready task ids (field ``t``); group  schedule/complete/reclaim
+                                   ``workers``; an entry is deleted    (XADD), complete (XACK+XDEL)
+                                   once its task ends or is re-added
+``fq:{q}:counts``          hash    state -> number of tasks (waiting,  every script
+                                   ready, running, done, failed) and
+                                   ``open``: roots not yet finished
+``fq:{q}:todo``            zset    ids of unfinished tasks, by         schedule, complete
+                                   creation time
+``fq:{q}:done``            zset    ids of done tasks, by finish time   complete
+``fq:{q}:failed``          zset    ids of failed tasks, by finish time complete
+``fq:{q}:finished``        stream  finished root tasks (``t`` id,      complete
+                                   ``g`` generation): what
+                                   ``Queue.results`` blocks on
+``fq:{q}:t:<id>``          hash    one task (DAG node): payload,       schedule, claim, complete
+                                   state, attempts, fencing token,
+                                   result or error (fields: TASK_*)
+``fq:{q}:d:<id>``          set     ids of the nodes that wait on       schedule; deleted by clean
+                                   ``<id>``'s result
+``fq:{q}:lease:<id>``      string  fencing token of the attempt that   claim (SET PX), renew,
+                                   holds the task; expires (PX)        complete (DEL)
+``fq:{q}:fn:<sha1>``       string  a serialised function,              schedule (SET NX)
+                                   content-addressed
+``fq:{q}:sweep``           string  guard: one reclaim sweep per        worker (SET NX PX)
+                                   interval per queue
+=========================  ======  ==================================  ==========================
+
+Global keys (no hash tag: they are never used inside a script):
+
+=========================  ======  ==================================  ==========================
+``fq:queues``              set     names of the queues ever scheduled  Queue.schedule
+``fq:workers``             zset    worker id -> last heartbeat (s)     worker
+``fq:w:<worker id>``       hash    one worker: host, pid, procs,       worker (with a TTL of
+                                   busy, done, failed, rss, queues     3 heartbeats)
+=========================  ======  ==================================  ==========================
+
+Per-task keys (``t:``, ``d:``, ``lease:``) are reached inside Lua from the ids the scripts read
+(dependents are only known once the script runs). The scripts build them from the queue prefix,
+which every script receives as ARGV[1]; they always share the queue's hash tag, so they sit in the
+slot of the KEYS the script was called with.
+"""
+from __future__ import annotations
+
+GROUP = "workers"  # the consumer group of every queue stream
+
+# Field names of a task hash (kept short: they are stored once per task).
+TASK_FN = "fn"  # sha1 of the function blob (fq:{q}:fn:<sha1>)
+TASK_ARGS = "a"  # serialised (args, kwargs) with references to the inputs
+TASK_INPUTS = "in"  # comma-separated ids of the input nodes, in reference order
+TASK_NAME = "name"  # qualified function name, for listings
+TASK_STATE = "st"  # waiting | ready | running | done | failed
+TASK_ROOT = "root"  # "1" when scheduled by the user (results() yields it)
+TASK_META = "md"  # serialised metadata
+TASK_TIMEOUT = "to"  # seconds, "" for the worker's --autokill
+TASK_MAX_ATTEMPTS = "ma"
+TASK_ATTEMPTS = "n"
+TASK_TOKEN = "tok"
+TASK_STREAM_ID = "sid"
+TASK_PENDING = "pend"  # inputs not finished yet
+TASK_CREATED = "ct"
+TASK_STARTED = "t0"
+TASK_FINISHED = "t1"
+TASK_HOST = "host"
+TASK_WORKER = "wk"
+TASK_RESULT = "rv"  # serialised return value
+TASK_ERROR = "ev"  # serialised exception
+TASK_TRACEBACK = "tb"  # text
+TASK_REASON = "why"  # one line a person can act on
+TASK_RUNTIME = "rt"
+TASK_OUTPUT = "out"  # last 64 KiB of stdout+stderr
+TASK_UPSTREAM = "up"  # id of the failed input that failed this node
+TASK_GEN = "g"  # generation: bumped by every requeue/rerun
+TASK_KEY = "key"  # user key for idempotent scheduling
+TASK_HISTORY = "hist"  # newline-separated "time state host" lines
+
+STATES = ("waiting", "ready", "running", "done", "failed")
+
+QUEUES = "fq:queues"
+WORKERS = "fq:workers"
+
+
+def worker(worker_id: str) -> str:
+    return f"fq:w:{worker_id}"
+
+
+class QueueKeys:
+    """Key names of one queue."""
+
+    __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.prefix = f"fq:{{{name}}}:"
+        p = self.prefix
+        self.stream = p + "stream"
+        self.counts = p + "counts"
+        self.todo = p + "todo"
+        self.done = p + "done"
+        self.failed = p + "failed"
+        self.finished = p + "finished"
+        self.sweep = p + "sweep"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}t:{task_id}"
+
+    def dependents(self, task_id: str) -> str:
+        return f"{self.prefix}d:{task_id}"
+
+    def lease(self, task_id: str) -> str:
+        return f"{self.prefix}lease:{task_id}"
+
+    def fn(self, sha: str) -> str:
+        return f"{self.prefix}fn:{sha}"
+
+    def pattern(self) -> str:
+        """Glob matching every key of this queue (for clean-up by SCAN)."""
+        return self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"

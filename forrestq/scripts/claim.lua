@@ -1,0 +1,44 @@
+-- claim: take one ready task for this consumer, set its lease, return what the child needs to run it.
+-- KEYS[1] stream (stream)   KEYS[2] counts (hash)
+-- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
+-- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s)
+-- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
+-- Returns nil when there is nothing to run; {"skip"} when the given entry was stale (acked, deleted);
+-- else {id, entry id, fn sha, args, timeout, attempts, max attempts, input results...}
+local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local sid = ARGV[9]
+for _ = 1, 100 do
+  local tid
+  if sid == '' then
+    local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+    if not got then return nil end
+    local entry = got[1][2][1]
+    sid = entry[1]
+    tid = entry[2][2]
+  else
+    local entry = redis.call('XRANGE', KEYS[1], sid, sid)[1]
+    if entry then tid = entry[2][2] end
+  end
+  local t = tid and (prefix .. 't:' .. tid)
+  if t and redis.call('HGET', t, 'st') == 'ready' and redis.call('HGET', t, 'sid') == sid then
+    local n = redis.call('HINCRBY', t, 'n', 1)
+    redis.call('HSET', t, 'st', 'running', 'tok', token, 't0', ARGV[8], 'host', ARGV[6], 'wk', ARGV[7])
+    redis.call('SET', prefix .. 'lease:' .. tid, token, 'PX', ARGV[5])
+    redis.call('HINCRBY', KEYS[2], 'ready', -1)
+    redis.call('HINCRBY', KEYS[2], 'running', 1)
+    local f = redis.call('HMGET', t, 'fn', 'a', 'to', 'ma', 'in')
+    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3'}
+    if f[5] and f[5] ~= '' then
+      for dep in string.gmatch(f[5], '[^,]+') do
+        out[#out + 1] = redis.call('HGET', prefix .. 't:' .. dep, 'rv') or ''
+      end
+    end
+    return out
+  end
+  -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
+  redis.call('XACK', KEYS[1], group, sid)
+  redis.call('XDEL', KEYS[1], sid)
+  if ARGV[9] ~= '' then return {'skip'} end
+  sid = ''
+end
+return nil

@@ -1,0 +1,98 @@
+"""What a user gets back for a task: a reference after scheduling, a record once it ran."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from . import codec
+from .errors import UpstreamFailed
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A scheduled task: its id in its queue."""
+
+    id: str
+    queue: str
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def _s(v: bytes | None, default: str = "") -> str:
+    return v.decode() if v is not None else default
+
+
+class Task:
+    """One task's record as read from Redis. Values are unpickled on first access, so listing tasks
+    never fails because a result's class is not importable here."""
+
+    def __init__(self, queue: str, task_id: str, fields: dict[bytes, bytes]) -> None:
+        self.queue = queue
+        self.id = task_id
+        self._f = fields
+        f = fields.get
+        self.state: str = _s(f(b"st"), "unknown")
+        self.name: str = _s(f(b"name"))
+        self.reason: str = _s(f(b"why"))
+        self.traceback: str = _s(f(b"tb"))
+        self.host: str = _s(f(b"host"))
+        self.attempts: int = int(f(b"n") or 0)
+        self.root: bool = f(b"root") == b"1"
+        self.key: str | None = _s(f(b"key")) or None
+        self.upstream: str | None = _s(f(b"up")) or None
+        self.inputs: list[str] = _s(f(b"in")).split(",") if f(b"in") else []
+        self.runtime: float | None = float(f(b"rt")) if f(b"rt") else None
+        self.created: float | None = float(f(b"ct")) if f(b"ct") else None
+        self.started: float | None = float(f(b"t0")) if f(b"t0") else None
+        self.finished: float | None = float(f(b"t1")) if f(b"t1") else None
+        self.generation: int = int(f(b"g") or 0)
+        self.lost_on: str | None = _s(f(b"lost")) or None
+
+    @property
+    def ref(self) -> "TaskRef":
+        return TaskRef(self.id, self.queue)
+
+    @cached_property
+    def returnvalue(self) -> Any:
+        blob = self._f.get(b"rv")
+        return codec.loads(blob) if blob else None
+
+    @cached_property
+    def errorvalue(self) -> BaseException | None:
+        if self.state != "failed":
+            return None
+        if self.upstream:
+            return UpstreamFailed(self.upstream, self.reason)
+        blob = self._f.get(b"ev")
+        return codec.loads(blob) if blob else None
+
+    @cached_property
+    def metadata(self) -> Any:
+        blob = self._f.get(b"md")
+        return codec.loads(blob) if blob else None
+
+    @property
+    def output(self) -> str:
+        """The last 64 KiB of what the task printed (stdout and stderr together)."""
+        return self._f.get(b"out", b"").decode(errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+    def reraise(self) -> None:
+        """Raise the task's exception here, with the remote traceback text attached as a note."""
+        exc = self.errorvalue
+        if exc is None:
+            return
+        if self.traceback and hasattr(exc, "add_note"):
+            exc.add_note(f"remote traceback (task {self.id} on {self.host}):\n{self.traceback}")
+        raise exc
+
+    def __repr__(self) -> str:
+        extra = f" {self.reason!r}" if self.state == "failed" else ""
+        return f"<Task {self.id} {self.name} {self.state}{extra}>"
