@@ -1,0 +1,530 @@
+"""Serialisation of task functions, arguments, results and exceptions; planning trees into nodes.
+
+Everything goes through the C pickle (protocol 5) first, since it is fast and its blobs load
+anywhere, and falls back to dill for what the C pickle cannot do (lambdas, closures, functions
+from ``__main__``, locks, ...). Every blob written here loads with the same unpickler (the C one;
+dill's special globals are mapped in :meth:`_Unpickler.find_class`).
+
+Functions (:func:`dump_fn`): functions importable by name are pickled by reference, so a worker
+imports them from the installed module. Others (``__main__``, notebooks, lambdas, closures) go by
+value with dill. Results are cached per function object: scheduling 100,000 tasks of one function
+serialises it once. A by-value function is re-serialised when a global it uses, a closure cell
+or a default is rebound (the notebook case: change ``SCALE = 2`` and schedule again); in-place
+mutation of such an object is not noticed.
+
+Arguments (:func:`dump_args`): a deferred value anywhere inside the arguments (containers, object
+attributes, closures) becomes a reference ``(input index, path)`` through pickle's
+``persistent_id`` hook; :func:`load_args` resolves each reference to the computed input value with
+its path applied.
+
+Planning (:class:`Planner`): splits a deferred tree into :class:`NodeSpec` nodes, inputs first, each
+node once. :func:`evaluate` runs a tree in this process through the same path a worker uses.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import pickle
+import socket
+import sys
+import threading
+import types
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import dill
+
+from .deferred import Call, Deferred, Part, _identity, _short, apply_path, base_and_path, fn_name
+from .errors import GraphError, RemoteError, SerializationError
+
+__all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
+           "NodeSpec", "Planner", "evaluate", "WorkerImportError"]
+
+PROTOCOL = 5
+
+
+class WorkerImportError(SerializationError, ImportError):
+    """A function or value refers to a module or name that is missing where it is loaded."""
+
+
+# ------------------------------------------------------------------------------------ unpickling
+
+
+class _Unpickler(pickle.Unpickler):
+    """The C unpickler plus dill's special globals, deferred references, readable import errors."""
+
+    def __init__(self, file: Any, inputs: Sequence[Any] = (), host: str | None = None) -> None:
+        super().__init__(file)
+        self._inputs = inputs
+        self._host = host
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # written by dill
+            if name == "__main__":
+                return sys.modules["__main__"].__dict__
+            if name == "NoneType":
+                return type(None)
+        elif module == "dill.dill":
+            module = "dill._dill"
+        try:
+            return super().find_class(module, name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or module
+            raise WorkerImportError(
+                f"cannot import module {missing!r} on host {self._hostname()}: {exc} "
+                "(install it on the worker or define the function in __main__)") from exc
+        except (ImportError, AttributeError) as exc:
+            if module == "__main__":
+                raise WorkerImportError(
+                    f"cannot find __main__.{name} on host {self._hostname()}: {exc} (the blob "
+                    "refers to the script that wrote it; write it with forrestq.codec)") from exc
+            raise WorkerImportError(
+                f"cannot find {module}.{name} on host {self._hostname()}: {exc} "
+                f"(is the same version of {module!r} installed on the worker?)") from exc
+
+    def persistent_load(self, pid: Any) -> Any:
+        index, path = pid
+        value = self._inputs[index]
+        return apply_path(value, path) if path else value
+
+    def _hostname(self) -> str:
+        return self._host or socket.gethostname()
+
+
+def _load(blob: bytes, inputs: Sequence[Any] = (), host: str | None = None) -> Any:
+    return _Unpickler(io.BytesIO(blob), inputs, host).load()
+
+
+def loads(blob: bytes, host: str | None = None) -> Any:
+    """Load a blob written by :func:`dumps` (or any other function here)."""
+    return _load(blob, (), host)
+
+
+# The C pickle writes classes and functions of __main__ by reference, and a worker's (or the CLI's)
+# __main__ is another script: a blob that names __main__ is redone with dill, which writes them by
+# value. (The string "__main__" in plain data costs only the slower path.)
+_MAIN = b"__main__"
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialise a result or metadata: C pickle, dill fallback (also for anything that refers to
+    ``__main__``); SerializationError names ``obj``."""
+    try:
+        blob = pickle.dumps(obj, protocol=PROTOCOL)
+        if _MAIN not in blob:
+            return blob
+    except Exception:
+        pass
+    try:
+        return dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialise {_short(obj)}: {type(exc).__name__}: {exc}"
+                                 ) from exc
+
+
+# ------------------------------------------------------------------------------------- functions
+
+
+class _Entry:
+    """A cached :func:`dump_fn` result; ``ref()`` is the function while it lives."""
+
+    __slots__ = ("ref", "names", "state", "result", "__weakref__")
+
+    def __init__(self, ref: Callable[[], Any], names: tuple[str, ...] | None, state: tuple | None,
+                 result: tuple[str, bytes, str]) -> None:
+        self.ref, self.names, self.state, self.result = ref, names, state, result
+
+
+_fn_cache: dict[int, _Entry] = {}
+
+
+def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
+    """``(sha1 hex, blob, "module.qualname")`` of a task function, cached per function object.
+
+    By reference when the function is importable by name (a worker imports it), by value with
+    dill otherwise. Raises SerializationError naming the function when neither works.
+    """
+    key = id(fn)
+    entry = _fn_cache.get(key)
+    if entry is not None and entry.ref() is fn and (
+            entry.names is None or _same_state(entry.state, _state_of(fn, entry.names))):
+        return entry.result
+    name = qualified_name(fn)
+    blob = _by_reference(fn)
+    if blob is not None:
+        names = None
+    else:
+        try:
+            blob = dill.dumps(fn, protocol=PROTOCOL, recurse=True)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialise function {name}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(fn, types.FunctionType):
+            # A callable object or bound method carries data that may change: no caching.
+            return hashlib.sha1(blob).hexdigest(), blob, name
+        names = _global_names(fn)
+    result = (hashlib.sha1(blob).hexdigest(), blob, name)
+    _remember(fn, key, names, result)
+    return result
+
+
+def _remember(fn: Any, key: int, names: tuple[str, ...] | None,
+              result: tuple[str, bytes, str]) -> None:
+    try:
+        ref: Callable[[], Any] = weakref.ref(fn, lambda _r: _forget(key, _r))
+    except TypeError:  # builtins: immortal in practice, hold them
+        ref = functools.partial(_return, fn)
+    state = None if names is None else _state_of(fn, names)
+    _fn_cache[key] = _Entry(ref, names, state, result)
+
+
+def _return(x: Any) -> Any:
+    return x
+
+
+def _forget(key: int, ref: Any) -> None:
+    entry = _fn_cache.get(key)
+    if entry is not None and entry.ref is ref:
+        del _fn_cache[key]
+
+
+def qualified_name(fn: Any) -> str:
+    """``module.qualname`` of a callable, for listings; ``functools.partial`` shows its function."""
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({qualified_name(fn.func)})"
+    module = getattr(fn, "__module__", None)
+    if not isinstance(module, str):
+        module = type(fn).__module__
+    return f"{module}.{fn_name(fn)}"
+
+
+def _by_reference(fn: Any) -> bytes | None:
+    """The C pickle of ``fn`` if it is a global that loads back as the very same object."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if module == "__main__" or not isinstance(qualname, str) or "<" in qualname:
+        return None  # __main__, <lambda>, <locals>: by value
+    if getattr(fn, "__closure__", None):
+        return None
+    try:
+        blob = pickle.dumps(fn, protocol=PROTOCOL)
+        return blob if pickle.loads(blob) is fn else None
+    except Exception:
+        return None
+
+
+def _global_names(fn: types.FunctionType) -> tuple[str, ...]:
+    """Names of the globals ``fn`` may read, following functions of the same module it calls."""
+    names: list[str] = []
+    seen_names: set[str] = set()
+    seen_fns: set[int] = {id(fn)}
+    codes = [fn.__code__]
+    g = fn.__globals__
+    while codes:
+        code = codes.pop()
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                codes.append(const)
+        for name in code.co_names:
+            if name in seen_names or name not in g:
+                continue
+            seen_names.add(name)
+            names.append(name)
+            value = g[name]
+            if (isinstance(value, types.FunctionType) and value.__globals__ is g
+                    and id(value) not in seen_fns):
+                seen_fns.add(id(value))
+                codes.append(value.__code__)
+    return tuple(names)
+
+
+_EMPTY = object()  # stands for an unbound global or an empty cell
+
+
+def _state_of(fn: types.FunctionType, names: tuple[str, ...]) -> tuple:
+    """What a by-value pickle of ``fn`` depends on, compared by identity to detect rebinding."""
+    g = fn.__globals__
+    cells = []
+    for cell in fn.__closure__ or ():
+        try:
+            cells.append(cell.cell_contents)
+        except ValueError:  # empty cell
+            cells.append(_EMPTY)
+    return (fn.__code__, fn.__defaults__, fn.__kwdefaults__, *cells,
+            *[g.get(n, _EMPTY) for n in names])
+
+
+def _same_state(a: tuple | None, b: tuple) -> bool:
+    return a is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def load_fn(blob: bytes, host: str | None = None) -> Callable:
+    """Load a function written by :func:`dump_fn`.
+
+    A missing module or name raises :class:`WorkerImportError` (an ImportError and a
+    SerializationError) naming the module and ``host`` (default: this host).
+    """
+    return _load(blob, (), host)
+
+
+# ------------------------------------------------------------------------------------- arguments
+
+
+def _reference(pickler: Any, obj: Any) -> tuple[int, tuple] | None:
+    """persistent_id hook: a deferred value becomes ``(input index, path)``."""
+    if not isinstance(obj, Deferred):
+        return None
+    call, path = base_and_path(obj)
+    index = pickler.input_index.get(call._id)
+    if index is None:
+        index = pickler.input_index[call._id] = len(pickler.inputs)
+        pickler.inputs.append(call)
+    return index, path
+
+
+class _ArgPickler(pickle.Pickler):
+    """The C pickler with deferred values turned into references; reused (see _c_pickle)."""
+
+    persistent_id = _reference
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        super().__init__(self.buffer, protocol=PROTOCOL)
+        self.inputs: list[Call] = []
+        self.input_index: dict[str, int] = {}
+
+
+class _DillArgPickler(dill.Pickler):
+    """dill, for arguments the C pickler cannot handle; same references."""
+
+    persistent_id = _reference
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=PROTOCOL, recurse=True)
+        self.inputs: list[Call] = []
+        self.input_index: dict[str, int] = {}
+
+
+_spare = threading.local()  # one idle _ArgPickler per thread: building one costs more than a dump
+
+
+def _c_pickle(obj: Any) -> tuple[bytes, list[Call]]:
+    pickler = getattr(_spare, "pickler", None)
+    if pickler is None:
+        pickler = _ArgPickler()
+    else:
+        _spare.pickler = None  # taken: a re-entrant call builds its own
+    pickler.dump(obj)  # on error the pickler, maybe mid-state, is dropped
+    buffer = pickler.buffer
+    blob, inputs = buffer.getvalue(), pickler.inputs
+    pickler.clear_memo()  # the memo keeps the pickled objects alive
+    if len(blob) < 1 << 20:  # keep only a pickler with a small buffer
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.inputs = []
+        pickler.input_index.clear()
+        _spare.pickler = pickler
+    return blob, inputs
+
+
+def _dill_pickle(obj: Any) -> tuple[bytes, list[Call]]:
+    buf = io.BytesIO()
+    pickler = _DillArgPickler(buf)
+    pickler.dump(obj)
+    return buf.getvalue(), pickler.inputs
+
+
+def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes, list[Call]]:
+    """Serialise ``(args, kwargs)``; returns the blob and the distinct input Calls, in order.
+
+    C pickle first; dill when it fails or when the blob names ``__main__``. ``name`` (the
+    function's name) only improves the error message: an argument nothing can serialise raises
+    SerializationError naming it ("argument 2 of fit(...)", "keyword 'data'").
+    """
+    try:
+        blob, inputs = _c_pickle((args, kwargs))
+        if _MAIN not in blob:
+            return blob, inputs
+    except Exception:
+        pass
+    try:
+        return _dill_pickle((args, kwargs))
+    except Exception as exc:
+        raise _argument_error(args, kwargs, name, exc) from exc
+
+
+def _argument_error(args: tuple, kwargs: dict, name: str | None,
+                    exc: Exception) -> SerializationError:
+    """Find which argument, and which object inside it, cannot be serialised."""
+    call = f"{name or 'the function'}(...)"
+    labelled = [(f"argument {i + 1} of {call}", a) for i, a in enumerate(args)]
+    labelled += [(f"keyword {k!r} of {call}", v) for k, v in kwargs.items()]
+    for where, value in labelled:
+        error = _dump_error(value)
+        if error is not None:
+            culprit, error = _culprit(value, error)
+            inner = "" if culprit is value else f"; the object that fails is {_short(culprit)}"
+            return SerializationError(f"cannot serialise {where}: {_short(value)}{inner} "
+                                      f"({type(error).__name__}: {error})")
+    return SerializationError(f"cannot serialise the arguments of {call}: "
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _dump_error(value: Any) -> Exception | None:
+    try:
+        _dill_pickle(value)
+        return None
+    except Exception as exc:
+        return exc
+
+
+def _culprit(value: Any, error: Exception, depth: int = 20) -> tuple[Any, Exception]:
+    """Descend into containers and object attributes to the innermost object that fails."""
+    for _ in range(depth):
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = list(value)
+        elif isinstance(getattr(value, "__dict__", None), dict):
+            children = list(vars(value).values())
+        else:
+            break
+        for child in children:
+            child_error = _dump_error(child)
+            if child_error is not None:
+                value, error = child, child_error
+                break
+        else:
+            break
+    return value, error
+
+
+def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tuple[tuple, dict]:
+    """Load a :func:`dump_args` blob: reference ``i`` becomes ``inputs[i]`` with its path applied.
+
+    A missing module or name raises :class:`WorkerImportError`; errors of the path itself
+    (``t["missing"]``) propagate unchanged, as the task's failure."""
+    args, kwargs = _load(blob, inputs, host)
+    return args, kwargs
+
+
+# ------------------------------------------------------------------------------------ exceptions
+
+
+def dump_exception(exc: BaseException) -> bytes:
+    """The pickled exception, or a :class:`RemoteError` with its type and message when the
+    exception does not survive a round trip (custom ``__init__`` signatures often fail at load)."""
+    try:
+        blob = dumps(exc)
+        if isinstance(loads(blob), BaseException):
+            return blob
+    except Exception:
+        pass
+    cls = type(exc)
+    type_name = cls.__qualname__ if cls.__module__ == "builtins" else (
+        f"{cls.__module__}.{cls.__qualname__}")
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<str() of the exception failed>"
+    return pickle.dumps(RemoteError(type_name, message), protocol=PROTOCOL)
+
+
+# -------------------------------------------------------------------------------------- planning
+
+
+@dataclass(slots=True)
+class NodeSpec:
+    """One DAG node, ready to be written to Redis. ``inputs[i]`` is the id of input ``i``."""
+
+    id: str
+    fn_sha: str
+    fn_blob: bytes
+    name: str
+    args: bytes
+    inputs: list[str]
+
+
+class Planner:
+    """Splits deferred trees into nodes, inputs before dependents, each node once.
+
+    ``seen`` holds the ids of every node already planned by this planner: a sub-tree shared by
+    several roots is planned (and run) once.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def add(self, root: Any) -> tuple[str, list[NodeSpec]]:
+        """Plan ``root``; returns its node id and the new nodes in topological order.
+
+        A plain value becomes a data node (its result is the value itself, even if callable); a
+        Part becomes a node whose result is that part. Raises GraphError on a cycle (possible
+        only by mutating a list after passing it to defer) and SerializationError on a function
+        or argument that cannot be serialised; either way nothing is added to ``seen``.
+        """
+        if isinstance(root, Part) or not isinstance(root, Deferred):
+            root = Call(_identity, (root,), {})
+        if root._id in self.seen:
+            return root._id, []
+        open_ids: set[str] = set()  # on the DFS stack: reaching one again is a cycle
+        frame = self._open(root, open_ids)
+        if not frame[2]:  # a root without inputs: the common case, no DFS needed
+            (fn_sha, fn_blob, name), root_id = frame[4], root._id
+            self.seen.add(root_id)
+            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [])]
+        specs: list[NodeSpec] = []
+        done: set[str] = set()
+        stack = [frame]
+        while stack:
+            frame = stack[-1]
+            call, inputs = frame[0], frame[2]
+            i = frame[3]
+            if i < len(inputs):
+                frame[3] = i + 1
+                child_id = inputs[i]._id
+                if child_id in self.seen or child_id in done:
+                    continue
+                if child_id in open_ids:
+                    raise GraphError(f"the task graph has a cycle through {_short(inputs[i])}")
+                stack.append(self._open(inputs[i], open_ids))
+                continue
+            stack.pop()
+            open_ids.discard(call._id)
+            done.add(call._id)
+            fn_sha, fn_blob, name = frame[4]
+            specs.append(NodeSpec(call._id, fn_sha, fn_blob, name, frame[1],
+                                  [c._id for c in inputs]))
+        self.seen.update(done)
+        return root._id, specs
+
+    @staticmethod
+    def _open(call: Call, open_ids: set[str]) -> list:
+        """A DFS frame: [call, args blob, input calls, next input to visit, dump_fn result]."""
+        fn = call._fn
+        if not callable(fn):
+            raise GraphError(f"task {call._id} has no callable function: {_short(fn)}")
+        dumped = dump_fn(fn)
+        blob, inputs = dump_args(call._args, call._kwargs, dumped[2])
+        open_ids.add(call._id)
+        return [call, blob, inputs, 0, dumped]
+
+
+def evaluate(d: Any) -> Any:
+    """Run a deferred tree in this process, without Redis, through a worker's path.
+
+    Each node's function and arguments go through dump_fn/load_fn and dump_args/load_args, and
+    each result through dumps/loads before dependents use it, so what works here works on a
+    worker. A node reached twice runs once. Exceptions propagate unchanged.
+    """
+    if not isinstance(d, Deferred):
+        return d
+    root_id, specs = Planner().add(d)
+    results: dict[str, Any] = {}
+    for spec in specs:
+        fn = load_fn(spec.fn_blob)
+        args, kwargs = load_args(spec.args, [results[i] for i in spec.inputs])
+        results[spec.id] = loads(dumps(fn(*args, **kwargs)))
+    return results[root_id]

@@ -1,0 +1,229 @@
+"""Deferred values: ``defer(fn, *args, **kwargs)`` records a call instead of making it.
+
+A :class:`Call` is one node of a task DAG. Indexing or reading an attribute of a deferred value
+(``t[1]``, ``t.thing``, ``t.args[0]``) gives a :class:`Part`, which is not a node: it is applied to
+the value of its base call by whichever task consumes it.
+
+The node's own fields live in underscore slots (``_fn``, ``_args``, ``_kwargs``, ``_id`` on a Call;
+``_parent``, ``_op``, ``_key`` on a Part) because every public name must stay free for the user:
+``defer(Exception, "msg").args[0]`` is a deferred read of the *result's* ``args``. For the same
+reason, names starting with ``_`` are never deferred; they raise AttributeError, so pickle, copy,
+numpy and ``hasattr(t, "__len__")`` probes see an ordinary object.
+
+Guarded traps (RunForrest had all of them): iterating or unpacking a deferred value raises TypeError
+instead of looping forever, ``bool(t)`` and ``len(t)`` raise TypeError, ``t[1]`` and ``t["1"]`` (and
+``t.x`` and ``t["x"]``) are different paths, ``==`` is identity and never raises.
+
+The helpers :func:`_identity`, :func:`_apply` and :func:`apply_path` are top level so that they
+pickle by reference and workers import them from here.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from typing import Any
+
+__all__ = ["Deferred", "Call", "Part", "defer", "new_id", "base_and_path", "apply_path"]
+
+# --------------------------------------------------------------------------------------------- ids
+
+_ALPHABET = "0123456789abcdefghijklmnopqrstuv"  # base32, lower case: safe in keys, shells, URLs
+_PREFIX_CHARS = 12  # 60 random bits per process
+
+
+def _draw_prefix() -> str:
+    bits = secrets.randbits(5 * _PREFIX_CHARS)
+    return "".join(_ALPHABET[(bits >> (5 * i)) & 31] for i in range(_PREFIX_CHARS))
+
+
+_pid = os.getpid()
+_prefix = _draw_prefix()
+_counter = itertools.count()
+
+
+def new_id() -> str:
+    """A short id, unique across processes and machines.
+
+    A random 60-bit prefix drawn once per process (and re-drawn in a forked child, which would
+    otherwise repeat its parent's ids) followed by a counter in hex: no system call per id.
+    """
+    global _pid, _prefix, _counter
+    if os.getpid() != _pid:
+        _pid, _prefix, _counter = os.getpid(), _draw_prefix(), itertools.count()
+    return _prefix + format(next(_counter), "x")
+
+
+# ------------------------------------------------------------------------------------- the values
+
+
+class Deferred:
+    """Base of deferred values. Users get instances from :func:`defer`, never construct one."""
+
+    __slots__ = ("__weakref__",)
+
+    def __getitem__(self, key: Any) -> Part:
+        if isinstance(key, Deferred):
+            raise TypeError("a deferred value cannot be indexed with another deferred value; "
+                            "defer a function that does the indexing instead")
+        return Part(self, "item", key)
+
+    def __getattr__(self, name: str) -> Part:
+        # Only called when normal lookup fails, i.e. never for the slots and methods below.
+        if name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r} "
+                                 "(private and dunder names are not deferred)")
+        return Part(self, "attr", name)
+
+    def __iter__(self):
+        raise TypeError("a deferred value cannot be iterated or unpacked before it runs; "
+                        "take its parts by index instead: t[0], t[1]")
+
+    def __contains__(self, item: Any) -> bool:
+        raise TypeError("'in' cannot look inside a deferred value before it runs; "
+                        "defer(operator.contains, t, item) does it in a task")
+
+    def __bool__(self) -> bool:
+        raise TypeError("a deferred value has no truth value until it runs")
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<deferred {_describe(self)}>"
+
+
+class Call(Deferred):
+    """One deferred call ``_fn(*_args, **_kwargs)``: one node of the DAG, identified by ``_id``."""
+
+    __slots__ = ("_fn", "_args", "_kwargs", "_id")
+
+    def __init__(self, fn: Any, args: tuple = (), kwargs: dict | None = None) -> None:
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs if kwargs is not None else {}
+        self._id = new_id()
+
+
+class Part(Deferred):
+    """``parent[key]`` (op ``"item"``) or ``getattr(parent, key)`` (op ``"attr"``), deferred."""
+
+    __slots__ = ("_parent", "_op", "_key")
+
+    def __init__(self, parent: Deferred, op: str, key: Any) -> None:
+        self._parent = parent
+        self._op = op
+        self._key = key
+
+
+# -------------------------------------------------------------------------------------- functions
+
+
+def _identity(value: Any) -> Any:
+    """The function of a data task: ``defer(42)`` runs ``_identity(42)``."""
+    return value
+
+
+def _apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """The function of ``defer(deferred_fn, ...)``: the function slot is an input like any other."""
+    return fn(*args, **kwargs)
+
+
+def defer(fn: Any, /, *args: Any, **kwargs: Any) -> Deferred:
+    """Record ``fn(*args, **kwargs)`` as a task instead of calling it.
+
+    ``defer(value)`` with a non-callable wraps plain data; ``defer(deferred_fn, ...)`` calls the
+    value a deferred function turns out to have.
+    """
+    if isinstance(fn, Deferred):
+        return Call(_apply, (fn, *args), kwargs)
+    if callable(fn):
+        return Call(fn, args, kwargs)
+    if args or kwargs:
+        raise TypeError(f"defer(): the first argument is not callable: {_short(fn)} "
+                        f"(a {type(fn).__name__}); to defer a plain value use defer(value) alone")
+    return Call(_identity, (fn,), {})
+
+
+def base_and_path(d: Deferred) -> tuple[Call, tuple[tuple[str, Any], ...]]:
+    """The Call a Part chain starts from, and the ``(op, key)`` steps from it, first step first."""
+    steps = []
+    while isinstance(d, Part):
+        steps.append((d._op, d._key))
+        d = d._parent
+    if not isinstance(d, Call):
+        raise TypeError(f"not a deferred value: {_short(d)}")
+    steps.reverse()
+    return d, tuple(steps)
+
+
+def apply_path(value: Any, path: tuple[tuple[str, Any], ...]) -> Any:
+    """Apply the steps of :func:`base_and_path` to a computed value."""
+    for op, key in path:
+        value = value[key] if op == "item" else getattr(value, key)
+    return value
+
+
+# ------------------------------------------------------------------------------------------- repr
+
+_REPR_WIDTH = 80
+
+
+def _short(obj: Any, width: int = _REPR_WIDTH) -> str:
+    """``repr(obj)`` cut to ``width`` characters; never raises."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(obj).__name__} object (repr failed: {type(exc).__name__})>"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def fn_name(fn: Any) -> str:
+    """A readable name of a callable: ``fit``, ``Model.predict``, ``<lambda>``."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__qualname__
+
+
+def _path_text(path: tuple[tuple[str, Any], ...]) -> str:
+    return "".join(f"[{_short(k, 20)}]" if op == "item" else f".{k}" for op, k in path)
+
+
+def _brief(d: Deferred) -> str:
+    """A nested deferred value inside a repr: ``load(...)[1].thing``."""
+    call, path = base_and_path(d)
+    if call._fn is _identity:
+        head = f"defer({_short(call._args[0], 20)})"
+    elif call._fn is _apply:
+        head = f"{_brief(call._args[0])}(...)" if isinstance(call._args[0], Deferred) else "(...)"
+    else:
+        head = f"{fn_name(call._fn)}(...)"
+    return head + _path_text(path)
+
+
+def _describe(d: Deferred) -> str:
+    """``fit(load(...), 3) #id``, cut to about 80 characters."""
+    call, path = base_and_path(d)
+    args = list(call._args)
+    if call._fn is _identity and not call._kwargs and len(args) == 1:
+        head = f"defer({_arg_text(args[0])})"
+    else:
+        if call._fn is _apply and args:
+            name = _arg_text(args.pop(0))
+        else:
+            name = fn_name(call._fn)
+        parts = [_arg_text(a) for a in args]
+        parts += [f"{k}={_arg_text(v)}" for k, v in call._kwargs.items()]
+        head = f"{name}({', '.join(parts)})"
+    text = head + _path_text(path)
+    if len(text) > _REPR_WIDTH:
+        text = text[: _REPR_WIDTH - 3] + "..."
+    return f"{text} #{call._id}"
+
+
+def _arg_text(a: Any) -> str:
+    return _brief(a) if isinstance(a, Deferred) else _short(a, 30)
