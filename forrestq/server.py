@@ -64,6 +64,7 @@ MAX_SOCKET_PATH = 100  # bytes; sun_path is 104 (macOS) to 108 (Linux) including
 LOG_ROTATE_BYTES = 5 * 2**20
 SERVER_NAMES = ("valkey-server", "redis-server")
 _START_MARK = "--- forrestq: starting "
+_spawned: set[int] = set()  # detached servers this process started: ours to reap
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,10 +196,10 @@ def _spawn_detached(argv: list[str], log_fd: int) -> int:
     """Start argv in a new session with stdin from /dev/null and stdout/stderr to log_fd.
 
     posix_spawn keeps no Popen object around, so the server can outlive this process without
-    a "still running" warning; we reap it ourselves in :func:`_alive`.
+    a "still running" warning; we reap it ourselves (:func:`_reap`).
     """
     try:
-        return os.posix_spawn(argv[0], argv, os.environ, setsid=True, file_actions=[
+        pid = os.posix_spawn(argv[0], argv, os.environ, setsid=True, file_actions=[
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
             (os.POSIX_SPAWN_DUP2, log_fd, 2)])
@@ -206,7 +207,9 @@ def _spawn_detached(argv: list[str], log_fd: int) -> int:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                 start_new_session=True)
         proc.returncode = 0  # detached on purpose: don't warn when this handle is dropped
-        return proc.pid
+        pid = proc.pid
+    _spawned.add(pid)
+    return pid
 
 
 def _probe(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -216,8 +219,9 @@ def _probe(url: str, timeout: float = 2.0) -> redis.Redis:
 
 
 def _server_info(url: str) -> dict | None:
-    """``INFO server`` of whatever answers at url (also while it loads its data), else None."""
-    client = _probe(url)
+    """``INFO server`` of whatever answers at url (also while it loads its data), else None.
+    A short timeout: a local server that is merely busy gets more time in :func:`_wait_silent`."""
+    client = _probe(url, timeout=1.0)
     try:
         return client.info("server")
     except (redis.RedisError, OSError):
@@ -236,11 +240,31 @@ def _ping(url: str) -> bool:
         client.close()
 
 
+def _reap(pid: int) -> int | None:
+    """The exit code of a detached server this process started, if it has exited; else None.
+    Only our own detached servers are waited for: other children belong to other code."""
+    if pid not in _spawned:
+        return None
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done, status = pid, 255 << 8
+    if done != pid:
+        return None
+    _spawned.discard(pid)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _exited(pid: int) -> int | None:
+    """None while pid runs, else its exit code (-1 when it is not ours to know)."""
+    code = _reap(pid)
+    return code if code is not None else (None if _alive(pid) else -1)
+
+
 def _alive(pid: int) -> bool:
-    """Whether pid is a live process (reaping it first if it is our exited child)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+    """Whether pid is a live process (not a zombie)."""
+    if _reap(pid) is not None:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -274,10 +298,12 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def _terminate(pid: int, timeout: float = 5.0) -> None:
-    """SIGTERM (the server flushes its AOF and exits), then SIGKILL if it does not."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGTERM (the server flushes its AOF and exits), then SIGKILL if it does not.
+    SIGCONT lets a stopped server act on the SIGTERM."""
+    for signals in ((signal.SIGTERM, signal.SIGCONT), (signal.SIGKILL,)):
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+            for sig in signals:
+                os.kill(pid, sig)
         if _wait_gone(pid, timeout):
             return
 
@@ -357,7 +383,7 @@ def _find_running(home: Path) -> dict | None:
         if info is not None and int(info.get("process_id", -1)) == int(record["pid"]):
             return record
     sock = home / "server.sock"
-    if sock.exists():
+    if sock.exists() and (record is None or record["url"] != _unix_url(sock)):
         info = _server_info(_unix_url(sock))
         if info is not None and info.get("config_file") == str(home / "server.conf"):
             return {"pid": int(info["process_id"]), "url": _unix_url(sock),
@@ -366,15 +392,21 @@ def _find_running(home: Path) -> dict | None:
     return None
 
 
+def _silent_server(home: Path) -> dict | None:
+    """The record of server.json if its process is our server but it did not answer."""
+    record = _read_record(home)
+    if record is not None and _alive(int(record["pid"])) and _is_our_server(int(record["pid"]), home):
+        return record
+    return None
+
+
 def _clear_stale(home: Path) -> bool:
     """Remove a stale server.json; stop its process only if it is our server. True if it was."""
-    record = _read_record(home)
-    ours = record is not None and _alive(int(record["pid"])) and _is_our_server(int(record["pid"]), home)
-    if ours:
+    record = _silent_server(home)
+    if record is not None:
         _terminate(int(record["pid"]))
-    with contextlib.suppress(FileNotFoundError):
-        (home / "server.json").unlink()
-    return ours
+    (home / "server.json").unlink(missing_ok=True)
+    return record is not None
 
 
 def _start_background(home: Path, timeout: float) -> str:
@@ -401,8 +433,8 @@ def _start_background(home: Path, timeout: float) -> str:
         _write_private(home / "server.json", json.dumps(
             {"pid": pid, "url": url, "binary": binary, "started": time.time()}))
         try:
-            _wait_ready(url, lambda: None if _alive(pid) else -1,
-                        max(0.1, deadline - time.monotonic()), home / "server.log")
+            _wait_ready(url, lambda: _exited(pid), max(0.1, deadline - time.monotonic()),
+                        home / "server.log")
             return url
         except ServerUnreachable as e:
             _terminate(pid)
@@ -424,15 +456,27 @@ def ensure_local_server(home: Path | None = None, timeout: float = 15.0) -> str:
     record = _find_running(home)
     if record is None or _read_record(home) != record:
         with _locked(home, 2 * timeout + 5):  # the holder may spend up to its own timeout
-            record = _find_running(home)
+            record = _find_running(home) or _wait_silent(home, timeout)
             if record is None:
                 _clear_stale(home)
                 return _start_background(home, timeout)
             if _read_record(home) != record:  # adopted a server whose record was lost
                 _write_private(home / "server.json", json.dumps(record))
-    log = home / "server.log"
-    _wait_ready(record["url"], lambda: None if _alive(int(record["pid"])) else -1, timeout, log)
+    _wait_ready(record["url"], lambda: _exited(int(record["pid"])), timeout, home / "server.log")
     return record["url"]
+
+
+def _wait_silent(home: Path, timeout: float) -> dict | None:
+    """Our server is running but did not answer: it may be busy (a long command) or still
+    loading its AOF, so give it the whole timeout before it is replaced."""
+    record = _silent_server(home)
+    if record is None:
+        return None
+    try:
+        _wait_ready(record["url"], lambda: _exited(int(record["pid"])), timeout, home / "server.log")
+        return record
+    except ServerUnreachable:
+        return None
 
 
 def local_server_info(home: Path | None = None) -> dict | None:

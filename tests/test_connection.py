@@ -14,7 +14,8 @@ import redis
 from forrestq import connection
 from forrestq.connection import connect, describe, mask, resolve_url
 from forrestq.errors import AuthFailed, ConfigError, ServerUnreachable
-from forrestq.server import ServerProcess, _free_port, local_server_info, stop_local_server
+from forrestq.server import ServerProcess, local_server_info, stop_local_server
+from helpers import free_port
 
 SECRET = "hunter2"
 
@@ -66,7 +67,7 @@ def test_mask_and_describe():
 
 
 def test_closed_port_is_unreachable_quickly():
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(ServerUnreachable) as info:
         connect(f"redis://127.0.0.1:{port}/0")

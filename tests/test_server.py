@@ -1,6 +1,7 @@
 """The embedded server: real valkey-server processes, every wait bounded."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from forrestq.errors import ConfigError, ServerUnreachable
+from forrestq.connection import connect
+from forrestq.errors import AuthFailed, ConfigError, ServerUnreachable
 from forrestq.server import (ServerProcess, data_dir, ensure_local_server, local_server_info,
                              serve_foreground, server_binary, stop_local_server)
-from helpers import wait_for
+from helpers import free_port, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -170,6 +172,21 @@ def test_record_pointing_at_unrelated_live_pid_is_not_trusted(home):
         sleeper.wait(10)
 
 
+def test_hung_server_is_replaced(home):
+    ensure_local_server(home)
+    hung = local_server_info(home)["pid"]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        ensure_local_server(home, timeout=2)
+        info = local_server_info(home)
+        assert info["running"] and info["pid"] != hung
+        assert not alive(hung)
+        assert servers_in(home) == [info["pid"]]
+    finally:
+        if alive(hung):
+            os.kill(hung, signal.SIGKILL)
+
+
 def test_lost_record_adopts_the_running_server(home):
     ensure_local_server(home)
     pid = local_server_info(home)["pid"]
@@ -215,8 +232,8 @@ def test_long_home_falls_back_to_tcp_with_a_password(home):
     try:
         assert url.startswith("redis://:") and "@127.0.0.1:" in url
         assert redis.Redis.from_url(url).ping()
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=int(url.rsplit(":", 1)[1].split("/")[0])).ping()
+        with pytest.raises(AuthFailed):
+            connect(f"redis://127.0.0.1:{url.rsplit(':', 1)[1]}")
         assert ensure_local_server(deep) == url
     finally:
         assert stop_local_server(deep)
@@ -248,8 +265,8 @@ def test_server_process_password_stays_off_the_command_line(tmp_path):
         assert redis.Redis.from_url(proc.url).ping()
         assert "pa ss" not in Path(f"/proc/{proc.pid}/cmdline").read_text()
         assert stat.S_IMODE((tmp_path / "server.conf").stat().st_mode) == 0o600
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=proc.port).ping()
+        with pytest.raises(AuthFailed):
+            connect(f"redis://127.0.0.1:{proc.port}/0")
 
 
 def test_server_process_on_a_unix_socket(tmp_path):
@@ -269,12 +286,12 @@ def test_serve_foreground_refuses_public_bind_without_password(fq_home):
 
 
 def test_serve_foreground_prints_url_and_stops_on_sigterm(tmp_path):
-    from forrestq.server import _free_port
-    port = _free_port()
+    port = free_port()
     code = ("import sys\nfrom forrestq.server import serve_foreground\n"
             f"sys.exit(serve_foreground(port={port}, bind='0.0.0.0', password='pw', "
             f"data={str(tmp_path)!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own group, with the server it starts
     try:
         out = Lines(proc)
         assert out.next().startswith("forrestq server: pid")
@@ -288,6 +305,6 @@ def test_serve_foreground_prints_url_and_stops_on_sigterm(tmp_path):
         assert proc.wait(20) == 0
         wait_for(lambda: not alive(server_pid), what="the foreground server to exit")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # a failed test must not leak a server
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
