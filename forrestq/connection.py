@@ -116,7 +116,7 @@ def _validate(url: str) -> SplitResult:
     except ValueError as e:
         raise ConfigError(_bad(url, str(e))) from None
     if parts.scheme not in SCHEMES:
-        why = (f"unknown scheme '{parts.scheme}://'" if parts.scheme else "no scheme")
+        why = f"unknown scheme '{parts.scheme}:'" if parts.scheme else "no scheme"
         raise ConfigError(_bad(url, f"{why}; use redis://HOST:PORT/DB, rediss://... (TLS) "
                                     "or unix:///path/to/socket"))
     if parts.scheme == "unix":

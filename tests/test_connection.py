@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from forrestq import connection
 from forrestq.connection import connect, describe, mask, resolve_url
