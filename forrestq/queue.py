@@ -46,7 +46,8 @@ class Queue:
     ``max_attempts``: how often a task may be started before a lost worker counts as its failure.
     """
 
-    def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3) -> None:
+    def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
+                 exist_ok: bool = True, pre_clean: bool = False) -> None:
         self.name = check_name(name)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError(f"max_attempts must be a positive integer, not {max_attempts!r}")
@@ -56,6 +57,13 @@ class Queue:
         self.keys = QueueKeys(name)
         self.scripts = Scripts(self.r)
         self._group_ready = False
+        if pre_clean:
+            self.clean(all=True)
+        if not exist_ok:
+            held = sum(self.counts().values())
+            if held:
+                raise ConfigError(f"queue {name!r} already holds {held} tasks (exist_ok=False); "
+                                  "use pre_clean=True to empty it, or another name")
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
@@ -67,15 +75,19 @@ class Queue:
             pipe.execute_command("XGROUP", "CREATE", self.keys.stream, GROUP, "0", "MKSTREAM")
 
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
-                 max_attempts: int | None = None) -> TaskRef:
+                 max_attempts: int | None = None, key: str | None = None) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
-        process group when exceeded; ``metadata`` travels with the task and comes back on results."""
+        process group when exceeded; ``metadata`` travels with the task and comes back on results.
+        ``key``: scheduling a key that exists already does nothing and returns the existing task,
+        so a producer that crashed halfway can simply run again."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout,
-                                  max_attempts=max_attempts)[0]
+                                  max_attempts=max_attempts, keys=None if key is None else [key])[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
-                      timeout: float | None = None, max_attempts: int | None = None) -> list[TaskRef]:
-        """Schedule many task trees in one round trip. ``metadata``, if given, runs parallel to ``tasks``.
+                      timeout: float | None = None, max_attempts: int | None = None,
+                      keys: Iterable[str] | None = None) -> list[TaskRef]:
+        """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
+        to ``tasks`` (see ``schedule``).
 
         Everything is serialised before anything is written, so an argument that cannot be serialised
         raises ``SerializationError`` and leaves Redis as it was."""
@@ -85,11 +97,15 @@ class Queue:
             raise ConfigError(f"max_attempts must be a positive integer, not {max_attempts!r}")
         planner = codec.Planner()
         metas = iter(metadata) if metadata is not None else None
+        user_keys = iter(keys) if keys is not None else None
         fns: dict[str, bytes] = {}
         rows: list[list[Any]] = []
         refs: list[TaskRef] = []
         for task in tasks:
             md = next(metas, None) if metas is not None else None
+            user_key = next(user_keys, None) if user_keys is not None else None
+            if user_key is not None:
+                task = keyed(task, user_key)
             root_id, specs = planner.add(task)
             new_root = False
             for spec in specs:
@@ -98,7 +114,7 @@ class Queue:
                 new_root |= is_root
                 rows.append([spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name,
                              "1" if is_root else "", codec.dumps(md) if is_root and md is not None else "",
-                             to if is_root else "", ma, ""])
+                             to if is_root else "", ma, user_key if is_root and user_key else ""])
             if not new_root:  # the root was planned before (shared): mark it as a root as well
                 rows.append([root_id, "", "", "", "", "1", "", "", ma, ""])
             refs.append(TaskRef(root_id, self.name))
@@ -241,6 +257,192 @@ class Queue:
                 block = max(1, min(block, int(left * 1000)))
             self.r.xread({k.finished: last[0][0] if last else "0"}, count=1, block=block)
 
+    # --- graphs, re-running, cancelling, cleaning ---------------------------------------------
+    def schedule_graph(self, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
+                       done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
+                       **options: Any) -> dict[str, TaskRef]:
+        """Schedule a named graph (taskmap's ``create_graph``): ``dependencies[name]`` lists the names
+        whose results are passed to ``funcs[name]``, in that order; ``None`` results are not passed.
+        Names in ``done`` are not run; their ``results`` are passed instead. Every other name is a
+        scheduled task. A cycle or a missing name raises ``GraphError`` and writes nothing."""
+        from .graph import build
+
+        nodes = build(funcs, dependencies, done=done, results=results)
+        names = list(nodes)
+        refs = self.schedule_many([nodes[n] for n in names], metadata=[{"name": n} for n in names],
+                                  **options)
+        return dict(zip(names, refs))
+
+    def _requeue(self, mode: str, ids: list[str]) -> list[str]:
+        k = self.keys
+        out: list[str] = []
+        for i in range(0, len(ids), 1000):
+            got = self.scripts.requeue(keys=[k.stream, k.counts, k.todo, k.done, k.failed],
+                                       args=[k.prefix, GROUP, time.time(), mode, *ids[i:i + 1000]])
+            out += [x.decode() for x in got]
+        return out
+
+    def requeue_failed(self, ids: Iterable[TaskRef | str] | None = None, error_type: str | None = None,
+                       dry_run: bool = False) -> list[str]:
+        """Run failed tasks again, with the dependents that failed because of them; tasks that
+        succeeded are not run again. ``ids``: only these; ``error_type``: only failures whose exception
+        type has this name. Returns the ids requeued (with ``dry_run``: that would be)."""
+        if ids is None:
+            candidates = self.fail_tasks()
+        else:
+            candidates = [self.get(i) for i in ids]
+        chosen = []
+        for task in candidates:
+            if task.state != "failed" or task.upstream:
+                continue  # upstream failures follow their failed input
+            if error_type is not None and _error_type(task) != error_type:
+                continue
+            chosen.append(task.id)
+        if dry_run:
+            return chosen + [d for d in self._downstream(chosen, only_failed=True) if d not in chosen]
+        return self._requeue("failed", chosen)
+
+    def _downstream(self, ids: list[str], only_failed: bool) -> list[str]:
+        found: list[str] = []
+        seen = set(ids)
+        todo = list(ids)
+        while todo:
+            for dep in self.r.smembers(self.keys.dependents(todo.pop())):
+                dep = dep.decode()
+                if dep in seen:
+                    continue
+                if only_failed:
+                    st, up = self.r.hmget(self.keys.task(dep), "st", "up")
+                    if st != b"failed" or not up:
+                        continue
+                seen.add(dep)
+                found.append(dep)
+                todo.append(dep)
+        return found
+
+    def rerun(self, ref: TaskRef | str, fn: Any = None) -> list[str]:
+        """Run one task again and everything downstream of it (taskmap's ``reset_tasks``), e.g. after
+        fixing its function; ``fn`` replaces the task's function first. Returns the ids re-run."""
+        task = self.get(ref)
+        if fn is not None:
+            sha, blob, name = codec.dump_fn(fn)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.set(self.keys.fn(sha), blob, nx=True)
+            pipe.hset(self.keys.task(task.id), mapping={"fn": sha, "name": name})
+            pipe.execute()
+        return self._requeue("all", [task.id])
+
+    def _take_over(self, pipe: Any, ids: list[str], token: str, finished_too: bool) -> None:
+        k = self.keys
+        self.scripts.takeover(keys=[k.stream, k.counts, k.todo, k.done, k.failed],
+                              args=[k.prefix, GROUP, time.time(), token, "1" if finished_too else "", *ids],
+                              client=pipe)
+
+    def cancel(self, ids: Iterable[TaskRef | str] | None = None, all: bool = False) -> list[str]:
+        """End unfinished tasks as ``failed`` with reason "cancelled" (their dependents fail too).
+        Queued tasks never start; a running task's worker loses its lease and kills it at its next
+        heartbeat. Returns the ids cancelled."""
+        if all:
+            chosen = [i.decode() for i in self.r.zrange(self.keys.todo, 0, -1)]
+        elif ids is None:
+            raise ConfigError("cancel needs task ids, or all=True")
+        else:
+            chosen = [self._task_id(i) for i in ids]
+        k = self.keys
+        token = "cancel-" + os.urandom(6).hex()
+        out = []
+        for i in range(0, len(chosen), 500):
+            part = chosen[i:i + 500]
+            pipe = self.r.pipeline(transaction=True)
+            self._take_over(pipe, part, token, finished_too=False)
+            for tid in part:
+                self._complete(pipe, tid, token, "failed", error=codec.dump_exception(Cancelled("cancelled")),
+                               reason="cancelled")
+            got = pipe.execute()
+            out += [tid for tid, ok in zip(part, got[1:]) if ok]
+        return out
+
+    def _complete(self, pipe: Any, task_id: str, token: str, outcome: str, result: bytes = b"",
+                  error: bytes = b"", traceback: str = "", reason: str = "", runtime: float = 0.0,
+                  output: bytes = b"", host: str = "") -> None:
+        k = self.keys
+        self.scripts.complete(keys=[k.stream, k.counts, k.todo, k.done, k.failed, k.finished],
+                              args=[k.prefix, GROUP, task_id, token, outcome, result, error, traceback,
+                                    reason, f"{runtime:.6f}", time.time(), output, host], client=pipe)
+
+    def clean(self, done: bool = False, failed: bool = False, all: bool = False) -> int:
+        """Delete task records: done ones, failed ones, or all (also unstarted ones). Never deletes a
+        running task, nor a finished one whose result an unfinished task still needs. Returns how many
+        were deleted."""
+        k = self.keys
+        sources = [k.done] * (done or all) + [k.failed] * (failed or all) + [k.todo] * all
+        deleted = 0
+        for source in sources:
+            start = 0
+            while True:
+                ids = [i.decode() for i in self.r.zrange(source, start, start + 999)]
+                if not ids:
+                    break
+                n = self.scripts.clean(keys=[k.stream, k.counts, k.todo, k.done, k.failed, k.finished],
+                                       args=[k.prefix, GROUP, *ids])
+                deleted += n
+                start += len(ids) - n  # the kept ones stay in front
+        if all and not sum(self.counts().values()):
+            stale = list(self.r.scan_iter(match=k.pattern(), count=1000))
+            if stale:
+                self.r.delete(*stale)
+            self._group_ready = False
+        return deleted
+
+    def run_here(self, ref: TaskRef | str, record: bool = False) -> Task:
+        """Run one task in this process, with its real inputs from Redis, for debugging by hand
+        (``forrestq run``). Raises nothing itself: the outcome comes back as a Task whose
+        ``errorvalue`` carries the exception (with ``__traceback__``, for pdb). The recorded state
+        changes only with ``record=True``."""
+        import traceback as tb_mod
+
+        task = self.get(ref)
+        fields = self.r.hgetall(self.keys.task(task.id))
+        inputs = []
+        for dep in task.inputs:
+            st, rv = self.r.hmget(self.keys.task(dep), "st", "rv")
+            if st != b"done":
+                raise ConfigError(f"input task {dep} of {task.id} is not done ({(st or b'missing').decode()})")
+            inputs.append(codec.loads(rv))
+        fn = codec.load_fn(self.r.get(self.keys.fn(fields[b"fn"].decode())))
+        args, kwargs = codec.load_args(fields[b"a"], inputs)
+        t0 = time.perf_counter()
+        out: dict[bytes, bytes] = {}
+        try:
+            value = fn(*args, **kwargs)
+            if asyncio_iscoroutine(value):
+                import asyncio
+
+                value = asyncio.run(value)
+            state, exc = "done", None
+            out[b"rv"] = codec.dumps(value)
+        except Exception as e:  # noqa: BLE001 - the task's own failure is the outcome
+            state, exc = "failed", e
+            out[b"tb"] = tb_mod.format_exc().encode()
+            out[b"why"] = f"{type(e).__name__}: {e}".encode()
+        runtime = time.perf_counter() - t0
+        if record:
+            token = "run-" + os.urandom(6).hex()
+            pipe = self.r.pipeline(transaction=True)
+            self._take_over(pipe, [task.id], token, finished_too=True)
+            self._complete(pipe, task.id, token, state, result=out.get(b"rv", b""),
+                           error=codec.dump_exception(exc) if exc else b"",
+                           traceback=out.get(b"tb", b"").decode(), reason=out.get(b"why", b"").decode(),
+                           runtime=runtime, host="(by hand)")
+            pipe.execute()
+        result = Task(self.name, task.id, {**fields, b"st": state.encode(), b"rt": repr(runtime).encode(),
+                                           **out})
+        if exc is not None:
+            result.__dict__["errorvalue"] = exc  # the live exception, traceback included
+        else:
+            result.__dict__["returnvalue"] = value
+        return result
+
     # --- one machine ------------------------------------------------------------------------
     def run(self, procs: int = os.cpu_count() or 1, progress: bool = False,
             timeout: float | None = None, **worker_options: Any) -> Iterator[Task]:
@@ -260,6 +462,38 @@ class Queue:
             yield from self.results(progress=progress, timeout=timeout)
         finally:
             stop_worker(proc)
+
+
+class Cancelled(Exception):
+    """The error value of a cancelled task."""
+
+
+def asyncio_iscoroutine(value: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutine(value)
+
+
+def _error_type(task: Task) -> str:
+    try:
+        return type(task.errorvalue).__name__
+    except Exception:  # noqa: BLE001 - an error class not importable here: fall back to the reason
+        return task.reason.split(":", 1)[0]
+
+
+def keyed(task: Any, key: str) -> Any:
+    """The task with its root node's id derived from a user key (same key -> same node)."""
+    import hashlib
+
+    from .deferred import Call, _identity
+
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"key must be a non-empty string, not {key!r}")
+    safe = re.fullmatch(r"[A-Za-z0-9_.:@+=-]{1,48}", key)
+    node_id = "k-" + (key if safe else hashlib.sha1(key.encode()).hexdigest())
+    root = task if isinstance(task, Call) else Call(_identity, (task,))
+    root._id = node_id
+    return root
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 10.0) -> None:

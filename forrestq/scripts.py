@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 _DIR = Path(__file__).parent / "scripts"
-NAMES = ("schedule", "claim", "complete", "renew", "reclaim", "release")
+NAMES = ("schedule", "claim", "complete", "renew", "reclaim", "release", "requeue", "takeover", "clean")
 
 
 @lru_cache(maxsize=None)
@@ -29,3 +29,6 @@ class Scripts:
     renew: Any
     reclaim: Any
     release: Any
+    requeue: Any
+    takeover: Any
+    clean: Any

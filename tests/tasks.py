@@ -47,3 +47,39 @@ class Unpicklable(Exception):
     def __init__(self, a, b):
         super().__init__(f"{a}/{b}")
         self.lock = __import__("threading").Lock()
+
+
+# --- DAG helpers (tests/test_dag.py) ---
+def span(path, name, seconds, *inputs):
+    """Record (name, pid, start, end) of an execution, for overlap and count checks; inputs only order it."""
+    start = time.time()
+    time.sleep(seconds)
+    end = time.time()
+    with open(path, "a") as f:
+        f.write(f"{name} {os.getpid()} {start} {end}\n")
+    return name
+
+
+def total(base, *values):
+    return base + sum(values)
+
+
+def fail_unless_exists(flag, log, name):
+    with open(log, "a") as f:
+        f.write(f"{name}\n")
+    if not Path(flag).exists():
+        raise RuntimeError(f"flag {flag} missing")
+    return name
+
+
+def counted(log, name, *inputs):
+    with open(log, "a") as f:
+        f.write(f"{name}\n")
+    return name + "".join(f"({i})" for i in inputs)
+
+
+async def coro_add(a, b, delay=0.01):
+    import asyncio
+
+    await asyncio.sleep(delay)
+    return a + b

@@ -1,0 +1,98 @@
+"""Named dependency graphs (taskmap's ``create_graph``) turned into deferred trees.
+
+Validation happens here, before anything is written: a missing dependency, a dependency without a
+function, or a cycle raises ``GraphError`` naming the culprit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .deferred import Deferred, defer
+from .errors import GraphError
+
+
+def call_without_none(fn: Callable, /, *values: Any) -> Any:
+    """Call ``fn`` with the dependency results that are not ``None`` (taskmap's rule), in order."""
+    return fn(*[v for v in values if v is not None])
+
+
+def find_cycle(dependencies: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A cycle as a path [a, b, ..., a], or None. Iterative; visits every node, reachable or not."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    for start in dependencies:
+        if state.get(start):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, Iterable[str]]] = [(start, iter(dependencies.get(start, ())))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if state.get(child) == 1:
+                    return path[path.index(child):] + [child]
+                if not state.get(child):
+                    state[child] = 1
+                    path.append(child)
+                    stack.append((child, iter(dependencies.get(child, ()))))
+                    break
+            else:
+                state[node] = 2
+                path.pop()
+                stack.pop()
+    return None
+
+
+def build(funcs: Mapping[str, Callable], dependencies: Mapping[str, Iterable[str]],
+          done: Iterable[str] | None = None, results: Mapping[str, Any] | None = None
+          ) -> dict[str, Deferred]:
+    """Check the graph and return name -> deferred call for every name not in ``done``."""
+    deps = {name: list(d) for name, d in dependencies.items()}
+    done_set = set(done or ())
+    results = dict(results or {})
+    for name in funcs:
+        deps.setdefault(name, [])
+    for name, needed in deps.items():
+        if name not in funcs and name not in done_set:
+            raise GraphError(f"task {name!r} has no function in funcs")
+        for d in needed:
+            if d not in deps:
+                raise GraphError(f"task {name!r} depends on {d!r}, which is not in the graph")
+    unknown_done = done_set - set(deps)
+    if unknown_done:
+        raise GraphError(f"done names unknown tasks: {', '.join(sorted(map(repr, unknown_done)))}")
+    cycle = find_cycle(deps)
+    if cycle:
+        raise GraphError("cycle in task graph: " + " -> ".join(cycle))
+    built: dict[str, Any] = {}
+
+    def value(name: str) -> Any:
+        return results.get(name) if name in done_set else built[name]
+
+    for name in _topological(deps):
+        if name in done_set:
+            continue
+        built[name] = defer(call_without_none, funcs[name], *[value(d) for d in deps[name]])
+    return built
+
+
+def _topological(deps: Mapping[str, list[str]]) -> list[str]:
+    order: list[str] = []
+    seen: set[str] = set()
+    for start in deps:
+        stack = [(start, iter(deps[start]))]
+        if start in seen:
+            continue
+        seen.add(start)
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if child not in seen:
+                    seen.add(child)
+                    stack.append((child, iter(deps[child])))
+                    break
+            else:
+                order.append(node)
+                stack.pop()
+    return order
