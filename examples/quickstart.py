@@ -27,7 +27,7 @@ def dostuff(item, thing):
 
 
 def main() -> int:
-    q = Queue("quickstart")
+    q = Queue("quickstart", pre_clean=True)  # a fresh run each time (never deletes running tasks)
     refs = []
     for item in range(300):
         t = defer(prepare, item)
