@@ -339,18 +339,24 @@ def _dill_pickle(obj: Any) -> tuple[bytes, list[Call]]:
 def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes, list[Call]]:
     """Serialise ``(args, kwargs)``; returns the blob and the distinct input Calls, in order.
 
+    The blob holds the args tuple alone when there are no keyword arguments, else the list
+    ``[args, kwargs]``; read it with :func:`load_args`.
+
     C pickle first; dill when it fails or when the blob names ``__main__``. ``name`` (the
     function's name) only improves the error message: an argument nothing can serialise raises
     SerializationError naming it ("argument 2 of fit(...)", "keyword 'data'").
     """
+    if type(args) is not tuple:
+        args = tuple(args)
+    payload = [args, kwargs] if kwargs else args  # the args tuple alone: the common, faster case
     try:
-        blob, inputs = _c_pickle((args, kwargs))
+        blob, inputs = _c_pickle(payload)
         if _MAIN not in blob:
             return blob, inputs
     except Exception:
         pass
     try:
-        return _dill_pickle((args, kwargs))
+        return _dill_pickle(payload)
     except Exception as exc:
         raise _argument_error(args, kwargs, name, exc) from exc
 
@@ -406,7 +412,10 @@ def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tu
 
     A missing module or name raises :class:`WorkerImportError`; errors of the path itself
     (``t["missing"]``) propagate unchanged, as the task's failure."""
-    args, kwargs = _load(blob, inputs, host)
+    payload = _load(blob, inputs, host)
+    if type(payload) is tuple:
+        return payload, {}
+    args, kwargs = payload
     return args, kwargs
 
 
