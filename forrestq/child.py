@@ -93,12 +93,13 @@ class ChildConfig:
 
 @dataclass
 class Outcome:
-    state: str  # done | failed
+    state: str  # done | failed | retry
     result: bytes = b""
     error: bytes = b""
     traceback: str = ""
     reason: str = ""
     runtime: float = 0.0
+    delay: float = 0.0  # with state "retry": seconds before the task may run again
 
 
 def _die_with_parent() -> None:
@@ -183,11 +184,11 @@ class Child:
 
     def _complete_args(self, k: QueueKeys, task_id: str, token: str, o: Outcome, out: bytes) -> list[Any]:
         return [k.prefix, GROUP, task_id, token, o.state, o.result, o.error, o.traceback, o.reason,
-                f"{o.runtime:.6f}", time.time(), out, self.cfg.host]
+                f"{o.runtime:.6f}", time.time(), out, self.cfg.host, o.delay]
 
     @staticmethod
     def _complete_keys(k: QueueKeys) -> list[str]:
-        return [k.stream, k.counts, k.todo, k.done, k.failed, k.finished]
+        return k.complete_keys()
 
     def next_task(self) -> tuple[int, list[Any]] | None:
         """Send the pending completion and claim the next task in one round trip; block if idle."""
@@ -198,7 +199,7 @@ class Child:
             self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args, client=pipe)
         # queues in the order given: the first has priority; one claim per call, never one per queue
         for qi, k in enumerate(self.keys):
-            self.scripts.claim(keys=[k.stream, k.counts], args=self._claim_args(k, token, ""), client=pipe)
+            self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, ""), client=pipe)
             got = pipe.execute()[-1]
             self.pending = None
             if got:
@@ -211,7 +212,7 @@ class Child:
             sid = entries[0][0]
             sid = sid.decode() if isinstance(sid, bytes) else sid
             k = self.keys[qi]
-            got = self.scripts.claim(keys=[k.stream, k.counts], args=self._claim_args(k, token, sid))
+            got = self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, sid))
             if got and got[0] != b"skip":
                 return qi, got
         return None
@@ -231,7 +232,7 @@ class Child:
         t0 = time.perf_counter()
         try:
             fn = self.load_fn(k, sha)
-            inputs = [codec.loads(b) for b in got[7:]]
+            inputs = [codec.loads(b) for b in got[9:]]
             args, kwargs = codec.load_args(args_blob, inputs)
         except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
             return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
@@ -242,8 +243,14 @@ class Child:
                 value = asyncio.run(value)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt in user code too
             runtime = time.perf_counter() - t0
-            return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
-                           reason=one_line(e), runtime=runtime)
+            state, delay = "failed", 0.0
+            if got[7]:  # a retry policy: (retries, backoff, exception types)
+                retries, backoff, retry_on = codec.loads(got[7])
+                used = int(got[8])
+                if used < retries and isinstance(e, retry_on):
+                    state, delay = "retry", backoff * 2 ** used
+            return Outcome(state, error=codec.dump_exception(e), traceback=traceback.format_exc(),
+                           reason=one_line(e), runtime=runtime, delay=delay)
         runtime = time.perf_counter() - t0
         try:
             return Outcome("done", result=codec.dumps(value), runtime=runtime)

@@ -18,6 +18,9 @@ key                        type    what                                written b
                                    creation time
 ``fq:{q}:done``            zset    ids of done tasks, by finish time   complete
 ``fq:{q}:failed``          zset    ids of failed tasks, by finish time complete
+``fq:{q}:delayed``         zset    ids of tasks waiting out a retry    complete (retry);
+                                   backoff, by the time they are due   claim moves due ones to
+                                                                       the stream
 ``fq:{q}:finished``        stream  finished root tasks (``t`` id,      complete
                                    ``g`` generation): what
                                    ``Queue.results`` blocks on
@@ -80,7 +83,9 @@ TASK_OUTPUT = "out"  # last 64 KiB of stdout+stderr
 TASK_UPSTREAM = "up"  # id of the failed input that failed this node
 TASK_GEN = "g"  # generation: bumped by every requeue/rerun
 TASK_KEY = "key"  # user key for idempotent scheduling
-TASK_HISTORY = "hist"  # newline-separated "time state host" lines
+TASK_RETRY_POLICY = "rp"  # serialised (retries, backoff seconds, exception types)
+TASK_RETRIES_USED = "rtn"
+TASK_LOST_ON = "lost"  # host of the last attempt that was lost
 
 STATES = ("waiting", "ready", "running", "done", "failed")
 
@@ -95,7 +100,8 @@ def worker(worker_id: str) -> str:
 class QueueKeys:
     """Key names of one queue."""
 
-    __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep")
+    __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
+                 "delayed")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -108,6 +114,15 @@ class QueueKeys:
         self.failed = p + "failed"
         self.finished = p + "finished"
         self.sweep = p + "sweep"
+        self.delayed = p + "delayed"
+
+    def complete_keys(self) -> list[str]:
+        """KEYS of complete.lua."""
+        return [self.stream, self.counts, self.todo, self.done, self.failed, self.finished, self.delayed]
+
+    def claim_keys(self) -> list[str]:
+        """KEYS of claim.lua."""
+        return [self.stream, self.counts, self.delayed]
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}t:{task_id}"

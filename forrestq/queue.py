@@ -75,17 +75,22 @@ class Queue:
             pipe.execute_command("XGROUP", "CREATE", self.keys.stream, GROUP, "0", "MKSTREAM")
 
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
-                 max_attempts: int | None = None, key: str | None = None) -> TaskRef:
+                 max_attempts: int | None = None, key: str | None = None, retries: int = 0,
+                 retry_backoff: float = 1.0, retry_on: Any = (Exception,)) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
         process group when exceeded; ``metadata`` travels with the task and comes back on results.
         ``key``: scheduling a key that exists already does nothing and returns the existing task,
-        so a producer that crashed halfway can simply run again."""
+        so a producer that crashed halfway can simply run again. ``retries``: run a task again up to
+        this many times when it raises one of ``retry_on``, after ``retry_backoff * 2**n`` seconds.
+        ``timeout``, ``max_attempts`` and the retry policy apply to every node of the tree."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout,
-                                  max_attempts=max_attempts, keys=None if key is None else [key])[0]
+                                  max_attempts=max_attempts, keys=None if key is None else [key],
+                                  retries=retries, retry_backoff=retry_backoff, retry_on=retry_on)[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,
-                      keys: Iterable[str] | None = None) -> list[TaskRef]:
+                      keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
+                      retry_on: Any = (Exception,)) -> list[TaskRef]:
         """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
         to ``tasks`` (see ``schedule``).
 
@@ -95,6 +100,7 @@ class Queue:
         ma = str(max_attempts or self.max_attempts)
         if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
             raise ConfigError(f"max_attempts must be a positive integer, not {max_attempts!r}")
+        policy = _retry_policy(retries, retry_backoff, retry_on)
         planner = codec.Planner()
         metas = iter(metadata) if metadata is not None else None
         user_keys = iter(keys) if keys is not None else None
@@ -114,9 +120,9 @@ class Queue:
                 new_root |= is_root
                 rows.append([spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name,
                              "1" if is_root else "", codec.dumps(md) if is_root and md is not None else "",
-                             to if is_root else "", ma, user_key if is_root and user_key else ""])
+                             to, ma, user_key if is_root and user_key else "", policy])
             if not new_root:  # the root was planned before (shared): mark it as a root as well
-                rows.append([root_id, "", "", "", "", "1", "", "", ma, ""])
+                rows.append([root_id, "", "", "", "", "1", "", "", ma, "", ""])
             refs.append(TaskRef(root_id, self.name))
         if not rows:
             return refs
@@ -366,9 +372,9 @@ class Queue:
                   error: bytes = b"", traceback: str = "", reason: str = "", runtime: float = 0.0,
                   output: bytes = b"", host: str = "") -> None:
         k = self.keys
-        self.scripts.complete(keys=[k.stream, k.counts, k.todo, k.done, k.failed, k.finished],
+        self.scripts.complete(keys=k.complete_keys(),
                               args=[k.prefix, GROUP, task_id, token, outcome, result, error, traceback,
-                                    reason, f"{runtime:.6f}", time.time(), output, host], client=pipe)
+                                    reason, f"{runtime:.6f}", time.time(), output, host, 0], client=pipe)
 
     def clean(self, done: bool = False, failed: bool = False, all: bool = False) -> int:
         """Delete task records: done ones, failed ones, or all (also unstarted ones). Never deletes a
@@ -462,6 +468,17 @@ class Queue:
             yield from self.results(progress=progress, timeout=timeout)
         finally:
             stop_worker(proc)
+
+
+def _retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
+    if not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer, not {retries!r}")
+    if not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ConfigError(f"retry_backoff must be a non-negative number of seconds, not {backoff!r}")
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ConfigError(f"retry_on must be an exception class or a tuple of them, not {retry_on!r}")
+    return codec.dumps((retries, float(backoff), types)) if retries else ""
 
 
 class Cancelled(Exception):

@@ -166,9 +166,8 @@ class Worker:
 
     def fail(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException) -> int:
         args = [k.prefix, GROUP, task, token, "failed", b"", codec.dump_exception(exc), reason, reason,
-                "0", time.time(), b"", self.cfg.host]
-        return self.scripts.complete(keys=[k.stream, k.counts, k.todo, k.done, k.failed, k.finished],
-                                     args=args)
+                "0", time.time(), b"", self.cfg.host, 0]
+        return self.scripts.complete(keys=k.complete_keys(), args=args)
 
     def enforce_timeouts(self) -> None:
         now = time.time()

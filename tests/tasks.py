@@ -83,3 +83,13 @@ async def coro_add(a, b, delay=0.01):
 
     await asyncio.sleep(delay)
     return a + b
+
+
+def flaky(counter_path, fail_times, exc_name="OSError"):
+    """Fail the first `fail_times` calls (counted in a file), then succeed."""
+    p = Path(counter_path)
+    n = int(p.read_text()) if p.exists() else 0
+    p.write_text(str(n + 1))
+    if n < fail_times:
+        raise {"OSError": OSError, "KeyError": KeyError}[exc_name](f"attempt {n + 1}")
+    return n + 1

@@ -1,12 +1,21 @@
 -- claim: take one ready task for this consumer, set its lease, return what the child needs to run it.
--- KEYS[1] stream (stream)   KEYS[2] counts (hash)
+-- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] delayed (zset): retries due are moved
+--                                                    onto the stream first
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
 -- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s)
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
 -- Returns nil when there is nothing to run; {"skip"} when the given entry was stale (acked, deleted);
--- else {id, entry id, fn sha, args, timeout, attempts, max attempts, input results...}
+-- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
+--       input results...}
 local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sid = ARGV[9]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[8], 'LIMIT', 0, 16)) do
+  redis.call('ZREM', KEYS[3], id)
+  local t = prefix .. 't:' .. id
+  if redis.call('HGET', t, 'st') == 'ready' then
+    redis.call('HSET', t, 'sid', redis.call('XADD', KEYS[1], '*', 't', id))
+  end
+end
 for _ = 1, 100 do
   local tid
   if sid == '' then
@@ -26,8 +35,8 @@ for _ = 1, 100 do
     redis.call('SET', prefix .. 'lease:' .. tid, token, 'PX', ARGV[5])
     redis.call('HINCRBY', KEYS[2], 'ready', -1)
     redis.call('HINCRBY', KEYS[2], 'running', 1)
-    local f = redis.call('HMGET', t, 'fn', 'a', 'to', 'ma', 'in')
-    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3'}
+    local f = redis.call('HMGET', t, 'fn', 'a', 'to', 'ma', 'in', 'rp', 'rtn')
+    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0'}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
         out[#out + 1] = redis.call('HGET', prefix .. 't:' .. dep, 'rv') or ''

@@ -1,11 +1,12 @@
 -- complete: record a task's end, fenced by its lease token, and release or fail its dependents.
 -- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] todo (zset)   KEYS[4] done (zset)
--- KEYS[5] failed (zset)     KEYS[6] finished (stream)
+-- KEYS[5] failed (zset)     KEYS[6] finished (stream)   KEYS[7] delayed (zset)
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] task id
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
--- ARGV[5] "done" | "failed"   ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
+-- ARGV[5] "done" | "failed" | "retry" (back to ready after ARGV[14] s; the error is kept for show)
+-- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail
--- ARGV[13] host
+-- ARGV[13] host   ARGV[14] retry delay (s), with "retry"
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
 local prefix, group, id, token, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
 local t = prefix .. 't:' .. id
@@ -16,6 +17,21 @@ if token == '' then
   if redis.call('EXISTS', lease) == 1 then return 0 end
 elseif f[2] ~= token then
   return 0
+end
+if outcome == 'retry' then
+  redis.call('HSET', t, 'st', 'ready', 'ev', ARGV[7], 'tb', ARGV[8], 'why', ARGV[9], 'rt', ARGV[10],
+             'host', ARGV[13], 'tok', '')
+  redis.call('HINCRBY', t, 'rtn', 1)
+  redis.call('HDEL', t, 'sid')
+  redis.call('DEL', lease)
+  if f[3] then
+    redis.call('XACK', KEYS[1], group, f[3])
+    redis.call('XDEL', KEYS[1], f[3])
+  end
+  redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[14]), id)
+  redis.call('HINCRBY', KEYS[2], 'running', -1)
+  redis.call('HINCRBY', KEYS[2], 'ready', 1)
+  return 1
 end
 local fields = {'st', outcome, 't1', now, 'rt', ARGV[10], 'host', ARGV[13]}
 if outcome == 'done' then

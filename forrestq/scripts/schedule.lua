@@ -4,8 +4,8 @@
 -- KEYS[3] todo     (zset)    unfinished task ids by creation time
 -- KEYS[4] finished (stream)  finished roots
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
--- ARGV[4..] per node, 10 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
---           metadata blob, timeout, max attempts, key
+-- ARGV[4..] per node, 11 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
+--           metadata blob, timeout, max attempts, key, retry policy blob
 -- Returns, per node, its state after the call ("" when newly created and ... see below):
 --   the node's state; an existing node is left as it is (a shared node runs once), except that a
 --   root flag is added (and a node already finished is announced on the finished stream at once).
@@ -13,7 +13,7 @@ local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out = {}
 local counts = {}
 local function bump(state, by) counts[state] = (counts[state] or 0) + by end
-local F = 10
+local F = 11
 for i = 0, n - 1 do
   local b = 4 + i * F
   local id, fn, args, inputs, name, root = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
@@ -49,6 +49,7 @@ for i = 0, n - 1 do
     if ARGV[b+6] ~= '' then fields[#fields+1] = 'md'; fields[#fields+1] = ARGV[b+6] end
     if ARGV[b+7] ~= '' then fields[#fields+1] = 'to'; fields[#fields+1] = ARGV[b+7] end
     if ARGV[b+9] ~= '' then fields[#fields+1] = 'key'; fields[#fields+1] = ARGV[b+9] end
+    if ARGV[b+10] ~= '' then fields[#fields+1] = 'rp'; fields[#fields+1] = ARGV[b+10] end
     if failed_input then
       -- an input failed before this node was scheduled: fail it the way complete.lua would
       local why = redis.call('HGET', prefix .. 't:' .. failed_input, 'why') or 'failed'
