@@ -52,12 +52,13 @@ class Slot(ctypes.Structure):
         self.timeout, self.started, self.busy = timeout, time.time(), 1
         self.seq += 1
 
-    def end(self, ok: bool) -> None:
+    def end(self, ok: bool | None) -> None:
+        """The task ended: done (True), failed (False), or handed back (None)."""
         self.seq += 1
         self.busy = 0
         if ok:
             self.done += 1
-        else:
+        elif ok is not None:
             self.failed += 1
         self.seq += 1
 
@@ -160,6 +161,22 @@ class Capture:
             os.close(fd)
 
 
+class StaleCode(Exception):
+    """A module this process imported has changed on disk: its functions must not be served any more."""
+
+
+def _mtime(fn: Any) -> int | None:
+    """Modification time of the source file of the module that defines ``fn`` (None if it has none)."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
 class Child:
     """The claim/run/complete loop of one child process."""
 
@@ -175,6 +192,7 @@ class Child:
         self.capture = Capture()
         self.tasks_run = 0
         self.pending: tuple[int, list[Any]] | None = None  # a completion not yet sent
+        self.modules: dict[str, int | None] = {}  # module name -> source mtime when first used
         self.token = ""
 
     # --- Redis side -------------------------------------------------------------------------
@@ -225,6 +243,10 @@ class Child:
             if blob is None:
                 raise LookupError(f"function blob {sha.decode()} is missing from the queue")
             fn = self.fns[sha] = codec.load_fn(blob, host=self.cfg.host)
+            self.modules.setdefault(getattr(fn, "__module__", None) or "", _mtime(fn))
+        elif self.modules.get(getattr(fn, "__module__", None) or "") != _mtime(fn):
+            raise StaleCode(f"the source of {getattr(fn, '__module__', '?')} changed since this process "
+                            "imported it")
         return fn
 
     def run(self, k: QueueKeys, got: list[Any]) -> Outcome:
@@ -232,6 +254,12 @@ class Child:
         t0 = time.perf_counter()
         try:
             fn = self.load_fn(k, sha)
+        except StaleCode as e:
+            return Outcome("release", reason=str(e))
+        except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
+            return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
+                           reason=f"could not load task payload: {one_line(e)}")
+        try:
             inputs = [codec.loads(b) for b in got[9:]]
             args, kwargs = codec.load_args(args_blob, inputs)
         except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
@@ -285,6 +313,11 @@ class Child:
                 outcome = self.run(k, got)
             finally:
                 size = self.capture.stop()
+            if outcome.state == "release":  # stale code: a fresh child runs it with the code as it is now
+                self.scripts.release(keys=[k.stream, k.counts], args=[k.prefix, GROUP, task_id, token])
+                self.slot.end(None)
+                self.log(f"handed back {k.name} {task_id}: {outcome.reason}; starting a fresh process")
+                break
             out = self.capture.tail(size)
             if cfg.logfile:
                 self.capture.copy_to(cfg.logfile, task_id, size)

@@ -211,3 +211,29 @@ def test_pre_clean_and_exist_ok(url):
         Queue("guarded", exist_ok=False)
     fresh = Queue("guarded", pre_clean=True, exist_ok=False)
     assert sum(fresh.counts().values()) == 0
+
+
+def test_rerun_executes_the_code_as_it_is_now(url, tmp_path):
+    import os
+    import sys
+
+    mod = tmp_path / "userlib_stale.py"
+    mod.write_text("def version():\n    return 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import userlib_stale
+
+        q = Queue("stale")
+        ref = q.schedule(defer(userlib_stale.version))
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("userlib_stale", None)
+    with worker(url, "stale", 1, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}):
+        assert q.wait(ref, timeout=60).returnvalue == 1
+        mod.write_text("def version():\n    return 2\n")
+        st = mod.stat()
+        os.utime(mod, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # a visibly newer file
+        q.rerun(ref)
+        task = q.wait(ref, timeout=60)
+    assert task.state == "done" and task.returnvalue == 2
+    assert task.attempts == 1  # handing back to a fresh process is not a lost attempt
