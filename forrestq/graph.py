@@ -12,9 +12,20 @@ from .deferred import Deferred, defer
 from .errors import GraphError
 
 
-def call_without_none(fn: Callable, /, *values: Any) -> Any:
-    """Call ``fn`` with the dependency results that are not ``None`` (taskmap's rule), in order."""
-    return fn(*[v for v in values if v is not None])
+class DropNone:
+    """A graph node's function: calls ``fn`` with the dependency results that are not ``None``
+    (taskmap's rule), in order."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
+        self.__module__ = getattr(fn, "__module__", None) or __name__
+
+    def __call__(self, *values: Any) -> Any:
+        return self.fn(*[v for v in values if v is not None])
+
+    def __reduce__(self):
+        return (DropNone, (self.fn,))
 
 
 def find_cycle(dependencies: Mapping[str, Iterable[str]]) -> list[str] | None:
@@ -73,7 +84,7 @@ def build(funcs: Mapping[str, Callable], dependencies: Mapping[str, Iterable[str
     for name in _topological(deps):
         if name in done_set:
             continue
-        built[name] = defer(call_without_none, funcs[name], *[value(d) for d in deps[name]])
+        built[name] = defer(DropNone(funcs[name]), *[value(d) for d in deps[name]])
     return built
 
 

@@ -122,7 +122,8 @@ class Queue:
                              "1" if is_root else "", codec.dumps(md) if is_root and md is not None else "",
                              to, ma, user_key if is_root and user_key else "", policy])
             if not new_root:  # the root was planned before (shared): mark it as a root as well
-                rows.append([root_id, "", "", "", "", "1", "", "", ma, "", ""])
+                rows.append([root_id, "", "", "", "", "1", codec.dumps(md) if md is not None else "",
+                             "", ma, "", ""])
             refs.append(TaskRef(root_id, self.name))
         if not rows:
             return refs
@@ -266,15 +267,17 @@ class Queue:
     # --- graphs, re-running, cancelling, cleaning ---------------------------------------------
     def schedule_graph(self, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
                        done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
-                       **options: Any) -> dict[str, TaskRef]:
+                       io_bound: Iterable[str] | None = None, **options: Any) -> dict[str, TaskRef]:
         """Schedule a named graph (taskmap's ``create_graph``): ``dependencies[name]`` lists the names
         whose results are passed to ``funcs[name]``, in that order; ``None`` results are not passed.
         Names in ``done`` are not run; their ``results`` are passed instead. Every other name is a
-        scheduled task. A cycle or a missing name raises ``GraphError`` and writes nothing."""
+        scheduled task. ``io_bound`` names that are ready at once go on the queue first. A cycle or a
+        missing name raises ``GraphError`` and writes nothing."""
         from .graph import build
 
         nodes = build(funcs, dependencies, done=done, results=results)
-        names = list(nodes)
+        first = [n for n in io_bound or () if n in nodes]
+        names = first + [n for n in nodes if n not in first]
         refs = self.schedule_many([nodes[n] for n in names], metadata=[{"name": n} for n in names],
                                   **options)
         return dict(zip(names, refs))
@@ -331,6 +334,12 @@ class Queue:
         fixing its function; ``fn`` replaces the task's function first. Returns the ids re-run."""
         task = self.get(ref)
         if fn is not None:
+            from .graph import DropNone
+
+            old_sha = self.r.hget(self.keys.task(task.id), "fn")
+            old = codec.load_fn(self.r.get(self.keys.fn(old_sha.decode()))) if old_sha else None
+            if isinstance(old, DropNone):  # a named-graph node: keep taskmap's None rule
+                fn = DropNone(fn)
             sha, blob, name = codec.dump_fn(fn)
             pipe = self.r.pipeline(transaction=False)
             pipe.set(self.keys.fn(sha), blob, nx=True)

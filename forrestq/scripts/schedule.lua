@@ -6,9 +6,9 @@
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
 -- ARGV[4..] per node, 11 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
 --           metadata blob, timeout, max attempts, key, retry policy blob
--- Returns, per node, its state after the call ("" when newly created and ... see below):
---   the node's state; an existing node is left as it is (a shared node runs once), except that a
---   root flag is added (and a node already finished is announced on the finished stream at once).
+-- Returns, per node, its state after the call: an existing node is left as it is (a shared node runs once), except that a
+--   root flag and its metadata are added (and a node already finished is announced on the finished
+--   stream at once).
 local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local out = {}
 local counts = {}
@@ -22,6 +22,7 @@ for i = 0, n - 1 do
   if st then
     if root == '1' and redis.call('HGET', t, 'root') ~= '1' then
       redis.call('HSET', t, 'root', '1')
+      if ARGV[b+6] ~= '' then redis.call('HSET', t, 'md', ARGV[b+6]) end
       if st == 'done' or st == 'failed' then
         redis.call('XADD', KEYS[4], '*', 't', id, 'g', redis.call('HGET', t, 'g') or '0')
       else
