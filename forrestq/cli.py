@@ -91,7 +91,8 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
 
     Every command takes [bold]--url[/bold]; without it, [bold]$FORRESTQ_URL[/bold], else the embedded local server.
     """
-    _set_verbose(verbose)
+    global _verbose
+    _verbose = verbose  # runs first in every invocation: resets what an earlier one set
 
 
 URL = typer.Option(None, "--url", envvar="FORRESTQ_URL", show_envvar=True,
@@ -729,14 +730,19 @@ def cancel(
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: run the app, turning forrestq errors into one line on stderr and an exit code
-    (the commands already do; this also covers errors raised outside them)."""
+    (the commands already do; this also covers errors raised outside them). With ``-v`` the
+    traceback is printed first; the exit code stays the same."""
+    import traceback
+
+    import redis
+
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=args, prog_name="forrestq")
-    except ForrestqError as e:
+    except (ForrestqError, redis.ConnectionError, redis.TimeoutError) as e:
         if id(e) in _passthrough:  # run --raise: the task's own exception, with its traceback
             raise
-        print(f"forrestq: {e}", file=sys.stderr)
         if _verbose or any(re.fullmatch(r"-v+|--verbose", a) for a in args):
-            raise
+            traceback.print_exception(type(e), e, e.__traceback__)
+        print(f"forrestq: {_message(e)}", file=sys.stderr)
         sys.exit(exit_code(e))
