@@ -173,6 +173,30 @@ def test_lost_worker_is_shown_then_dropped(url, r):
     assert r.zscore("fq:workers", "hostR:77:cd34") is not None
 
 
+def test_status_answers_fast_with_a_million_tasks(url, r):
+    """Counts come from counters and rates from ZCOUNT: nothing scans the million task ids."""
+    fill = ("local now, args = tonumber(ARGV[3]), {} "
+            "for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+            "args[#args + 1] = now - i / 1000; args[#args + 1] = 'x' .. i "
+            "if #args >= 2000 then redis.call('ZADD', KEYS[1], unpack(args)); args = {} end end "
+            "if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end")
+    now = time.time()
+    for start in range(1, 1_000_001, 250_000):
+        for key in ("fq:{big}:todo", "fq:{big}:done"):
+            r.eval(fill, 1, key, start, start + 249_999, now)
+    r.hset("fq:{big}:counts", mapping={"ready": 1_000_000, "done": 1_000_000})
+    r.sadd("fq:queues", "big")
+    t0 = time.perf_counter()
+    data = json.loads(cli("status", "--json").stdout)
+    assert time.perf_counter() - t0 < 0.5
+    assert data["queues"]["big"]["ready"] == 1_000_000
+    recent = r.zcount("fq:{big}:done", data["time"] - 60, "+inf")
+    assert data["queues"]["big"]["done_per_min"] == recent > 0  # one finished per ms until `now`
+    t0 = time.perf_counter()
+    assert cli("status").exit_code == 0 and cli("tasks", "-q", "big", "-s", "done").exit_code == 0
+    assert time.perf_counter() - t0 < 1.0
+
+
 # --- bad input: one line, a distinct code, nothing changed --------------------------------------------
 
 
