@@ -1,0 +1,436 @@
+"""``map``/``starmap``/``submitting`` over a queue (the habits of ecogdata JobRunner users).
+
+``map(q, fn, inputs)`` schedules one task per input (or one per ``chunksize`` inputs), follows only
+its own tasks on the queue's ``finished`` stream (blocking XREAD, no polling; other users' tasks on
+the same queue are ignored), and returns the results in input order whatever order they finish in.
+
+Failures: by default every task runs, then the first failure *in input order* is raised: the
+original exception (``Task.errorvalue``, its own type) with the remote traceback text attached as a
+note (and as ``exc.remote_traceback``). ``fail_fast=True`` raises the first failure seen at once and
+cancels the tasks not finished yet (``Queue.cancel``). ``return_exceptions=True`` raises nothing and
+puts each exception object at its input's place. A task that died without a Python exception (killed,
+lost) gives a :class:`~forrestq.errors.TaskFailed` carrying its reason.
+
+Differences from JobRunner, on purpose: empty input returns ``[]`` at once (JobRunner waited forever);
+results are a list (no NaN placeholders, no numpy stacking: ``np.asarray(results)`` if you want one);
+tuples are passed as one argument by ``map`` and spread as ``*args`` by ``starmap``; ``submitting``
+runs nothing when its body raised. Ctrl-C while waiting cancels this call's unfinished tasks.
+
+In debug mode (a queue with ``local=True``) the tasks run here, in order (``forrestq.inline``); a
+failing task's exception keeps its live traceback, so ``pdb.pm()`` / ``%debug`` lands in the task.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from . import codec
+from .deferred import defer, fn_name
+from .errors import ConfigError, TaskFailed
+from .task import Task
+
+__all__ = ["map", "starmap", "submitting", "Submitter", "MapProgress"]
+
+_FETCH = 500  # task records per pipelined read
+_SWEEP_EVERY = 10.0  # s without news: read the states of our tasks directly (stream trimmed, missed)
+
+
+# ------------------------------------------------------------------------------------ worker side
+
+
+def _run_chunk(calls: list[tuple[Callable, tuple, dict]]) -> list[tuple]:
+    """The task function of a chunk: run each call, keep each outcome apart.
+
+    Returns per call ``(True, result blob)`` or ``(False, exception blob, traceback text)``, so one
+    failing (or unserialisable) item does not fail its neighbours."""
+    out: list[tuple] = []
+    for fn, args, kwargs in calls:
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = asyncio.run(value)
+            out.append((True, codec.dumps(value)))
+        except Exception as exc:  # noqa: BLE001 - the item's failure is its outcome
+            out.append((False, codec.dump_exception(exc), traceback.format_exc()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+
+class MapProgress:
+    """A rich bar for one map: done, failed, total, rate and time left.
+
+    ``progress``: ``True`` (own bar), ``False`` (none), or a running ``rich.progress.Progress`` to add
+    a row to (nesting under an outer loop's bar). ``transient=True`` removes the bar (or the row)
+    when the map ends, like tqdm's ``leave=False``; nested rich bars also work without sharing one
+    ``Progress``: a transient inner bar under ``rich.progress.track`` is fine."""
+
+    def __init__(self, progress: Any, total: int, description: str, transient: bool = False) -> None:
+        self.total = total
+        self.done = self.failed = 0
+        self.transient = transient
+        self.own = progress is True
+        self.progress: Progress | None
+        if progress is True:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                transient=transient)
+        elif isinstance(progress, Progress):
+            self.progress = progress
+        elif progress in (False, None):
+            self.progress = None
+        else:
+            raise ConfigError(f"progress must be True, False or a rich.progress.Progress, not {progress!r}")
+        self.row: TaskID | None = None
+        self.description = description
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> "MapProgress":
+        if self.progress is not None:
+            if self.own:
+                self.progress.start()
+            self.row = self.progress.add_task(self.description, total=self.total, done=0, failed=0, rate="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is None:
+            return
+        if self.own:
+            self.progress.stop()
+        elif self.transient and self.row is not None:
+            self.progress.remove_task(self.row)
+
+    def advance(self, ok: int, failed: int) -> None:
+        self.done += ok
+        self.failed += failed
+        if self.progress is None or self.row is None:
+            return
+        n = self.done + self.failed
+        elapsed = time.monotonic() - self.t0
+        rate = f"{n / elapsed:,.1f}/s" if elapsed > 0 and n else ""
+        self.progress.update(self.row, completed=n, done=self.done, failed=self.failed, rate=rate)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def _attach(exc: BaseException, text: str, where: str) -> BaseException:
+    if text:
+        note = f"remote traceback ({where}):\n{text.rstrip()}"
+        if note not in getattr(exc, "__notes__", ()):
+            exc.add_note(note)
+        try:
+            exc.remote_traceback = text  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - exceptions with __slots__
+            pass
+    return exc
+
+
+def task_exception(task: Task) -> BaseException:
+    """The exception of a failed task as a user should see it: the original exception (a live one in
+    debug mode), else TaskFailed with the reason; remote traceback text attached as a note."""
+    try:
+        exc = task.errorvalue
+    except Exception as load_error:  # noqa: BLE001 - e.g. the exception's class is not importable here
+        exc = TaskFailed(f"task {task.id} failed: {task.reason} (its exception could not be loaded "
+                         f"here: {load_error})")
+    if exc is None:
+        exc = TaskFailed(f"task {task.id} failed: {task.reason or 'no reason recorded'}")
+    return _attach(exc, task.traceback, f"task {task.id} on {task.host or '?'}")
+
+
+def _last_finished(q: Any) -> str:
+    last = q.r.xrevrange(q.keys.finished, count=1)
+    if not last:
+        return "0-0"
+    sid = last[0][0]
+    return sid.decode() if isinstance(sid, bytes) else sid
+
+
+def _fetch(q: Any, ids: list[str]) -> list[Task]:
+    out: list[Task] = []
+    for i in range(0, len(ids), _FETCH):
+        part = ids[i:i + _FETCH]
+        pipe = q.r.pipeline(transaction=False)
+        for tid in part:
+            pipe.hgetall(q.keys.task(tid))
+        out += [Task(q.name, tid, f) for tid, f in zip(part, pipe.execute()) if f]
+    return out
+
+
+def _finished_among(q: Any, ids: list[str]) -> list[str]:
+    """Which of ``ids`` have finished, read from their records (the fallback to the stream)."""
+    found: list[str] = []
+    for i in range(0, len(ids), _FETCH):
+        part = ids[i:i + _FETCH]
+        pipe = q.r.pipeline(transaction=False)
+        for tid in part:
+            pipe.hget(q.keys.task(tid), "st")
+        found += [tid for tid, st in zip(part, pipe.execute()) if st in (b"done", b"failed")]
+    return found
+
+
+def _follow(q: Any, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
+    """Yield each task of ``ids`` once it has finished, in finishing order, reading the queue's
+    finished stream after ``since`` (other tasks' entries are skipped)."""
+    remaining = set(ids)
+    last = since
+    k = q.keys
+    deadline = None if timeout is None else time.monotonic() + timeout
+    next_sweep = time.monotonic() + _SWEEP_EVERY
+    while remaining:
+        block = 2000
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
+                                   f"({len(remaining)} still unfinished)")
+            block = max(1, min(block, int(left * 1000)))
+        entries = q.r.xread({k.finished: last}, count=1000, block=block)
+        hits: list[str] = []
+        if entries:
+            batch = entries[0][1]
+            sid = batch[-1][0]
+            last = sid.decode() if isinstance(sid, bytes) else sid
+            for _, f in batch:
+                tid = f[b"t"].decode()
+                if tid in remaining:
+                    hits.append(tid)
+        elif time.monotonic() >= next_sweep:
+            hits = _finished_among(q, list(remaining))
+            next_sweep = time.monotonic() + _SWEEP_EVERY
+        for task in _fetch(q, list(dict.fromkeys(hits))):
+            if task.state in ("done", "failed") and task.id in remaining:
+                remaining.discard(task.id)
+                if deadline is not None:
+                    deadline = time.monotonic() + timeout
+                yield task
+
+
+# --------------------------------------------------------------------------------------- the core
+
+
+class _Batch:
+    """Calls to run as tasks and gather in order: one task per call, or per chunk of calls."""
+
+    def __init__(self, calls: list[tuple[Callable, tuple, dict]], chunksize: int | None) -> None:
+        self.calls = calls
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
+                                      or chunksize < 1):
+            raise ConfigError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+        self.chunksize = chunksize
+
+    def tasks(self) -> tuple[list[Any], list[range], list[Any]]:
+        """Deferred tasks, the input positions each covers, and their metadata."""
+        if not self.chunksize:
+            return ([defer(fn, *a, **kw) for fn, a, kw in self.calls],
+                    [range(i, i + 1) for i in range(len(self.calls))], [None] * len(self.calls))
+        tasks, spans, metas = [], [], []
+        for start in range(0, len(self.calls), self.chunksize):
+            part = self.calls[start:start + self.chunksize]
+            span = range(start, start + len(part))
+            tasks.append(defer(_run_chunk, part))
+            spans.append(span)
+            metas.append({"map": fn_name(part[0][0]), "items": (span.start, span.stop)})
+        return tasks, spans, metas
+
+
+def _gather(q: Any, batch: _Batch, *, progress: Any, return_exceptions: bool, fail_fast: bool,
+            timeout: float | None, transient: bool, description: str,
+            schedule_options: dict[str, Any]) -> list[Any]:
+    n = len(batch.calls)
+    if n == 0:
+        return []
+    tasks, spans, metas = batch.tasks()
+    chunked = bool(batch.chunksize)
+    since = _last_finished(q)
+    refs = q.schedule_many(tasks, metadata=metas if chunked else None, **schedule_options)
+    span_of = {ref.id: span for ref, span in zip(refs, spans)}
+    results: list[Any] = [None] * n
+    errors: dict[int, BaseException] = {}
+    unfinished = set(span_of)
+
+    def take(task: Task) -> BaseException | None:
+        """Record one finished task; returns its first failure (for fail_fast)."""
+        unfinished.discard(task.id)
+        span = span_of[task.id]
+        first: BaseException | None = None
+        if task.state == "done" and chunked:
+            for i, outcome in zip(span, task.returnvalue):
+                if outcome[0]:
+                    results[i] = codec.loads(outcome[1])
+                else:
+                    exc = _attach(codec.loads(outcome[1]), outcome[2],
+                                  f"task {task.id} item {i} on {task.host or '?'}")
+                    errors[i] = exc
+                    first = first or exc
+        elif task.state == "done":
+            results[span.start] = task.returnvalue
+        else:
+            exc = task_exception(task)
+            for i in span:
+                errors[i] = exc
+            first = exc
+        failed = sum(1 for i in span if i in errors)
+        bar.advance(len(span) - failed, failed)
+        return first
+
+    bar = MapProgress(progress, n, description, transient)
+    try:
+        with bar:
+            for task in _finished_tasks(q, [r.id for r in refs], since, timeout):
+                if task.id not in unfinished:
+                    continue
+                first = take(task)
+                if first is not None and fail_fast and not return_exceptions:
+                    _cancel(q, unfinished)
+                    raise first
+    except KeyboardInterrupt:
+        _cancel(q, unfinished)
+        raise
+    if errors and not return_exceptions:
+        raise errors[min(errors)]
+    for i, exc in errors.items():
+        results[i] = exc
+    return results
+
+
+def _finished_tasks(q: Any, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
+    """Finished tasks of ``ids``: run here first in debug mode (a local queue), then followed on Redis."""
+    left = set(ids)
+    if getattr(q, "local", False):
+        from .inline import run_inline
+
+        for task in run_inline(q, since=since):
+            if task.id in left:
+                left.discard(task.id)
+                yield task
+                if not left:
+                    return
+    if left:
+        yield from _follow(q, [i for i in ids if i in left], since, timeout)
+
+
+def _cancel(q: Any, ids: set[str]) -> None:
+    if not ids:
+        return
+    cancel = getattr(q, "cancel", None)
+    if cancel is None:  # an older Queue without cancel: leave them, only stop waiting
+        return
+    try:
+        cancel(sorted(ids))
+    except Exception:  # noqa: BLE001 - best effort while an exception is already on its way
+        pass
+
+
+def _describe(fn: Any) -> str:
+    try:
+        return fn_name(fn)
+    except Exception:  # noqa: BLE001
+        return "map"
+
+
+# ---------------------------------------------------------------------------------------- the API
+
+
+def map(q: Any, fn: Callable, inputs: Iterable[Any], *, progress: Any = True, return_exceptions: bool = False,
+        fail_fast: bool = False, chunksize: int | None = None, timeout: float | None = None,
+        transient: bool = False, description: str | None = None, **schedule_options: Any) -> list[Any]:
+    """``[fn(x) for x in inputs]`` run as tasks on the queue's workers; results in input order.
+
+    ``progress``: True, False, or a rich ``Progress`` to add a row to; ``transient``: remove the bar
+    at the end (nested loops). ``return_exceptions``: exceptions in place instead of raising.
+    ``fail_fast``: raise the first failure at once and cancel the rest. ``chunksize``: inputs per
+    task (cuts per-task overhead for short calls). ``timeout``: seconds without any of these tasks
+    finishing before TimeoutError. Other keywords go to ``schedule_many`` (``timeout`` there is
+    spelled ``task_timeout`` here: seconds before a task is killed; ``max_attempts``)."""
+    return _gather(q, _Batch([(fn, (x,), {}) for x in inputs], chunksize), progress=progress,
+                   return_exceptions=return_exceptions, fail_fast=fail_fast, timeout=timeout,
+                   transient=transient, description=description or _describe(fn),
+                   schedule_options=_schedule_options(schedule_options))
+
+
+def starmap(q: Any, fn: Callable, inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
+    """Like :func:`map`, each input spread as ``fn(*x)`` (JobRunner's tuple inputs)."""
+    progress = options.pop("progress", True)
+    return _gather(q, _Batch([(fn, tuple(x), {}) for x in inputs], options.pop("chunksize", None)),
+                   progress=progress, return_exceptions=options.pop("return_exceptions", False),
+                   fail_fast=options.pop("fail_fast", False), timeout=options.pop("timeout", None),
+                   transient=options.pop("transient", False),
+                   description=options.pop("description", None) or _describe(fn),
+                   schedule_options=_schedule_options(options))
+
+
+def _schedule_options(options: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name == "task_timeout":
+            out["timeout"] = value
+        elif name == "max_attempts":
+            out[name] = value
+        else:
+            raise TypeError(f"unexpected keyword argument {name!r}")
+    return out
+
+
+class Submitter:
+    """Collects calls inside ``with submitting(q) as sub:``; they run when the block exits."""
+
+    def __init__(self, q: Any, options: dict[str, Any]) -> None:
+        self.q = q
+        self.options = dict(options)
+        self.calls: list[tuple[Callable, tuple, dict]] = []
+        self._results: list[Any] | None = None
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> int:
+        """Add ``fn(*args, **kwargs)``; returns its index in ``results``. Nothing runs yet."""
+        if self._results is not None:
+            raise RuntimeError("this submitting block has run already; open a new one")
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable first, not {type(fn).__name__}")
+        self.calls.append((fn, args, kwargs))
+        return len(self.calls) - 1
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    @property
+    def results(self) -> list[Any]:
+        """The outputs in submission order (available once the block has exited)."""
+        if self._results is None:
+            raise RuntimeError("results are available after the submitting block exits")
+        return self._results
+
+    def run(self) -> list[Any]:
+        o = dict(self.options)
+        names = {_describe(fn) for fn, _, _ in self.calls}
+        self._results = _gather(
+            self.q, _Batch(self.calls, o.pop("chunksize", None)), progress=o.pop("progress", True),
+            return_exceptions=o.pop("return_exceptions", False), fail_fast=o.pop("fail_fast", False),
+            timeout=o.pop("timeout", None), transient=o.pop("transient", False),
+            description=o.pop("description", None) or (names.pop() if len(names) == 1 else "submitted"),
+            schedule_options=_schedule_options(o))
+        return self._results
+
+
+@contextmanager
+def submitting(q: Any, progress: Any = True, **options: Any) -> Iterator[Submitter]:
+    """Collect ``sub.submit(fn, *args)`` calls and run them as tasks when the block exits; then
+    ``sub.results`` holds the outputs in submission order. If the block raises, nothing is scheduled
+    and the exception propagates unchanged (JobRunner ran the batch anyway and could mask it).
+    Options are those of :func:`map`."""
+    sub = Submitter(q, {"progress": progress, **options})
+    yield sub  # an exception of the body propagates from here: nothing runs
+    sub.run()
+
