@@ -194,9 +194,10 @@ def kill_group(pgid: int, grace: float = 5.0, sig: int = signal.SIGTERM) -> None
         time.sleep(0.02)
 
 
-def proc_table() -> dict[int, tuple[int, int, int]]:
-    """pid -> (ppid, pgrp, rss bytes) for every process visible in /proc (one read per process)."""
-    out: dict[int, tuple[int, int, int]] = {}
+def proc_table() -> dict[int, tuple[int, int, int, int]]:
+    """pid -> (ppid, pgrp, rss bytes, start time in clock ticks) for every process visible in /proc
+    (one read per process)."""
+    out: dict[int, tuple[int, int, int, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -207,19 +208,20 @@ def proc_table() -> dict[int, tuple[int, int, int]]:
             continue
         # the command name (field 2) may contain spaces and parentheses: split after the last ')'
         rest = data[data.rindex(b")") + 2:].split()
-        # rest[0] = state (field 3), rest[1] = ppid, rest[2] = pgrp, ..., rest[21] = rss (field 24)
-        out[int(name)] = (int(rest[1]), int(rest[2]), int(rest[21]) * PAGE)
+        # rest[0] = state (field 3), rest[1] = ppid, rest[2] = pgrp, rest[19] = starttime (field 22),
+        # rest[21] = rss (field 24)
+        out[int(name)] = (int(rest[1]), int(rest[2]), int(rest[21]) * PAGE, int(rest[19]))
     return out
 
 
-def tree_pids(table: dict[int, tuple[int, int, int]], roots: Iterable[int], pgids: Iterable[int]) -> set[int]:
+def tree_pids(table: dict[int, tuple[int, int, int, int]], roots: Iterable[int], pgids: Iterable[int]) -> set[int]:
     """The processes of the given groups plus every descendant of ``roots`` (children that changed
     group or session included)."""
     pgids = set(pgids)
-    members = {pid for pid, (_, pgrp, _) in table.items() if pgrp in pgids}
+    members = {pid for pid, (_, pgrp, _, _) in table.items() if pgrp in pgids}
     members |= {r for r in roots if r in table}
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
+    for pid, (ppid, *_) in table.items():
         children.setdefault(ppid, []).append(pid)
     stack = list(members)
     while stack:
@@ -319,9 +321,12 @@ class Workers:
             kill_group(p.pid, grace=0.5, sig=signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
+        # stragglers that left the groups: only the very processes seen before (same start time)
+        now = proc_table()
         for pid in tree:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+            if pid in now and now[pid][3] == table[pid][3]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         self.procs = []
 
 

@@ -84,8 +84,23 @@ def machine() -> dict[str, str]:
             if line.startswith("MemTotal"):
                 mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
                 break
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "memory": mem,
+    load = "?"
+    with contextlib.suppress(OSError):
+        load = " ".join(open("/proc/loadavg").read().split()[:3])
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "memory": mem, "load": load,
             "kernel": platform.release(), "python": sys.version.split()[0]}
+
+
+def git_revision() -> str:
+    """The repository's commit (with ``+dirty`` when forrestq/ or bench/ has uncommitted changes)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "forrestq", "bench"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (rev or "?") + ("+dirty" if dirty else "")
 
 
 class Run:
@@ -192,14 +207,16 @@ def build_table(systems: list[str], med: dict[str, dict[str, float | None]], mar
 
 def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: list[str],
                    med: dict[str, dict[str, float | None]], results: dict[str, list[dict[str, Any]]],
-                   errors: list[str], server: Server, started: dt.datetime, elapsed: float) -> None:
-    m = machine()
+                   errors: list[str], server: Server, started: dt.datetime, elapsed: float,
+                   m: dict[str, str]) -> None:
     lines = [
         "# forrestq side-by-side benchmark",
         "",
         f"- date: {started.strftime('%Y-%m-%d %H:%M %Z').strip()} (run took {elapsed:.0f} s)",
         f"- command: `{command}`",
-        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}",
+        f"- machine: {m['nproc']} cores ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}; "
+        f"load average at the start {m['load']}",
+        f"- forrestq: {m['forrestq']} at commit {m['commit']}",
         f"- Python {m['python']}; server: {server.version}, private, loopback, "
         f"`--save \"\" --appendonly no` (no persistence)",
         f"- N = {args.n:,} no-ops, {args.rt} round trips, {args.sleep_n} × `time.sleep(0.01)` "
@@ -226,11 +243,18 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         n = r.get("notes", {})
         lines.append(f"| {s} | {vers} | {n.get('enqueue', '')} | {n.get('workers', '')} | "
                      f"{n.get('result wait', '')} |")
-    lines += ["", "## Every repetition", "", "| system | rep | " + " | ".join(k for k, *_ in METRICS) + " |",
-              "|---|---|" + "---|" * len(METRICS)]
+    lines += ["", "## Every repetition", "",
+              "| system | rep | " + " | ".join(k for k, *_ in METRICS) + " | drain_counted |",
+              "|---|---|" + "---|" * (len(METRICS) + 1)]
     for s in systems:
         for i, r in enumerate(results.get(s) or []):
-            lines.append(f"| {s} | {i + 1} | " + " | ".join(fmt(r.get(k), spec) for k, _, spec, _ in METRICS) + " |")
+            lines.append(f"| {s} | {i + 1} | " + " | ".join(fmt(r.get(k), spec) for k, _, spec, _ in METRICS)
+                         + f" | {r.get('drain_counted', '')} |")
+    lines += ["", "drain_counted: tasks finished after the drain clock started (of N + 2 warm-ups).", "",
+              "Worker commands:", ""]
+    for s in systems:
+        for c in (results.get(s) or [{}])[-1].get("worker_cmds", []):
+            lines.append(f"- {s}: `{c}`")
     if errors:
         lines += ["", "## Failures", ""] + [f"- {e.splitlines()[0]}" for e in errors]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.compare" + ("".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:])))
     started = dt.datetime.now().astimezone()
     t_start = time.monotonic()
+    m = machine()  # before anything runs: the load average is the machine's, not ours
+    m["commit"] = git_revision()
+    try:
+        from importlib import metadata
+        m["forrestq"] = metadata.version("forrestq")
+    except Exception:
+        m["forrestq"] = "?"
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -310,7 +341,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"({time.monotonic() - t0:.1f} s)")
             med = {s: {k: median([r.get(k) for r in results[s]]) for k, *_ in METRICS} for s in args.systems}
             elapsed = time.monotonic() - t_start
-            m = machine()
             print()
             print(f"forrestq side-by-side benchmark — {started:%Y-%m-%d %H:%M}, {m['nproc']} cores ({m['cpu']}), "
                   f"Python {m['python']}, {server.version}, private loopback server without persistence")
@@ -328,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"workers: {r['notes'].get('workers', '')}; wait: {r['notes'].get('result wait', '')}")
             if args.out:
                 write_markdown(args.out, command, args, args.systems, med, results, errors, server,
-                               started, elapsed)
+                               started, elapsed, m)
                 log(f"wrote {args.out}")
     except KeyboardInterrupt:
         log("interrupted: tearing down")
