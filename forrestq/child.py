@@ -2,9 +2,13 @@
 
 A child is forked by the worker (``forrestq.worker``), sits in its own process group, and is reused for
 many tasks. It talks to Redis itself (claim and completion are one Lua script each, pipelined together),
-so a task costs no round trip through the parent. It tells its parent what it runs through a shared
+so a task costs no round trip through the parent. It tells its parent what it holds through a shared
 memory ``Slot``; the parent renews leases from there, kills the process group on timeout, and records
 the failure when the child dies (segfault, ``os._exit``, OOM kill) — the child never has to survive.
+
+A task is held from its claim until its completion is recorded (or refused): while Redis is away the
+child keeps the completion and retries it, and its lease keeps being renewed, so a computed result is
+never dropped while its fencing token is current. The slot's time limit covers the user's code only.
 """
 from __future__ import annotations
 
@@ -19,25 +23,48 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
+from redis import exceptions as rx
 
 from . import codec
 from .keys import GROUP, QueueKeys
 from .scripts import Scripts
 
 OUTPUT_TAIL = 64 * 1024
+RESULT_LIMIT = 500 << 20  # bytes: Redis refuses a bulk string past proto-max-bulk-len (512 MB)
+RETRY_CAP = 2.0  # seconds: longest pause between two tries while Redis is away
+# Errors a server gives while it is restarting, failing over or full: try the same command again later.
+TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScriptError, rx.ReadOnlyError,
+             rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError)
+
+
+def transient(e: BaseException) -> bool:
+    return isinstance(e, TRANSIENT) or str(e).startswith(("BUSY ", "NOREPLICAS", "LOADING"))
+
+
+class SlotView(NamedTuple):
+    busy: bool
+    queue: int
+    task: str
+    token: str
+    attempts: int
+    max_attempts: int
+    started: float  # time.monotonic() when the user's code started (the clock is system-wide)
+    timeout: float  # seconds allowed from ``started``, 0 = no limit (loading, recording, none set)
 
 
 class Slot(ctypes.Structure):
-    """What one child is doing, in memory shared with its parent (a seqlock: odd ``seq`` = being written)."""
+    """What one child holds, in memory shared with its parent (a seqlock: odd ``seq`` = being written)."""
 
     _fields_ = [
         ("seq", ctypes.c_uint64),
         ("busy", ctypes.c_uint8),
         ("stop", ctypes.c_uint8),  # set by the parent: finish the current task, then exit
         ("queue", ctypes.c_uint16),
+        ("attempts", ctypes.c_uint16),
+        ("max_attempts", ctypes.c_uint16),
         ("started", ctypes.c_double),
         ("timeout", ctypes.c_double),
         ("done", ctypes.c_uint64),
@@ -46,14 +73,29 @@ class Slot(ctypes.Structure):
         ("token", ctypes.c_char * 24),
     ]
 
-    def begin(self, queue: int, task: str, token: str, timeout: float) -> None:
+    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int) -> None:
+        """The child holds a task (claimed; no time limit yet)."""
         self.seq += 1
         self.queue, self.task, self.token = queue, task.encode(), token.encode()
-        self.timeout, self.started, self.busy = timeout, time.time(), 1
+        self.attempts, self.max_attempts = min(attempts, 65535), min(max_attempts, 65535)
+        self.timeout, self.started, self.busy = 0.0, time.monotonic(), 1
+        self.seq += 1
+
+    def arm(self, timeout: float) -> None:
+        """The user's code starts now, with this time limit (0 = none)."""
+        self.seq += 1
+        self.started, self.timeout = time.monotonic(), timeout
+        self.seq += 1
+
+    def disarm(self) -> None:
+        """The user's code has ended; what is left (recording the result) has no time limit."""
+        self.seq += 1
+        self.timeout = 0.0
         self.seq += 1
 
     def end(self, ok: bool | None) -> None:
-        """The task ended: done (True), failed (False), or handed back (None)."""
+        """The child holds nothing any more: the task's completion was recorded (or refused), done
+        (True) or failed (False), or the task was handed back (None)."""
         self.seq += 1
         self.busy = 0
         if ok:
@@ -62,13 +104,13 @@ class Slot(ctypes.Structure):
             self.failed += 1
         self.seq += 1
 
-    def read(self) -> tuple[bool, int, str, str, float, float]:
-        """A consistent copy of (busy, queue, task, token, started, timeout)."""
+    def read(self) -> SlotView:
+        """A consistent copy of the slot."""
         while True:
             s1 = self.seq
             if s1 % 2 == 0:
-                got = (bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
-                       self.started, self.timeout)
+                got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
+                               self.attempts, self.max_attempts, self.started, self.timeout)
                 if self.seq == s1:
                     return got
 
@@ -88,13 +130,16 @@ class ChildConfig:
     logfile: str | None = None
     verbose: int = 0
     block_ms: int = 500
+    socket_timeout: float = 30.0  # seconds without an answer before Redis counts as unreachable
     log_fd: int = 2  # the worker's stderr, for task-end lines
+    parent_pid: int = 0  # the worker; 0 = do not check
+    wake_fd: int = -1  # a non-blocking pipe to the worker, written when a task ends
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
-    state: str  # done | failed | retry
+    state: str  # done | failed | retry | release (not run: hand it back)
     result: bytes = b""
     error: bytes = b""
     traceback: str = ""
@@ -103,18 +148,61 @@ class Outcome:
     delay: float = 0.0  # with state "retry": seconds before the task may run again
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the worker dies, so no orphan keeps a claimed task."""
+def _prctl(option: int, arg: int) -> None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
 
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
 def one_line(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()
+    try:
+        msg = str(exc).strip().splitlines()
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        msg = ["<str() of the exception failed>"]
     return f"{type(exc).__name__}: {msg[0]}" if msg else type(exc).__name__
+
+
+def _failure(exc: BaseException, reason: str, runtime: float = 0.0) -> Outcome:
+    return Outcome("failed", error=codec.dump_exception(exc), traceback=traceback.format_exc(),
+                   reason=reason, runtime=runtime)
+
+
+def live_children() -> list[int]:
+    """Pids of this process's children still running; reaps the ones that have exited."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return []
+        if pid == 0:
+            break
+    found: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                found += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return found or [-1]  # some child lives, but /proc does not say which
+
+
+def kill_tree(pids: list[int]) -> None:
+    """SIGKILL these processes, and the process group of any that leads one (not ours)."""
+    own = os.getpgid(0)
+    for pid in pids:
+        if pid <= 0:
+            continue
+        try:
+            if os.getpgid(pid) == pid != own:
+                os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 class Capture:
@@ -147,16 +235,22 @@ class Capture:
         start = max(0, size - OUTPUT_TAIL)
         return os.pread(self.fd, size - start, start)
 
-    def copy_to(self, path: str, task_id: str, size: int) -> None:
-        """Append the whole output to the worker's log file, each line tagged with the task id."""
+    def copy_to(self, path: str, task_id: str, size: int, chunk: int = 1 << 20) -> None:
+        """Append the whole output to the worker's log file, each line tagged with the task id
+        (read in chunks: a task may print gigabytes)."""
         if not size:
             return
-        data = os.pread(self.fd, size, 0)
         tag = f"[{task_id}] ".encode()
-        lines = b"".join(tag + line + b"\n" for line in data.splitlines())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, lines)
+            rest = b""
+            for offset in range(0, size, chunk):
+                lines = (rest + os.pread(self.fd, min(chunk, size - offset), offset)).split(b"\n")
+                rest = lines.pop()
+                if lines:
+                    os.write(fd, b"".join(tag + line + b"\n" for line in lines))
+            if rest:
+                os.write(fd, tag + rest + b"\n")
         finally:
             os.close(fd)
 
@@ -177,23 +271,40 @@ def _mtime(fn: Any) -> int | None:
         return None
 
 
+class Backoff:
+    """Pauses between tries while Redis is away: 0.05 s doubling up to RETRY_CAP."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def pause(self) -> None:
+        time.sleep(min(RETRY_CAP, 0.05 * 2 ** self.failures))
+        self.failures += 1
+
+
 class Child:
     """The claim/run/complete loop of one child process."""
 
     def __init__(self, cfg: ChildConfig, slot: Slot) -> None:
         self.cfg = cfg
         self.slot = slot
+        self.pid = os.getpid()
         from .connection import connect
 
-        self.r: redis.Redis = connect(cfg.url, check=False)
+        self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout)
         self.scripts = Scripts(self.r)
         self.keys = [QueueKeys(q) for q in cfg.queues]
         self.fns: dict[bytes, Any] = {}
+        self.modules: dict[str, int | None] = {}  # module name -> source mtime when first used
         self.capture = Capture()
         self.tasks_run = 0
-        self.pending: tuple[int, list[Any]] | None = None  # a completion not yet sent
-        self.modules: dict[str, int | None] = {}  # module name -> source mtime when first used
+        # the completion of the task the slot holds, not recorded yet: (queue index, ARGV, state)
+        self.pending: tuple[int, list[Any], str] | None = None
         self.token = ""
+        self.backoff = Backoff()
 
     # --- Redis side -------------------------------------------------------------------------
     def _claim_args(self, k: QueueKeys, token: str, sid: str) -> list[Any]:
@@ -208,38 +319,106 @@ class Child:
     def _complete_keys(k: QueueKeys) -> list[str]:
         return k.complete_keys()
 
-    def next_task(self) -> tuple[int, list[Any]] | None:
-        """Send the pending completion and claim the next task in one round trip; block if idle."""
-        self.token = token = os.urandom(8).hex()  # the fencing token of whatever this call claims
-        pipe = self.r.pipeline(transaction=False)
+    def _add_completion(self, pipe: Any) -> None:
         if self.pending:
-            qi, args = self.pending
+            qi, args, _ = self.pending
             self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args, client=pipe)
+
+    def _settle(self, reply: Any) -> None:
+        """The server's answer to the pending completion. Raises a transient error (kept pending).
+        Any other error means the server will never take this record (too big, a broken blob): it
+        is replaced by a failure record that says so, sent at once."""
+        assert self.pending is not None
+        qi, args, state = self.pending
+        if isinstance(reply, Exception):
+            if transient(reply):
+                raise reply
+            self.log(f"child {self.pid}: the server refused the result of task {args[2]} ({reply}); "
+                     "recording a failure instead")
+            reason = f"could not record the result: {one_line(reply)}"
+            args = [*args[:4], "failed", b"", codec.dump_exception(RuntimeError(reason)), "", reason,
+                    *args[9:11], b"", args[12], 0]
+            self.pending = (qi, args, "failed")
+            reply = self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args)
+            state = "failed"
+        if not reply:
+            self.log(f"child {self.pid}: result of task {args[2]} refused: this attempt no longer holds "
+                     "the task (its lease was lost and another attempt took it over)")
+        self.pending = None
+        self.slot.end(state == "done")
+        self.wake()
+
+    def next_task(self) -> tuple[int, str, list[Any]] | None:
+        """Record the pending completion and claim the next task in one round trip; block if idle.
+        Returns (queue index, fencing token, what claim.lua returned), or None."""
+        self.token = token = os.urandom(8).hex()  # the fencing token of whatever this call claims
         # queues in the order given: the first has priority; one claim per call, never one per queue
         for qi, k in enumerate(self.keys):
-            self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, ""), client=pipe)
-            got = pipe.execute()[-1]
-            self.pending = None
-            if got:
-                return qi, got
             pipe = self.r.pipeline(transaction=False)
+            completing = self.pending is not None
+            self._add_completion(pipe)
+            self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, ""), client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+            got = replies[-1]
+            if completing:
+                try:
+                    self._settle(replies[0])
+                except redis.RedisError:
+                    if got and not isinstance(got, Exception):  # hold one task at a time
+                        self._release(k, got[0].decode(), token)
+                    raise
+            if isinstance(got, Exception):
+                raise got
+            if got:
+                return qi, token, got
+        if self.slot.stop:
+            return None
         streams = {k.stream: ">" for k in self.keys}
         read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
         for stream, entries in read or ():
-            qi = [k.stream for k in self.keys].index(stream.decode() if isinstance(stream, bytes) else stream)
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            qi = [k.stream for k in self.keys].index(name)
             sid = entries[0][0]
             sid = sid.decode() if isinstance(sid, bytes) else sid
             k = self.keys[qi]
             got = self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, sid))
             if got and got[0] != b"skip":
-                return qi, got
+                if self.slot.stop:  # the worker is stopping: hand the task straight back
+                    self._release(k, got[0].decode(), token)
+                    return None
+                return qi, token, got
         return None
+
+    def _release(self, k: QueueKeys, task_id: str, token: str) -> None:
+        """Hand a task claimed by this call back at once (its attempt is not counted)."""
+        self.scripts.release(keys=[k.stream, k.counts], args=[k.prefix, GROUP, task_id, token])
+
+    def flush(self) -> None:
+        """Record a completion still pending (the child is leaving). Retries while Redis is away:
+        the worker ends the wait if it has to (its grace), and then hands the task back."""
+        while self.pending:
+            try:
+                pipe = self.r.pipeline(transaction=False)
+                self._add_completion(pipe)
+                self._settle(pipe.execute(raise_on_error=False)[0])
+            except redis.RedisError as e:
+                self.log(f"child {self.pid}: cannot record a result yet ({one_line(e)}); retrying")
+                self.backoff.pause()
+
+    def _patiently(self, call: Any) -> Any:
+        """call(), retried while Redis is away (for reads that are safe to repeat)."""
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                self.log(f"child {self.pid}: Redis unreachable ({one_line(e)}); retrying")
+                self.backoff.pause()
 
     # --- running ----------------------------------------------------------------------------
     def load_fn(self, k: QueueKeys, sha: bytes) -> Any:
         fn = self.fns.get(sha)
         if fn is None:
-            blob = self.r.get(k.fn(sha.decode()))
+            blob = self._patiently(lambda: self.r.get(k.fn(sha.decode())))
             if blob is None:
                 raise LookupError(f"function blob {sha.decode()} is missing from the queue")
             fn = self.fns[sha] = codec.load_fn(blob, host=self.cfg.host)
@@ -249,42 +428,57 @@ class Child:
                             "imported it")
         return fn
 
-    def run(self, k: QueueKeys, got: list[Any]) -> Outcome:
-        sha, args_blob = got[2], got[3]
-        t0 = time.perf_counter()
+    def load(self, k: QueueKeys, got: list[Any]) -> tuple[Any, tuple, dict] | Outcome:
+        """The task's function and arguments, or the failure to load them (or "release": stale code)."""
         try:
-            fn = self.load_fn(k, sha)
+            fn = self.load_fn(k, got[2])
+            inputs = [codec.loads(b) for b in got[9:]]
+            args, kwargs = codec.load_args(got[3], inputs)
+            return fn, args, kwargs
         except StaleCode as e:
             return Outcome("release", reason=str(e))
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not the task's fault
         except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
-            return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
-                           reason=f"could not load task payload: {one_line(e)}")
-        try:
-            inputs = [codec.loads(b) for b in got[9:]]
-            args, kwargs = codec.load_args(args_blob, inputs)
-        except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
-            return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
-                           reason=f"could not load task payload: {one_line(e)}")
+            return _failure(e, f"could not load task payload: {one_line(e)}")
+
+    def call(self, got: list[Any], fn: Any, args: tuple, kwargs: dict) -> Outcome:
+        """Run the user's code and serialise what it returned or raised."""
+        t0 = time.perf_counter()
         try:
             value = fn(*args, **kwargs)
             if inspect.iscoroutine(value):
                 value = asyncio.run(value)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt in user code too
-            runtime = time.perf_counter() - t0
-            state, delay = "failed", 0.0
+            outcome = _failure(e, one_line(e), time.perf_counter() - t0)
             if got[7]:  # a retry policy: (retries, backoff, exception types)
                 retries, backoff, retry_on = codec.loads(got[7])
                 used = int(got[8])
                 if used < retries and isinstance(e, retry_on):
-                    state, delay = "retry", backoff * 2 ** used
-            return Outcome(state, error=codec.dump_exception(e), traceback=traceback.format_exc(),
-                           reason=one_line(e), runtime=runtime, delay=delay)
+                    outcome.state, outcome.delay = "retry", backoff * 2 ** used
+            return outcome
         runtime = time.perf_counter() - t0
         try:
-            return Outcome("done", result=codec.dumps(value), runtime=runtime)
+            result = codec.dumps(value)
         except Exception as e:  # noqa: BLE001
-            return Outcome("failed", error=codec.dump_exception(e), traceback=traceback.format_exc(),
-                           reason=f"could not serialise the return value: {one_line(e)}", runtime=runtime)
+            return _failure(e, f"could not serialise the return value: {one_line(e)}", runtime)
+        if len(result) > RESULT_LIMIT:
+            e = ValueError(f"the return value takes {len(result) >> 20} MiB serialised; "
+                           f"Redis takes at most {RESULT_LIMIT >> 20} MiB")
+            return _failure(e, f"could not store the return value: {one_line(e)}", runtime)
+        return Outcome("done", result=result, runtime=runtime)
+
+    def run(self, k: QueueKeys, got: list[Any]) -> Outcome:
+        loaded = self.load(k, got)
+        return loaded if isinstance(loaded, Outcome) else self.call(got, *loaded)
+
+    def wake(self) -> None:
+        """Tell the worker a task ended (it publishes its counts, and may stop waiting for us)."""
+        if self.cfg.wake_fd >= 0:
+            try:
+                os.write(self.cfg.wake_fd, b"\0")
+            except OSError:  # full (the worker is behind anyway) or gone
+                pass
 
     def log(self, line: str) -> None:
         try:
@@ -292,66 +486,78 @@ class Child:
         except OSError:
             pass
 
-    def loop(self) -> None:
+    def execute(self, qi: int, token: str, got: list[Any]) -> Outcome:
+        """Run one claimed task; its completion is left pending (sent with the next claim)."""
         cfg = self.cfg
+        k = self.keys[qi]
+        task_id = got[0].decode()
+        self.slot.begin(qi, task_id, token, int(got[5]), int(got[6] or 3))
+        self.capture.start()
+        try:
+            outcome = self.load(k, got)
+            if not isinstance(outcome, Outcome):
+                self.slot.arm(float(got[4]) if got[4] else cfg.autokill)
+                outcome = self.call(got, *outcome)
+        finally:
+            if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
+                os._exit(0)
+            self.slot.disarm()
+            size = self.capture.stop()
+        if outcome.state == "release":  # stale code: a fresh child runs it with the code as it is now
+            self._patiently(lambda: self._release(k, task_id, token))
+            self.slot.end(None)
+            self.wake()
+            self.log(f"handed back {k.name} {task_id}: {outcome.reason}; starting a fresh process")
+            return outcome
+        out = self.capture.tail(size)
+        if cfg.logfile:
+            self.capture.copy_to(cfg.logfile, task_id, size)
+        self.pending = (qi, self._complete_args(k, task_id, token, outcome, out), outcome.state)
+        if cfg.verbose >= 0:
+            what = f"{outcome.runtime:.3f}s" if outcome.state == "done" else outcome.reason
+            self.log(f"{outcome.state:6} {k.name} {task_id} {what}")
+        self.tasks_run += 1
+        return outcome
+
+    def loop(self) -> None:
         while not self.slot.stop:
             try:
                 claimed = self.next_task()
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                self.log(f"child {os.getpid()}: Redis unreachable ({e}); retrying")
-                time.sleep(0.5)  # the client already backed off; this bounds the retry rate
+                self.backoff.reset()
+            except redis.RedisError as e:
+                self.log(f"child {self.pid}: Redis unreachable or refusing ({one_line(e)}); retrying")
+                self.backoff.pause()
                 continue
-            if claimed is None:
-                continue
-            qi, got = claimed
-            k = self.keys[qi]
-            task_id, token = got[0].decode(), self.token
-            timeout = float(got[4]) if got[4] else cfg.autokill
-            self.slot.begin(qi, task_id, token, timeout)
-            self.capture.start()
-            try:
-                outcome = self.run(k, got)
-            finally:
-                size = self.capture.stop()
-            if outcome.state == "release":  # stale code: a fresh child runs it with the code as it is now
-                self.scripts.release(keys=[k.stream, k.counts], args=[k.prefix, GROUP, task_id, token])
-                self.slot.end(None)
-                self.log(f"handed back {k.name} {task_id}: {outcome.reason}; starting a fresh process")
-                break
-            out = self.capture.tail(size)
-            if cfg.logfile:
-                self.capture.copy_to(cfg.logfile, task_id, size)
-            self.pending = (qi, self._complete_args(k, task_id, token, outcome, out))
-            self.slot.end(outcome.state == "done")
-            if cfg.verbose >= 0:
-                what = f"{outcome.runtime:.3f}s" if outcome.state == "done" else outcome.reason
-                self.log(f"{outcome.state:6} {k.name} {task_id} {what}")
-            self.tasks_run += 1
-            if self._should_retire(outcome):
-                break
+            if claimed is not None:
+                why = self.retire_reason(self.execute(*claimed))
+                if why:
+                    if self.cfg.verbose > 0:
+                        self.log(f"child {self.pid}: replaced: {why}")
+                    break
         self.flush()
 
-    def flush(self) -> None:
-        """Send a completion still pending (the child is leaving)."""
-        deadline = time.monotonic() + max(5.0, self.cfg.lease_ms / 1000)
-        while self.pending and time.monotonic() < deadline:
-            qi, args = self.pending
-            try:
-                self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args)
-                self.pending = None
-            except (redis.ConnectionError, redis.TimeoutError):
-                time.sleep(0.2)
-
-    def _should_retire(self, outcome: Outcome) -> bool:
+    def retire_reason(self, outcome: Outcome) -> str:
+        """Why this child should be replaced after the task it just ran, or ""."""
         cfg = self.cfg
+        if outcome.state == "release":
+            return "the code it serves changed"
         if cfg.max_tasks and self.tasks_run >= cfg.max_tasks:
-            return True
+            return f"ran {self.tasks_run} tasks"
         if outcome.reason.startswith("MemoryError"):
-            return True  # the heap may be in a bad state after hitting the limit
+            return "its task ran out of memory"  # the heap may be in a bad state
+        if live_children():
+            return "its task left processes behind"  # the worker kills them with our process group
         if cfg.max_rss:
-            rss = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            return rss > cfg.max_rss
-        return False
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            if rss > cfg.max_rss:
+                return f"its memory grew to {rss >> 20} MiB"
+        return ""
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: the worker decides when its children stop (through the slot). A handler, not
+    SIG_IGN: an ignored signal would stay ignored in every program a task runs."""
 
 
 def child_main(cfg: ChildConfig, slot: Slot) -> None:
@@ -359,9 +565,12 @@ def child_main(cfg: ChildConfig, slot: Slot) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
-        _die_with_parent()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; it stops us through the slot
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no orphan keeps a claimed task when the worker dies
+        if cfg.parent_pid and os.getppid() != cfg.parent_pid:
+            os._exit(0)  # the worker died before the line above
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned grandchildren come to us, and so get killed
+        signal.signal(signal.SIGINT, _ignore)
+        signal.signal(signal.SIGTERM, _ignore)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
@@ -372,4 +581,5 @@ def child_main(cfg: ChildConfig, slot: Slot) -> None:
         traceback.print_exc()
         code = 70
     finally:
+        kill_tree([p for p in live_children() if p > 0])
         os._exit(code)

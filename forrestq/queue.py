@@ -22,6 +22,7 @@ from .task import Task, TaskRef
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
 CHUNK_NODES = 2000  # nodes per schedule script call: bounds how long one call blocks the server
 CHUNK_BYTES = 8 << 20
+OUTAGE = 300.0  # seconds results() keeps retrying while Redis is unreachable (with no timeout)
 
 
 def check_name(name: str) -> str:
@@ -205,10 +206,8 @@ class Queue:
         k = self.keys
         with bar:
             while True:
-                pipe = self.r.pipeline(transaction=True)
-                pipe.xread({k.finished: last}, count=1000)
-                pipe.hget(k.counts, "open")
-                entries, open_roots = pipe.execute()
+                entries, open_roots = self._patiently(lambda: self.r.pipeline(transaction=True).xread(
+                    {k.finished: last}, count=1000).hget(k.counts, "open").execute(), deadline)
                 if not entries:
                     open_n = int(open_roots or 0)
                     bar.update(len(seen), open_n)
@@ -221,7 +220,8 @@ class Queue:
                             raise TimeoutError(f"no task of queue {self.name!r} finished for {timeout} s "
                                                f"({open_n} still unfinished)")
                         block = max(1, min(block, int(left * 1000)))
-                    entries = self.r.xread({k.finished: last}, count=1000, block=block)
+                    entries = self._patiently(lambda: self.r.xread({k.finished: last}, count=1000,
+                                                                   block=block), deadline)
                     if not entries:
                         continue
                 batch = entries[0][1]
@@ -231,7 +231,7 @@ class Queue:
                     tid, gen = f[b"t"].decode(), int(f.get(b"g", b"0"))
                     if seen.get(tid, -1) < gen:
                         wanted[tid] = gen
-                for task in self._fetch(list(wanted)):
+                for task in self._patiently(lambda: self._fetch(list(wanted)), deadline):
                     if task.state in ("done", "failed") and task.generation == wanted[task.id] \
                             and seen.get(task.id, -1) < task.generation:
                         seen[task.id] = task.generation
@@ -239,6 +239,19 @@ class Queue:
                         if deadline is not None:
                             deadline = time.monotonic() + timeout
                         yield task
+
+    @staticmethod
+    def _patiently(call: Any, deadline: float | None) -> Any:
+        """call(), retried while Redis is unreachable (a server restart must not end a results()
+        loop), until deadline, or for OUTAGE seconds."""
+        give_up = time.monotonic() + OUTAGE if deadline is None else deadline
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.5)
 
     def wait(self, ref: TaskRef | str, timeout: float | None = None) -> Task:
         """Block until one root task has finished and return its record."""
