@@ -215,7 +215,7 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         f"- date: {started.strftime('%Y-%m-%d %H:%M %Z').strip()} (run took {elapsed:.0f} s)",
         f"- command: `{command}`",
         f"- machine: {m['nproc']} cores ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}; "
-        f"load average at the start {m['load']}",
+        f"load average {m['load']} just before the run (other work on the machine moves the figures)",
         f"- forrestq: {m['forrestq']} at commit {m['commit']}",
         f"- Python {m['python']}; server: {server.version}, private, loopback, "
         f"`--save \"\" --appendonly no` (no persistence)",
