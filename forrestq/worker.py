@@ -34,7 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import codec, keys, signing
+from . import codec, keys
 from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, _prctl, child_main, kill_tree,
                     transient)
 from .connection import connect, resolve_url
@@ -109,7 +109,6 @@ class Worker:
     """Supervises ``procs`` children for ``queues``; ``run()`` returns the exit code."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
-        signing.check()  # a bad $FORRESTQ_SECRET(_FILE) fails here, not at every task
         self.cfg = cfg
         self.url = resolve_url(cfg.url)
         # no retries inside a call: the loop retries, and supervision never waits long on Redis
