@@ -33,6 +33,7 @@ from typing import Any
 from . import codec
 from .child import Child, ChildConfig
 from .keys import GROUP
+from .mapping import fetch_records
 from .task import Task
 
 __all__ = ["run_inline"]
@@ -104,13 +105,8 @@ def run_inline(q: Any, progress: bool = False, timeout: float | None = None,
                 tid, gen = f[b"t"].decode(), int(f.get(b"g", b"0"))
                 if seen.get(tid, -1) < gen:
                     wanted[tid] = gen
-            pipe = q.r.pipeline(transaction=False)
-            for tid in wanted:
-                pipe.hgetall(k.task(tid))
-            for tid, fields in zip(wanted, pipe.execute()):
-                if not fields:
-                    continue
-                task = Task(q.name, tid, fields)
+            for task in fetch_records(q, list(wanted)):
+                tid = task.id
                 if task.state not in ("done", "failed") or task.generation != wanted[tid] \
                         or seen.get(tid, -1) >= task.generation:
                     continue

@@ -35,6 +35,18 @@ key                        type    what                                written b
                                    content-addressed
 ``fq:{q}:sweep``           string  guard: one reclaim sweep per        worker (SET NX PX)
                                    interval per queue
+``fq:{q}:once:<v>:done``   set     exactly-once keys whose body        once_confirm.lua
+                                   completed under version ``<v>``
+                                   (persistent: skipped for good)
+``fq:{q}:once:<v>:lease:`` string  owner token (random, host, pid) of  once_claim.lua (SET NX
+``<key>``                          the process running ``<key>``'s     PX), once_renew.lua,
+                                   body; expires (PX) unless renewed   once_confirm/once_release
+                                                                       (DEL, token-checked)
+``fq:{q}:blob:<sha256>``   string  a shared input (``Queue.put``):     shared.put (SET NX)
+                                   its pickle, content-addressed; over
+                                   64 MiB a small head naming parts
+``fq:{q}:blob:<sha256>:``  string  part ``<i>`` of a shared input over  shared.put (SET NX)
+``<i>``                            64 MiB (64 MiB each)
 =========================  ======  ==================================  ==========================
 
 Global keys (no hash tag: they are never used inside a script):
@@ -135,6 +147,18 @@ class QueueKeys:
 
     def fn(self, sha: str) -> str:
         return f"{self.prefix}fn:{sha}"
+
+    def once_done(self, version: int) -> str:
+        """Set of the exactly-once keys completed under ``version``."""
+        return f"{self.prefix}once:{version}:done"
+
+    def once_lease(self, version: int, key: str = "") -> str:
+        """Lease of one exactly-once key (``key=""``: the prefix the once_* scripts extend)."""
+        return f"{self.prefix}once:{version}:lease:{key}"
+
+    def blob(self, sha: str) -> str:
+        """A shared input, content-addressed by the sha256 of its pickle."""
+        return f"{self.prefix}blob:{sha}"
 
     def pattern(self) -> str:
         """Glob matching every key of this queue (for clean-up by SCAN)."""

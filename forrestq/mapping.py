@@ -32,7 +32,7 @@ from typing import Any
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from . import codec
+from . import codec, keys
 from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed
 from .task import Task
@@ -158,15 +158,29 @@ def _last_finished(q: Any) -> str:
     return sid.decode() if isinstance(sid, bytes) else sid
 
 
-def _fetch(q: Any, ids: list[str]) -> list[Task]:
+# every field of a task record but its payload: the arguments can be big (a 100 MB array passed
+# directly), and HGETALL would send them back to the caller with each result
+_RECORD_FIELDS = sorted({v for k, v in vars(keys).items()
+                         if k.startswith("TASK_") and isinstance(v, str)} - {keys.TASK_ARGS})
+
+
+def fetch_records(q: Any, ids: list[str]) -> list[Task]:
+    """Task records without their argument payloads, pipelined; missing ids are left out."""
     out: list[Task] = []
+    names = [f.encode() for f in _RECORD_FIELDS]
     for i in range(0, len(ids), _FETCH):
         part = ids[i:i + _FETCH]
         pipe = q.r.pipeline(transaction=False)
         for tid in part:
-            pipe.hgetall(q.keys.task(tid))
-        out += [Task(q.name, tid, f) for tid, f in zip(part, pipe.execute()) if f]
+            pipe.hmget(q.keys.task(tid), _RECORD_FIELDS)
+        for tid, values in zip(part, pipe.execute()):
+            fields = {n: v for n, v in zip(names, values) if v is not None}
+            if fields:
+                out.append(Task(q.name, tid, fields))
     return out
+
+
+_fetch = fetch_records
 
 
 def _finished_among(q: Any, ids: list[str]) -> list[str]:

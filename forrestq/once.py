@@ -91,16 +91,12 @@ def _scripts(q: Any) -> Any:
     return s
 
 
-def _prefix(q: Any, version: int) -> str:
-    return f"{q.keys.prefix}once:{version}:"
-
-
 def done_key(q: Any, version: int = 0) -> str:
-    return _prefix(q, version) + "done"
+    return q.keys.once_done(version)
 
 
 def lease_key(q: Any, key: str, version: int = 0) -> str:
-    return _prefix(q, version) + "lease:" + key
+    return q.keys.once_lease(version, key)
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -285,7 +281,7 @@ def _iterate(q: Any, items: list[tuple[Any, str]], lease_ms: int, version: int, 
              pause: float) -> Iterator[Any]:
     scripts = _scripts(q)
     dk = done_key(q, version)
-    prefix = _prefix(q, version) + "lease:"
+    prefix = q.keys.once_lease(version)
     held: tuple[tuple, str] | None = None
     pending = items
     try:
@@ -363,7 +359,7 @@ def once(q: Any, key: Any, lease: float = 60, version: int = 0, *,
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Status, Any]:
             token = _new_token()
             got, letters = _scripts(q).claim(keys=[done_key(q, version)],
-                                             args=[_prefix(q, version) + "lease:", token, lease_ms, skey])
+                                             args=[q.keys.once_lease(version), token, lease_ms, skey])
             letter = letters.decode() if isinstance(letters, bytes) else letters
             if letter == "d":
                 return Status.SKIP_OK, None
@@ -409,6 +405,6 @@ def done_keys(q: Any, version: int = 0) -> set[str]:
 def counts(q: Any, version: int = 0) -> dict[str, int]:
     """``{"done": completed keys, "running": keys held by a live lease}`` for ``version``."""
     version = _check_version(version)
-    pattern = (_prefix(q, version) + "lease:").replace("{", "\\{").replace("}", "\\}") + "*"
+    pattern = q.keys.once_lease(version).replace("{", "\\{").replace("}", "\\}") + "*"
     running = sum(1 for _ in q.r.scan_iter(match=pattern, count=1000))
     return {"done": int(q.r.scard(done_key(q, version))), "running": running}

@@ -491,6 +491,73 @@ class Queue:
         finally:
             stop_worker(proc)
 
+    # --- seed-tool habits (map, once, put, debug mode) ---
+    # Thin delegates; the code and its documentation live in forrestq/mapping.py, once.py, shared.py
+    # and inline.py (debug mode: ``local=True`` / ``run(procs=0)`` run tasks in this process).
+    def map(self, fn: Any, inputs: Iterable[Any], *, progress: Any = True, return_exceptions: bool = False,
+            fail_fast: bool = False, chunksize: int | None = None, timeout: float | None = None,
+            transient: bool = False, **options: Any) -> list[Any]:
+        """``[fn(x) for x in inputs]`` as tasks, results in input order (JobRunner's ``run_jobs``).
+        The first failure in input order is raised (its original type, remote traceback attached as a
+        note) once all have run; ``fail_fast`` raises at once and cancels the rest;
+        ``return_exceptions`` puts exceptions in place. ``chunksize``: inputs per task. ``progress``:
+        True/False or a rich Progress to add a row to; ``transient`` removes the bar at the end.
+        ``timeout``: seconds without progress. See :func:`forrestq.mapping.map`."""
+        from . import mapping
+
+        return mapping.map(self, fn, inputs, progress=progress, return_exceptions=return_exceptions,
+                           fail_fast=fail_fast, chunksize=chunksize, timeout=timeout, transient=transient,
+                           **options)
+
+    def starmap(self, fn: Any, inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
+        """Like :meth:`map`, each input spread as ``fn(*x)``."""
+        from . import mapping
+
+        return mapping.starmap(self, fn, inputs, **options)
+
+    def submitting(self, progress: Any = True, **options: Any) -> Any:
+        """``with q.submitting() as sub: sub.submit(fn, *args)``: the calls run when the block exits
+        (not if it raised); then ``sub.results`` holds their outputs in order. Options of :meth:`map`."""
+        from . import mapping
+
+        return mapping.submitting(self, progress=progress, **options)
+
+    def put(self, obj: Any) -> Any:
+        """Store a big input once (content-addressed) and return a small reference to pass to tasks
+        instead; each worker child loads it once and caches it. See :mod:`forrestq.shared`."""
+        from . import shared
+
+        return shared.put(self, obj)
+
+    def iterate(self, keys: Iterable[Any], lease: float = 60, version: int = 0, **options: Any) -> Iterator[Any]:
+        """``for key in q.iterate(keys):`` from many processes and machines: each key's body runs in
+        one process; completed keys are skipped for good; a dead process's key is taken again after
+        ``lease`` seconds. The body finishing confirms its key, raising (or ``break``) releases it.
+        ``version``: bump to recompute. See :func:`forrestq.once.iterate`."""
+        from . import once
+
+        return once.iterate(self, keys, lease, version, **options)
+
+    def once(self, key: Any, lease: float = 60, version: int = 0, **options: Any) -> Any:
+        """Decorator: the call runs only if ``key`` is neither done nor running elsewhere and returns
+        ``(Status, value)`` (``forrestq.once.Status``: COMPUTE_OK, COMPUTE_ERROR, SKIP_OK,
+        SKIP_IN_PROGRESS)."""
+        from . import once
+
+        return once.once(self, key, lease, version, **options)
+
+    def notify_success(self, key: Any, version: int = 0) -> None:
+        """Mark a key this process holds (``iterate``) as done now."""
+        from . import once
+
+        once.notify_success(self, key, version)
+
+    def notify_failure(self, key: Any, version: int = 0) -> bool:
+        """Give a key this process holds back at once; returns whether it held it."""
+        from . import once
+
+        return once.notify_failure(self, key, version)
+
 
 def _retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
     if not isinstance(retries, int) or retries < 0:

@@ -46,12 +46,10 @@ _url_clients: dict[str, Any] = {}
 load_count = 0  # objects loaded from Redis by this process (not cache hits), for tests and stats
 
 
-def _blob_key(prefix: str, sha: str) -> str:
-    return f"{prefix}blob:{sha}"
-
-
-def _prefix(queue: str) -> str:
-    return _prefix_of(queue) if _prefix_of is not None else QueueKeys(queue).prefix
+def _blob_key(queue: str, sha: str) -> str:
+    if _prefix_of is not None:
+        return f"{_prefix_of(queue)}blob:{sha}"
+    return QueueKeys(queue).blob(sha)
 
 
 def set_client(client: Any, queue_prefix_lookup: Callable[[str], str] | None = None) -> None:
@@ -167,7 +165,7 @@ def _load(queue: str, sha: str, url: str = "") -> Any:
             _cache.move_to_end((queue, sha))
             return hit[0]
         client = _client_for(queue, url)
-        blob = _read(client, _blob_key(_prefix(queue), sha))
+        blob = _read(client, _blob_key(queue, sha))
         if blob is None:
             raise LookupError(f"shared object {sha[:12]} of queue {queue!r} is missing from Redis "
                               "(deleted, or the queue was cleaned)")
@@ -209,7 +207,7 @@ class Shared:
 
     def delete(self) -> None:
         client = _client_for(self.queue, self.url)
-        key = _blob_key(_prefix(self.queue), self.sha)
+        key = _blob_key(self.queue, self.sha)
         head = client.get(key)
         keys = [key]
         if head is not None and head.startswith(_PARTS_MAGIC):
@@ -235,7 +233,7 @@ def put(q: Any, obj: Any) -> Shared:
         return obj
     blob = codec.dumps(obj)
     sha = hashlib.sha256(blob).hexdigest()
-    key = _blob_key(q.keys.prefix, sha)
+    key = q.keys.blob(sha)
     register_queue(q)
     if not q.r.exists(key):
         if len(blob) <= PART:
