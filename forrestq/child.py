@@ -148,7 +148,7 @@ class Outcome:
     delay: float = 0.0  # with state "retry": seconds before the task may run again
 
 
-def _prctl(option: int, arg: int) -> None:
+def prctl(option: int, arg: int) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
@@ -565,10 +565,10 @@ def child_main(cfg: ChildConfig, slot: Slot) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no orphan keeps a claimed task when the worker dies
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no orphan keeps a claimed task when the worker dies
         if cfg.parent_pid and os.getppid() != cfg.parent_pid:
             os._exit(0)  # the worker died before the line above
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned grandchildren come to us, and so get killed
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned grandchildren come to us, and so get killed
         signal.signal(signal.SIGINT, _ignore)
         signal.signal(signal.SIGTERM, _ignore)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -10,6 +10,8 @@ What becomes of a task whose child died:
 
 * killed by the worker for its time limit: failed, "killed after N s (autokill)";
 * killed by the worker because it is stopping: handed back, the attempt not counted;
+* killed by the worker because its lease was lost (the task was taken over or cancelled): nothing
+  to record, the task is someone else's;
 * SIGKILLed by someone else (the OOM killer, an operator): handed back, the attempt counted; failed
   once it has used up its attempts;
 * any other death (a segfault, ``os._exit``, an abort): failed, with the signal or the exit code.
@@ -35,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import codec, keys
-from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, _prctl, child_main, kill_tree,
+from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, prctl, child_main, kill_tree,
                     transient)
 from .connection import connect, resolve_url
 from .errors import ConfigError, TaskKilled, TaskLost
@@ -443,7 +445,7 @@ class Worker:
         # A task's orphans (e.g. started in a new session, so out of reach of killpg) come to this
         # process, which kills them once the child that ran the task is gone.
         self.foreign = set(own_children())
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         os.set_blocking(rfd, False)
