@@ -134,6 +134,7 @@ class ChildConfig:
     log_fd: int = 2  # the worker's stderr, for task-end lines
     parent_pid: int = 0  # the worker; 0 = do not check
     wake_fd: int = -1  # a non-blocking pipe to the worker, written when a task ends
+    async_concurrency: int = 1  # coroutine tasks run at once (one slot "lane" each)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -288,9 +289,10 @@ class Backoff:
 class Child:
     """The claim/run/complete loop of one child process."""
 
-    def __init__(self, cfg: ChildConfig, slot: Slot) -> None:
+    def __init__(self, cfg: ChildConfig, slot: Slot, lanes: list[Slot] | None = None) -> None:
         self.cfg = cfg
         self.slot = slot
+        self.lanes = lanes or [slot]
         self.pid = os.getpid()
         from .connection import connect
 
@@ -348,9 +350,9 @@ class Child:
         self.slot.end(state == "done")
         self.wake()
 
-    def next_task(self) -> tuple[int, str, list[Any]] | None:
-        """Record the pending completion and claim the next task in one round trip; block if idle.
-        Returns (queue index, fencing token, what claim.lua returned), or None."""
+    def next_task(self, block: bool = True) -> tuple[int, str, list[Any]] | None:
+        """Record the pending completion and claim the next task in one round trip; block if idle
+        (and ``block``). Returns (queue index, fencing token, what claim.lua returned), or None."""
         self.token = token = os.urandom(8).hex()  # the fencing token of whatever this call claims
         # queues in the order given: the first has priority; one claim per call, never one per queue
         for qi, k in enumerate(self.keys):
@@ -371,7 +373,7 @@ class Child:
                 raise got
             if got:
                 return qi, token, got
-        if self.slot.stop:
+        if self.slot.stop or not block:
             return None
         streams = {k.stream: ">" for k in self.keys}
         read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
@@ -450,13 +452,21 @@ class Child:
             if inspect.iscoroutine(value):
                 value = asyncio.run(value)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt in user code too
-            outcome = _failure(e, one_line(e), time.perf_counter() - t0)
-            if got[7]:  # a retry policy: (retries, backoff, exception types)
-                retries, backoff, retry_on = codec.loads(got[7])
-                used = int(got[8])
-                if used < retries and isinstance(e, retry_on):
-                    outcome.state, outcome.delay = "retry", backoff * 2 ** used
-            return outcome
+            return self.raised(got, e, t0)
+        return self.returned(value, t0)
+
+    def raised(self, got: list[Any], e: BaseException, t0: float) -> Outcome:
+        """The outcome of a task that raised ``e``: failed, or retry when its policy says so."""
+        outcome = _failure(e, one_line(e), time.perf_counter() - t0)
+        if got[7]:  # a retry policy: (retries, backoff, exception types)
+            retries, backoff, retry_on = codec.loads(got[7])
+            used = int(got[8])
+            if used < retries and isinstance(e, retry_on):
+                outcome.state, outcome.delay = "retry", backoff * 2 ** used
+        return outcome
+
+    def returned(self, value: Any, t0: float) -> Outcome:
+        """The outcome of a task that returned ``value``: done, unless the value cannot be stored."""
         runtime = time.perf_counter() - t0
         try:
             result = codec.dumps(value)
@@ -520,6 +530,8 @@ class Child:
         return outcome
 
     def loop(self) -> None:
+        if len(self.lanes) > 1:
+            return self.loop_async()
         while not self.slot.stop:
             try:
                 claimed = self.next_task()
@@ -535,6 +547,79 @@ class Child:
                         self.log(f"child {self.pid}: replaced: {why}")
                     break
         self.flush()
+
+    # --- several coroutine tasks at once (--async-concurrency) -------------------------------
+    def loop_async(self) -> None:
+        """Claim tasks while a lane is free and run coroutine tasks concurrently on one event loop
+        (taskmap's io_bound idea). A plain function runs to its end when called, as usual. Each task
+        holds its own lane, so the worker renews its lease and enforces its time limit (a limit kills
+        the whole child: the other tasks it held are handed back). Output is not captured per task
+        here (the tasks share the process's stdout); it goes to the worker's log."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        running: dict[asyncio.Task, tuple[int, str, list[Any], Slot, float]] = {}
+        free = list(reversed(self.lanes))
+        try:
+            while running or not self.slot.stop:
+                while free and not self.slot.stop:
+                    try:
+                        claimed = self.next_task(block=not running)
+                        self.backoff.reset()
+                    except redis.RedisError as e:
+                        self.log(f"child {self.pid}: Redis unreachable or refusing ({one_line(e)}); retrying")
+                        self.backoff.pause()
+                        break
+                    if claimed is None:
+                        break
+                    qi, token, got = claimed
+                    lane = free.pop()
+                    lane.begin(qi, got[0].decode(), token, int(got[5]), int(got[6] or 3))
+                    loaded = self.load(self.keys[qi], got)
+                    if isinstance(loaded, Outcome):
+                        free.append(self.record(lane, qi, token, got, loaded))
+                        continue
+                    fn, args, kwargs = loaded
+                    lane.arm(float(got[4]) if got[4] else self.cfg.autokill)
+                    t0 = time.perf_counter()
+                    try:
+                        value = fn(*args, **kwargs)
+                    except BaseException as e:  # noqa: BLE001
+                        free.append(self.record(lane, qi, token, got, self.raised(got, e, t0)))
+                        continue
+                    if inspect.iscoroutine(value):
+                        running[loop.create_task(value)] = (qi, token, got, lane, t0)
+                    else:
+                        free.append(self.record(lane, qi, token, got, self.returned(value, t0)))
+                if not running:
+                    continue
+                wait = 0.05 if free and not self.slot.stop else 0.5  # look for more work meanwhile
+                done, _ = loop.run_until_complete(
+                    asyncio.wait(list(running), timeout=wait, return_when=asyncio.FIRST_COMPLETED))
+                for fut in done:
+                    qi, token, got, lane, t0 = running.pop(fut)
+                    exc = fut.exception()
+                    outcome = self.raised(got, exc, t0) if exc else self.returned(fut.result(), t0)
+                    free.append(self.record(lane, qi, token, got, outcome))
+        finally:
+            loop.close()
+
+    def record(self, lane: Slot, qi: int, token: str, got: list[Any], outcome: Outcome) -> Slot:
+        """Record one task's outcome now (fenced by its token); returns its lane, free again."""
+        lane.disarm()
+        k = self.keys[qi]
+        task_id = got[0].decode()
+        args = self._complete_args(k, task_id, token, outcome, b"")
+        if outcome.state == "release":
+            self._patiently(lambda: self._release(k, task_id, token))
+        elif not self._patiently(lambda: self.scripts.complete(keys=k.complete_keys(), args=args)):
+            self.log(f"child {self.pid}: result of task {task_id} refused: this attempt no longer holds it")
+        lane.end(None if outcome.state == "release" else outcome.state == "done")
+        self.wake()
+        if self.cfg.verbose >= 0:
+            what = f"{outcome.runtime:.3f}s" if outcome.state == "done" else outcome.reason
+            self.log(f"{outcome.state:6} {k.name} {task_id} {what}")
+        self.tasks_run += 1
+        return lane
 
     def retire_reason(self, outcome: Outcome) -> str:
         """Why this child should be replaced after the task it just ran, or ""."""
@@ -560,7 +645,7 @@ def _ignore(signum: int, frame: Any) -> None:
     SIG_IGN: an ignored signal would stay ignored in every program a task runs."""
 
 
-def child_main(cfg: ChildConfig, slot: Slot) -> None:
+def child_main(cfg: ChildConfig, slot: Slot, lanes: list[Slot] | None = None) -> None:
     """Entry point of a forked child; never returns."""
     code = 0
     try:
@@ -576,7 +661,7 @@ def child_main(cfg: ChildConfig, slot: Slot) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if cfg.max_memory:
             resource.setrlimit(resource.RLIMIT_AS, (cfg.max_memory, cfg.max_memory))
-        Child(cfg, slot).loop()
+        Child(cfg, slot, lanes).loop()
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
         code = 70

@@ -190,6 +190,7 @@ def worker(
     max_tasks_per_child: int = typer.Option(0, help="Replace a child after this many tasks (0 = never)."),
     max_child_rss: Optional[str] = typer.Option(None, help="Replace a child that grew past this RSS, e.g. 1G."),
     logfile: Optional[str] = typer.Option(None, help="Append every task's output here, tagged with its id."),
+    async_concurrency: int = typer.Option(1, help="Coroutine (IO-bound) tasks one child runs at once."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output."),
     quiet: bool = typer.Option(False, "--quiet", help="Log nothing per task."),
 ) -> None:
@@ -214,7 +215,8 @@ def worker(
                        max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
                        max_tasks_per_child=max_tasks_per_child,
                        max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,
-                       logfile=logfile, verbose=-1 if quiet else verbose)
+                       logfile=logfile, verbose=-1 if quiet else verbose,
+                       async_concurrency=async_concurrency)
     w = Worker(cfg)
     if not quiet:
         print(f"forrestq worker {w.id}: host {cfg.host}, pid {os.getpid()}, {cfg.procs} procs, "

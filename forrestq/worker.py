@@ -71,6 +71,7 @@ class WorkerConfig:
     host: str = field(default_factory=default_host)
     sweep_interval: float | None = None  # default: lease / 3, at most 5 s
     heartbeat: float | None = None  # default: lease / 3
+    async_concurrency: int = 1  # coroutine tasks one child may run at once (IO-bound work)
 
     def __post_init__(self) -> None:
         if self.procs < 1:
@@ -79,6 +80,8 @@ class WorkerConfig:
             raise ConfigError(f"--lease must be positive, not {self.lease}")
         if not self.queues:
             raise ConfigError("at least one queue is needed")
+        if not 1 <= self.async_concurrency <= 64:
+            raise ConfigError(f"--async-concurrency must be from 1 to 64, not {self.async_concurrency}")
 
 
 def signal_name(sig: int) -> str:
@@ -122,9 +125,12 @@ class Worker:
         self.beat_every = cfg.heartbeat or cfg.lease / 3
         self.sweep_every = cfg.sweep_interval or min(cfg.lease / 3, 5.0)
         size = ctypes_size()
-        self.mem = mmap.mmap(-1, size * cfg.procs)
-        self.slots = [Slot.from_buffer(self.mem, i * size) for i in range(cfg.procs)]
-        self.pids: dict[int, int] = {}  # pid -> slot index
+        # one slot per task a child may hold: ``async_concurrency`` lanes per child, the first one the
+        # child's own (its stop flag)
+        self.nlanes = cfg.async_concurrency
+        self.mem = mmap.mmap(-1, size * cfg.procs * self.nlanes)
+        self.slots = [Slot.from_buffer(self.mem, i * size) for i in range(cfg.procs * self.nlanes)]
+        self.pids: dict[int, int] = {}  # pid -> child index
         self.vacant: dict[int, float] = {}  # slot index -> monotonic time it may be filled
         self.killed: dict[int, Kill] = {}  # pid -> why this worker killed it
         self.crashes: list[list[float]] = [[] for _ in range(cfg.procs)]  # per slot, monotonic times
@@ -146,18 +152,23 @@ class Worker:
                            lease_ms=self.lease_ms, autokill=c.autokill, max_memory=c.max_memory,
                            max_tasks=c.max_tasks_per_child, max_rss=c.max_child_rss,
                            logfile=c.logfile, verbose=c.verbose, parent_pid=os.getpid(),
-                           wake_fd=self.wake_fd)
+                           wake_fd=self.wake_fd, async_concurrency=c.async_concurrency)
+
+    def lanes(self, index: int) -> list[Slot]:
+        """The slots of child ``index``: one per task it may hold at once."""
+        return self.slots[index * self.nlanes:(index + 1) * self.nlanes]
 
     def spawn(self, index: int) -> None:
         now = time.monotonic()
-        slot = self.slots[index]
-        slot.busy, slot.stop = 0, 0
+        lanes = self.lanes(index)
+        for slot in lanes:
+            slot.busy, slot.stop = 0, 0
         cfg = self.child_config(index)
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
             pid = os.fork()
             if pid == 0:
-                child_main(cfg, slot)  # never returns
+                child_main(cfg, lanes[0], lanes)  # never returns
         except OSError as e:  # e.g. out of processes: try again later
             self.log(f"worker: cannot start a child ({e}); trying again in 1 s")
             self.vacant[index] = now + 1.0
@@ -206,16 +217,18 @@ class Worker:
             except (ProcessLookupError, PermissionError):
                 pass
             kill_tree([p for p in own_children() if p not in self.pids and p not in self.foreign])
-            slot = self.slots[index]
-            view = slot.read()
-            self.retired_done += slot.done
-            self.retired_failed += slot.failed
-            slot.done = slot.failed = slot.busy = 0
             kill = self.killed.pop(pid, None)
-            if view.busy:
-                self.settle(view, status, kill)
+            held = False
+            for slot in self.lanes(index):
+                view = slot.read()
+                self.retired_done += slot.done
+                self.retired_failed += slot.failed
+                slot.done = slot.failed = slot.busy = 0
+                if view.busy:
+                    held = True
+                    self.settle(view, status, kill)
             if not self.stopping:
-                crashed = not view.busy and kill is None and status != 0  # a retiring child exits 0
+                crashed = not held and kill is None and status != 0  # a retiring child exits 0
                 self.vacant[index] = self.respawn_at(index, crashed)
 
     def settle(self, view: SlotView, status: int, kill: Kill | None) -> None:
@@ -277,11 +290,12 @@ class Worker:
     def enforce_timeouts(self) -> None:
         now = time.monotonic()
         for pid, index in list(self.pids.items()):
-            if pid in self.killed:
-                continue
-            view = self.slots[index].read()
-            if view.busy and view.timeout > 0 and now - view.started > view.timeout:
-                self.kill(pid, Kill("autokill", view.token, view.timeout))
+            for slot in self.lanes(index):
+                if pid in self.killed:
+                    break
+                view = slot.read()
+                if view.busy and view.timeout > 0 and now - view.started > view.timeout:
+                    self.kill(pid, Kill("autokill", view.token, view.timeout))
 
     def kill(self, pid: int, why: Kill) -> None:
         self.killed[pid] = why
@@ -296,13 +310,13 @@ class Worker:
         running: dict[int, list[tuple[int, SlotView]]] = {}
         busy_n = done = failed = 0
         for pid, index in self.pids.items():
-            slot = self.slots[index]
-            view = slot.read()
-            done += slot.done
-            failed += slot.failed
-            if view.busy and pid not in self.killed:
-                busy_n += 1
-                running.setdefault(view.queue, []).append((pid, view))
+            for slot in self.lanes(index):
+                view = slot.read()
+                done += slot.done
+                failed += slot.failed
+                if view.busy and pid not in self.killed:
+                    busy_n += 1
+                    running.setdefault(view.queue, []).append((pid, view))
         for qi, held in running.items() if renew else ():
             k = self.keys[qi]
             kept = self.scripts.renew(keys=[k.lease(v.task) for _, v in held],
@@ -324,7 +338,7 @@ class Worker:
 
     def tally(self) -> tuple[int, int, int]:
         """(busy, done, failed) over the children, as published in the worker's hash."""
-        slots = [self.slots[i] for i in self.pids.values()]
+        slots = [s for i in self.pids.values() for s in self.lanes(i)]
         return (sum(s.busy for s in slots), sum(s.done for s in slots) + self.retired_done,
                 sum(s.failed for s in slots) + self.retired_failed)
 

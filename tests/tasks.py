@@ -212,3 +212,14 @@ def segfault_after(path, timeout=60.0):
     """Wait for a file to exist, then segfault."""
     wait_for_file(path, timeout)
     segfault()
+
+
+async def io_wait(path, name, seconds):
+    """An IO-bound coroutine: records (name, pid, start, end)."""
+    import asyncio
+
+    start = time.time()
+    await asyncio.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{name} {os.getpid()} {start} {time.time()}\n")
+    return name

@@ -237,3 +237,29 @@ def test_rerun_executes_the_code_as_it_is_now(url, tmp_path):
         task = q.wait(ref, timeout=60)
     assert task.state == "done" and task.returnvalue == 2
     assert task.attempts == 1  # handing back to a fresh process is not a lost attempt
+
+
+def test_async_concurrency_runs_coroutines_of_one_child_at_once(url, tmp_path):
+    log = tmp_path / "spans"
+    q = Queue("aio")
+    refs = q.schedule_many(defer(tasks.io_wait, str(log), f"io{i}", 0.5) for i in range(6))
+    sync = q.schedule(defer(tasks.add, 1, 2))  # a plain function among them runs as usual
+    with worker(url, "aio", 1, "--async-concurrency", "6"):
+        got = {t.id: t for t in q.results(timeout=60)}
+    assert [got[r.id].returnvalue for r in refs] == [f"io{i}" for i in range(6)]
+    assert got[sync.id].returnvalue == 3
+    spans = [line.split() for line in lines(log)]
+    assert len({pid for _, pid, _, _ in spans}) == 1  # one child process ran them all
+    starts, ends = [float(s[2]) for s in spans], [float(s[3]) for s in spans]
+    assert max(starts) < min(ends), "the coroutines did not run at the same time"
+
+
+def test_async_concurrency_autokill_hands_back_the_others(url, tmp_path):
+    log = tmp_path / "spans"
+    q = Queue("aio-kill")
+    slow = q.schedule(defer(tasks.io_wait, str(log), "slow", 30), timeout=1)
+    quick = q.schedule_many(defer(tasks.io_wait, str(log), f"q{i}", 0.05) for i in range(3))
+    with worker(url, "aio-kill", 1, "--async-concurrency", "4"):
+        got = {t.id: t for t in q.results(timeout=60)}
+    assert got[slow.id].state == "failed" and "autokill" in got[slow.id].reason
+    assert all(got[r.id].state == "done" for r in quick)
