@@ -48,11 +48,12 @@ class Queue:
     """
 
     def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
-                 exist_ok: bool = True, pre_clean: bool = False) -> None:
+                 exist_ok: bool = True, pre_clean: bool = False, local: bool = False) -> None:
         self.name = check_name(name)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError(f"max_attempts must be a positive integer, not {max_attempts!r}")
         self.max_attempts = max_attempts
+        self.local = local  # debug mode: results() runs the tasks in this process
         self.url = resolve_url(url)
         self.r: redis.Redis = connect(self.url)
         self.keys = QueueKeys(name)
@@ -197,6 +198,11 @@ class Queue:
         """Yield each root task of the queue once it has finished, on whichever machine; return when no
         root task is left unfinished. Blocks on Redis (no polling). ``timeout``: seconds without
         progress before ``TimeoutError``."""
+        if self.local:
+            from .inline import run_inline
+
+            yield from run_inline(self, progress=progress, timeout=timeout)
+            return
         from .progress import ResultsProgress
 
         bar = ResultsProgress(self, enabled=progress)
@@ -475,9 +481,15 @@ class Queue:
     def run(self, procs: int = os.cpu_count() or 1, progress: bool = False,
             timeout: float | None = None, **worker_options: Any) -> Iterator[Task]:
         """Start ``procs`` local worker processes for this queue, yield finished tasks like
-        ``results()``, and stop the workers afterwards (also when the loop is left early)."""
-        if not isinstance(procs, int) or procs < 1:
-            raise ConfigError(f"procs must be a positive integer, not {procs!r}")
+        ``results()``, and stop the workers afterwards (also when the loop is left early).
+        ``procs=0`` is debug mode: tasks run in this process, in order, so pdb works."""
+        if not isinstance(procs, int) or procs < 0:
+            raise ConfigError(f"procs must be a non-negative integer, not {procs!r}")
+        if procs == 0:
+            from .inline import run_inline
+
+            yield from run_inline(self, progress=progress, timeout=timeout)
+            return
         cmd = [sys.executable, "-m", "forrestq", "worker", "--procs", str(procs), "--queue", self.name,
                "--url", self.url, "--quiet", "--grace", "0"]
         for opt, value in worker_options.items():

@@ -2,7 +2,6 @@
 (JobRunner's ``n_workers=1`` single mode; runforrest's "evaluate() as a local test-run helper")."""
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import pdb
@@ -89,11 +88,6 @@ def test_map_in_local_mode_raises_the_live_exception(url):
     assert names[-1] == "crash_here"  # pdb.pm() / %debug lands in the task's frame
 
 
-def _supports(fn, name):
-    return name in inspect.signature(fn).parameters
-
-
-@pytest.mark.skipif(not _supports(Queue.__init__, "local"), reason="Queue(local=True) not wired yet")
 def test_local_queue_results(url):
     q = Queue("dbg-local", local=True)
     q.schedule_many([defer(whoami, i) for i in range(3)])
@@ -103,8 +97,5 @@ def test_local_queue_results(url):
 def test_run_procs_zero(url):
     q = Queue("dbg-run0")
     q.schedule_many([defer(whoami, i) for i in range(3)])
-    try:
-        got = [t.returnvalue for t in q.run(procs=0)]
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"Queue.run(procs=0) not wired yet: {exc}")
+    got = [t.returnvalue for t in q.run(procs=0)]
     assert got == [(i, os.getpid()) for i in range(3)]
