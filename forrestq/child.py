@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import redis
 from redis import exceptions as rx
 
-from . import codec
+from . import codec, shared
 from .keys import GROUP, QueueKeys
 from .scripts import Scripts
 
@@ -297,6 +297,7 @@ class Child:
         from .connection import connect
 
         self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout)
+        shared.set_client(self.r)  # shared inputs (Queue.put) load through this child's connection
         self.scripts = Scripts(self.r)
         self.keys = [QueueKeys(q) for q in cfg.queues]
         self.fns: dict[bytes, Any] = {}
@@ -390,6 +391,16 @@ class Child:
                     return None
                 return qi, token, got
         return None
+
+    def recreate_groups(self, error: Exception) -> None:
+        """After NOGROUP (the stream was deleted, e.g. by a clean or FLUSHALL): create the groups again."""
+        if "NOGROUP" not in str(error):
+            return
+        for k in self.keys:
+            try:
+                self.r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
+            except redis.RedisError:
+                pass  # BUSYGROUP, or Redis away: the next round tries again
 
     def _release(self, k: QueueKeys, task_id: str, token: str) -> None:
         """Hand a task claimed by this call back at once (its attempt is not counted)."""
@@ -538,6 +549,7 @@ class Child:
                 self.backoff.reset()
             except redis.RedisError as e:
                 self.log(f"child {self.pid}: Redis unreachable or refusing ({one_line(e)}); retrying")
+                self.recreate_groups(e)
                 self.backoff.pause()
                 continue
             if claimed is not None:
@@ -567,6 +579,7 @@ class Child:
                         self.backoff.reset()
                     except redis.RedisError as e:
                         self.log(f"child {self.pid}: Redis unreachable or refusing ({one_line(e)}); retrying")
+                        self.recreate_groups(e)
                         self.backoff.pause()
                         break
                     if claimed is None:

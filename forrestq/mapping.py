@@ -32,14 +32,15 @@ from typing import Any
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from . import codec, keys
+from . import codec
 from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed
+from .queue import FETCH_BATCH as _FETCH
+from .queue import fetch_records
 from .task import Task
 
 __all__ = ["map", "starmap", "submitting", "Submitter", "MapProgress"]
 
-_FETCH = 500  # task records per pipelined read
 _SWEEP_EVERY = 10.0  # s without news: read the states of our tasks directly (stream trimmed, missed)
 
 
@@ -160,26 +161,6 @@ def _last_finished(q: Any) -> str:
 
 # every field of a task record but its payload: the arguments can be big (a 100 MB array passed
 # directly), and HGETALL would send them back to the caller with each result
-_RECORD_FIELDS = sorted({v for k, v in vars(keys).items()
-                         if k.startswith("TASK_") and isinstance(v, str)} - {keys.TASK_ARGS})
-
-
-def fetch_records(q: Any, ids: list[str]) -> list[Task]:
-    """Task records without their argument payloads, pipelined; missing ids are left out."""
-    out: list[Task] = []
-    names = [f.encode() for f in _RECORD_FIELDS]
-    for i in range(0, len(ids), _FETCH):
-        part = ids[i:i + _FETCH]
-        pipe = q.r.pipeline(transaction=False)
-        for tid in part:
-            pipe.hmget(q.keys.task(tid), _RECORD_FIELDS)
-        for tid, values in zip(part, pipe.execute()):
-            fields = {n: v for n, v in zip(names, values) if v is not None}
-            if fields:
-                out.append(Task(q.name, tid, fields))
-    return out
-
-
 _fetch = fetch_records
 
 

@@ -169,10 +169,7 @@ class Queue:
         return Task(self.name, task_id, fields)
 
     def _fetch(self, ids: list[str]) -> list[Task]:
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(self.keys.task(i))
-        return [Task(self.name, i, f) for i, f in zip(ids, pipe.execute()) if f]
+        return fetch_records(self, ids)
 
     def _listing(self, key: str, limit: int | None) -> list[Task]:
         ids = [i.decode() for i in self.r.zrange(key, 0, -1 if limit is None else limit - 1)]
@@ -569,6 +566,28 @@ class Queue:
         from . import once
 
         return once.notify_failure(self, key, version)
+
+
+# every field of a task record but its argument payload, which can be large and is never shown
+RECORD_FIELDS = sorted({v for k, v in vars(keys).items()
+                        if k.startswith("TASK_") and isinstance(v, str)} - {keys.TASK_ARGS})
+FETCH_BATCH = 500  # task records per pipelined read
+
+
+def fetch_records(q: Queue, ids: list[str]) -> list[Task]:
+    """Task records without their argument payloads, pipelined; missing ids are left out."""
+    out: list[Task] = []
+    names = [f.encode() for f in RECORD_FIELDS]
+    for i in range(0, len(ids), FETCH_BATCH):
+        part = ids[i:i + FETCH_BATCH]
+        pipe = q.r.pipeline(transaction=False)
+        for tid in part:
+            pipe.hmget(q.keys.task(tid), RECORD_FIELDS)
+        for tid, values in zip(part, pipe.execute()):
+            fields = {n: v for n, v in zip(names, values) if v is not None}
+            if fields:
+                out.append(Task(q.name, tid, fields))
+    return out
 
 
 def _retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:

@@ -217,3 +217,20 @@ def test_quickstart_example_runs(url, tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "297 done, 3 failed" in out.stdout
+
+
+def test_worker_recovers_when_the_queue_stream_is_deleted(url, r):
+    q = Queue("flushed")
+    with worker(url, "flushed", 1):
+        assert q.wait(q.schedule(defer(tasks.identity, 1)), timeout=60).returnvalue == 1
+        r.flushall()  # stream and consumer group gone under a running worker
+        q2 = Queue("flushed")
+        assert q2.wait(q2.schedule(defer(tasks.identity, 2)), timeout=60).returnvalue == 2
+
+
+def test_results_do_not_read_argument_payloads(url, r):
+    q = Queue("bigargs")
+    ref = q.schedule(defer(len, b"x" * 5_000_000))
+    with worker(url, "bigargs", 1):
+        (task,) = list(q.results(timeout=60))
+    assert task.returnvalue == 5_000_000 and b"a" not in task._f
