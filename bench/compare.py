@@ -210,7 +210,7 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
                    errors: list[str], server: Server, started: dt.datetime, elapsed: float,
                    m: dict[str, str]) -> None:
     lines = [
-        "# forrestq side-by-side benchmark",
+        "## Side by side: forrestq, RQ, Celery, Dramatiq, Huey, arq (`python -m bench.compare`)",
         "",
         f"- date: {started.strftime('%Y-%m-%d %H:%M %Z').strip()} (run took {elapsed:.0f} s)",
         f"- command: `{command}`",
@@ -228,7 +228,7 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         "In parentheses: forrestq's advantage over that peer (> 1 = forrestq better): forrestq/peer for "
         "rates, peer/forrestq for times and memory. Method: `bench/README.md`.",
         "",
-        "## Versions and configuration",
+        "### Versions and configuration",
         "",
         "| system | versions | enqueue | workers | result wait |",
         "|---|---|---|---|---|",
@@ -243,7 +243,7 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         n = r.get("notes", {})
         lines.append(f"| {s} | {vers} | {n.get('enqueue', '')} | {n.get('workers', '')} | "
                      f"{n.get('result wait', '')} |")
-    lines += ["", "## Every repetition", "",
+    lines += ["", "### Every repetition", "",
               "| system | rep | " + " | ".join(k for k, *_ in METRICS) + " | drain_counted |",
               "|---|---|" + "---|" * (len(METRICS) + 1)]
     for s in systems:
@@ -256,9 +256,29 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         for c in (results.get(s) or [{}])[-1].get("worker_cmds", []):
             lines.append(f"- {s}: `{c}`")
     if errors:
-        lines += ["", "## Failures", ""] + [f"- {e.splitlines()[0]}" for e in errors]
+        lines += ["", "### Failures", ""] + [f"- {e.splitlines()[0]}" for e in errors]
+    write_section(path, "\n".join(lines))
+
+
+BEGIN, END = "<!-- bench.compare: begin (generated) -->", "<!-- bench.compare: end -->"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Write ``text`` as this benchmark's section of ``path``: other sections of the file (other
+    benchmarks write into RESULTS.md too) are kept; a file without our section gets it appended."""
+    section = f"{BEGIN}\n{text}\n{END}"
+    old = path.read_text() if path.exists() else ""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        new = head + section + rest.split(END, 1)[1]
+    elif old.strip():
+        new = old.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        new = "# Benchmark results\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
