@@ -84,6 +84,7 @@ def one_rep(b: Bench, args: argparse.Namespace, seed: int) -> dict[str, float]:
     finally:
         b.stop_worker(proc)
     first, last, count = b.finish_span(QUEUE)
+    gap, incidents = b.max_gap(QUEUE), b.incidents(proc)
     failed = b.failed(QUEUE)
     if failed:
         raise RuntimeError(f"{failed} DAG nodes failed:\n{b.worker_log()}")
@@ -100,7 +101,8 @@ def one_rep(b: Bench, args: argparse.Namespace, seed: int) -> dict[str, float]:
             "drain_per_s": (count - 1) / (last - first),
             "cpu_server_us": (srv1 - srv0) / per * 1e6,
             "cpu_children_us": (cpu1["children"] - cpu0["children"]) / per * 1e6,
-            "cpu_parent_us": (cpu1["parent"] - cpu0["parent"]) / per * 1e6}
+            "cpu_parent_us": (cpu1["parent"] - cpu0["parent"]) / per * 1e6,
+            "max_gap_s": gap, **incidents}
 
 
 ROWS = [
@@ -114,6 +116,8 @@ ROWS = [
     ("cpu_server_us", "  server CPU per node", "{:.0f} us", ""),
     ("cpu_children_us", "  children CPU per node", "{:.0f} us", ""),
     ("cpu_parent_us", "  worker parent CPU per node", "{:.0f} us", ""),
+    ("max_gap_s", "longest pause between two finishes", "{:.2f} s", ""),
+    ("lease_kills", "children killed for a 'lost' lease (worker log)", "{:.0f}", "0"),
 ]
 
 

@@ -212,6 +212,7 @@ class Bench:
         self.server = ServerProcess(self.dir / "server", bind="127.0.0.1",
                                     extra=["--appendonly", "no"])
         self.workers: list[subprocess.Popen] = []
+        self.started = 0  # workers started so far (names their log files)
         self.keep_logs = keep_logs
         self.r: redis.Redis | None = None
 
@@ -255,13 +256,16 @@ class Bench:
         importing ``bench.tasks`` from the repository root; output to a log file."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-        log = open(self.dir / f"worker-{len(self.workers)}.log", "ab")
+        self.started += 1
+        path = self.dir / f"worker-{self.started}.log"
+        log = open(path, "ab")
         try:
             proc = subprocess.Popen(self.worker_cmd(queue, procs, *extra), cwd=ROOT, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     start_new_session=True)
         finally:
             log.close()
+        proc.log_path = path  # type: ignore[attr-defined]
         self.workers.append(proc)
         return proc
 
@@ -319,6 +323,20 @@ class Bench:
         first = self.r.zrange(k.done, 0, 0, withscores=True)
         last = self.r.zrange(k.done, -1, -1, withscores=True)
         return first[0][1], last[0][1], self.r.zcard(k.done)
+
+    def max_gap(self, queue: str) -> float:
+        """The longest pause between two consecutive finishes of the queue (a stall, e.g. a task
+        waiting out a lease before it is reclaimed, shows here)."""
+        assert self.r is not None
+        scores = [s for _, s in self.r.zrange(QueueKeys(queue).done, 0, -1, withscores=True)]
+        return max((b - a for a, b in zip(scores, scores[1:])), default=0.0)
+
+    def incidents(self, proc: subprocess.Popen) -> dict[str, int]:
+        """What a worker logged that a clean run does not have: children killed for a lost lease,
+        tasks handed back, tasks reclaimed after their lease expired."""
+        text = proc.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+        return {"lease_kills": text.count("killing this attempt"), "handed_back": text.count("handed back"),
+                "reclaimed": text.count("reclaimed")}
 
     def first_start(self, queue: str) -> float:
         """The earliest ``t0`` (start of the claim) of the queue's done tasks."""

@@ -23,7 +23,8 @@ Parts (each on a fresh private server, ``bench.harness.Bench``: valkey, loopback
               (``$FQ_BENCH_VARIANT``; the package itself is not edited): ``no-script-exists`` (redis-py
               sends SCRIPT EXISTS before every pipeline holding a Script: one round trip more per
               task), ``no-capture`` (no fd 1/2 redirection per task), ``no-mtime`` (no stale-code
-              ``os.stat`` per task), ``all``; drain rate of each with --procs, interleaved repetitions.
+              ``os.stat`` per task), ``no-wake`` (no write to the worker's wake pipe per task end),
+              ``all``; drain rate of each with --procs, interleaved repetitions.
 ``protocol``  the floor set by the protocol alone: 1 or 2 plain loops that call only claim.lua and
               complete.lua the way a child does (completions pipelined with the next claims), with
               redis-py Scripts (SCRIPT EXISTS first) or plain EVALSHA, and K = 1, 4, 16 tasks per
@@ -117,6 +118,11 @@ if _variants & {"no-capture", "all"}:
     import forrestq.child as _c
     _c.Capture.start = lambda self: None
     _c.Capture.stop = lambda self: 0
+if _variants & {"no-wake", "all"}:
+    # no byte to the worker's wake pipe per task end (the parent then wakes on its 50 ms tick)
+    import forrestq.child as _c
+    if hasattr(_c.Child, "wake"):
+        _c.Child.wake = lambda self: None
 if _variants & {"no-mtime", "all"}:
     # no os.stat of the function's module file per task (the stale-code check)
     import forrestq.child as _c
@@ -279,7 +285,7 @@ def part_server(n: int, procs: int) -> None:
                   f"{sum(ds) / n:.1f} |")
 
 
-VARIANTS = ("baseline", "no-script-exists", "no-capture", "no-mtime", "all")
+VARIANTS = ("baseline", "no-script-exists", "no-capture", "no-mtime", "no-wake", "all")
 
 
 def part_variants(n: int, procs: int, reps: int) -> None:
@@ -314,15 +320,17 @@ def part_variants(n: int, procs: int, reps: int) -> None:
                 per = max(1, n - done0)
                 results[variant].append({
                     "rate": (count - 1) / (last - first), "server": (srv1 - srv0) / per * 1e6,
-                    "children": (cpu1["children"] - cpu0["children"]) / per * 1e6})
+                    "children": (cpu1["children"] - cpu0["children"]) / per * 1e6,
+                    "parent": (cpu1["parent"] - cpu0["parent"]) / per * 1e6})
                 print(f"rep {rep + 1} {variant}: {results[variant][-1]['rate']:,.0f}/s (idle cores before: "
                       f"{idle:.2f})", flush=True)
     base = median([r["rate"] for r in results["baseline"]])
-    print("| variant | tasks/s | vs baseline | server CPU/task | children CPU/task |\n|---|---:|---:|---:|---:|")
+    print("| variant | tasks/s | vs baseline | server CPU/task | children CPU/task | parent CPU/task |\n"
+          "|---|---:|---:|---:|---:|---:|")
     for variant, rs in results.items():
         rate = median([r["rate"] for r in rs])
         print(f"| {variant} | {rate:,.0f} | {rate / base - 1:+.0%} | {median([r['server'] for r in rs]):.0f} us | "
-              f"{median([r['children'] for r in rs]):.0f} us |")
+              f"{median([r['children'] for r in rs]):.0f} us | {median([r['parent'] for r in rs]):.0f} us |")
 
 
 PROTOCOL_CODE = r"""

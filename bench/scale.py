@@ -105,10 +105,12 @@ def drain(b: Bench, n: int, procs: int) -> dict[str, float]:
     if b.failed(QUEUE):
         raise RuntimeError(f"{b.failed(QUEUE)} no-ops failed:\n{b.worker_log()}")
     first, last, count = b.finish_span(QUEUE)
+    gap, incidents = b.max_gap(QUEUE), b.incidents(proc)
     per = max(1, n - done0)
     return {"drain_per_s": (count - 1) / (last - first), "cpu_server_us": (srv1 - srv0) / per * 1e6,
             "cpu_children_us": (cpu1["children"] - cpu0["children"]) / per * 1e6,
-            "cpu_parent_us": (cpu1["parent"] - cpu0["parent"]) / per * 1e6}
+            "cpu_parent_us": (cpu1["parent"] - cpu0["parent"]) / per * 1e6,
+            "max_gap_s": gap, **incidents}
 
 
 def main() -> None:
@@ -163,14 +165,16 @@ def main() -> None:
         result["drains"] = {str(p): v for p, v in drains.items()}
     print(f"# load after: {context()['load']}")
     print(f"\ndrain of {args.drain_n:,} no-ops, medians of {args.reps}:")
-    print("| procs | tasks/s | min .. max | server CPU/task | children CPU/task | parent CPU/task |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| procs | tasks/s | min .. max | server CPU/task | children CPU/task | parent CPU/task | "
+          "longest pause | lease kills (all reps) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p, reps in drains.items():
         xs = [r["drain_per_s"] for r in reps]
         print(f"| {p} | {median(xs):,.0f} | {min(xs):,.0f} .. {max(xs):,.0f} | "
               f"{median([r['cpu_server_us'] for r in reps]):.0f} us | "
               f"{median([r['cpu_children_us'] for r in reps]):.0f} us | "
-              f"{median([r['cpu_parent_us'] for r in reps]):.0f} us |")
+              f"{median([r['cpu_parent_us'] for r in reps]):.0f} us | "
+              f"{median([r['max_gap_s'] for r in reps]):.2f} s | {sum(r['lease_kills'] for r in reps)} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -72,7 +72,8 @@ def drain(b: Bench, queue: str, n: int, procs: int, timeout: float) -> tuple[dic
     if b.failed(queue):
         raise RuntimeError(f"{b.failed(queue)} no-op tasks failed:\n{b.worker_log()}")
     per = max(1, total - done0)
-    return {"drain_per_s": (count - 1) / (last - first),
+    return {"drain_per_s": (count - 1) / (last - first), "max_gap_s": b.max_gap(queue),
+            **{k: v for k, v in b.incidents(proc).items() if k == "lease_kills"},
             "cpu_server_us": (srv1 - srv0) / per * 1e6,
             "cpu_children_us": (cpu1["children"] - cpu0["children"]) / per * 1e6,
             "cpu_parent_us": (cpu1["parent"] - cpu0["parent"]) / per * 1e6}, proc
@@ -157,6 +158,8 @@ ROWS = [  # key, label, format, aim (text)
     ("cpu_server_us", "  server CPU per task", "{:.0f} us", ""),
     ("cpu_children_us", "  children CPU per task", "{:.0f} us", ""),
     ("cpu_parent_us", "  worker parent CPU per task", "{:.0f} us", ""),
+    ("max_gap_s", "  longest pause between two finishes", "{:.3f} s", ""),
+    ("lease_kills", "  children killed for a 'lost' lease (worker log)", "{:.0f}", "0"),
     ("rt_p50_ms", "round trip p50 ({rt} sequential)", "{:.2f} ms", "<= 1 ms"),
     ("rt_p99_ms", "round trip p99", "{:.2f} ms", ""),
     ("rt_leg1_ms", "  schedule -> claim starts (schedule RTT, child wakes)", "{:.2f} ms", ""),
