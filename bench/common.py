@@ -439,7 +439,11 @@ def run_driver(peer_cls: type[Peer], argv: list[str] | None = None) -> None:
                            "notes": peer.notes, "python": sys.version.split()[0]}
     n, warm = a.n, 2
     workers = Workers(peer.worker_cmds(), a.workdir / f"{peer.name}.log", a.pgid_file, peer.worker_env())
-    res["worker_cmds"] = [" ".join(c) for c in workers.cmds]
+    def shown(arg: str) -> str:  # paths relative to the repository, the interpreter as `python`
+        if arg == sys.executable:
+            return "python"
+        return arg[len(str(ROOT)) + 1:] if arg.startswith(str(ROOT) + "/") else arg
+    res["worker_cmds"] = [" ".join(shown(x) for x in c) for c in workers.cmds]
     try:
         peer.setup()
         # 1. enqueue rate: warm-up tasks first (not timed), then N no-ops from this one producer
