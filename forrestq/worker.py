@@ -343,18 +343,21 @@ class Worker:
                 sum(s.failed for s in slots) + self.retired_failed)
 
     def lease_lost(self, k: QueueKeys, lost: list[tuple[int, SlotView]]) -> None:
-        """Leases that could not be renewed. A task still running under our token only saw its lease
-        expire (Redis was away, or this worker was paused): the lease is set again. Any other task
-        was taken over or cancelled: its attempt is pointless (its result would be refused), so its
-        process group is killed and the child replaced."""
+        """Leases that could not be renewed. While the task still carries our token it is ours: it
+        either only saw its lease expire (Redis was away, or this worker was paused) and is still
+        running, so the lease is set again, or our child has just recorded its end (the heartbeat
+        came between the record and the slot's update), so nothing is to be done. A task carrying
+        another token was taken over, cancelled or re-run: this attempt is pointless (its result
+        would be refused), so its process group is killed and the child replaced."""
         pipe = self.r.pipeline(transaction=False)
         for _, v in lost:
             pipe.hmget(k.task(v.task), keys.TASK_STATE, keys.TASK_TOKEN)
         states = pipe.execute()
         for (pid, v), (state, token) in zip(lost, states):
-            if state == b"running" and token == v.token.encode():
-                self.r.set(k.lease(v.task), v.token, nx=True, px=self.lease_ms)
-                self.log(f"lease of {k.name} {v.task} had expired; nobody took the task over: set again")
+            if token == v.token.encode():
+                if state == b"running":
+                    self.r.set(k.lease(v.task), v.token, nx=True, px=self.lease_ms)
+                    self.log(f"lease of {k.name} {v.task} had expired; nobody took the task over: set again")
             else:
                 self.log(f"lease lost {k.name} {v.task}: the task was taken over or cancelled; "
                          "killing this attempt")

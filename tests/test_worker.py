@@ -333,3 +333,16 @@ def test_results_keeps_reading_through_a_redis_restart(url, tmp_path):
             assert list(it) == []
     finally:
         srv.stop()
+
+
+def test_heartbeat_racing_a_completion_never_kills_the_child(url, tmp_path):
+    """A heartbeat that lands between a task's recorded end and its slot's update must not take the
+    task for lost (that killed the child mid-drain and stalled a claimed task for a whole lease)."""
+    log = tmp_path / "worker.log"
+    q = Queue("race")
+    q.schedule_many(defer(tasks.identity, i) for i in range(3000))
+    with worker(url, "race", 2, "--lease", "0.3", log=log):
+        got = list(q.results(timeout=120))
+    assert len(got) == 3000 and all(t.state == "done" for t in got)
+    assert "killing this attempt" not in log.read_text()
+    assert max(t.attempts for t in got) == 1

@@ -20,7 +20,7 @@ elseif f[2] ~= token then
 end
 if outcome == 'retry' then
   redis.call('HSET', t, 'st', 'ready', 'ev', ARGV[7], 'tb', ARGV[8], 'why', ARGV[9], 'rt', ARGV[10],
-             'host', ARGV[13], 'tok', '')
+             'host', ARGV[13])  -- tok stays until the next claim: the worker knows its own attempt
   redis.call('HINCRBY', t, 'rtn', 1)
   redis.call('HDEL', t, 'sid')
   redis.call('DEL', lease)

@@ -14,7 +14,7 @@ if f[3] then
   redis.call('XDEL', KEYS[1], f[3])
 end
 local sid = redis.call('XADD', KEYS[1], '*', 't', id)
-redis.call('HSET', t, 'st', 'ready', 'sid', sid, 'tok', '')
+redis.call('HSET', t, 'st', 'ready', 'sid', sid)  -- tok stays: the worker tells its own hand-back apart
 if ARGV[5] ~= '1' then redis.call('HINCRBY', t, 'n', -1) end
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[2], 'ready', 1)
