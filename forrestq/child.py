@@ -361,7 +361,7 @@ class Child:
             completing = self.pending is not None
             self._add_completion(pipe)
             self.scripts.claim(keys=k.claim_keys(), args=self._claim_args(k, token, ""), client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+            replies = self.scripts.execute(pipe, raise_on_error=False)
             got = replies[-1]
             if completing:
                 try:
@@ -413,7 +413,7 @@ class Child:
             try:
                 pipe = self.r.pipeline(transaction=False)
                 self._add_completion(pipe)
-                self._settle(pipe.execute(raise_on_error=False)[0])
+                self._settle(self.scripts.execute(pipe, raise_on_error=False)[0])
             except redis.RedisError as e:
                 self.log(f"child {self.pid}: cannot record a result yet ({one_line(e)}); retrying")
                 self.backoff.pause()

@@ -149,7 +149,7 @@ class Queue:
         if count:
             self.scripts.schedule(keys=[k.stream, k.counts, k.todo, k.finished],
                                   args=[k.prefix, now, count, *chunk], client=pipe)
-        replies = pipe.execute(raise_on_error=False)
+        replies = self.scripts.execute(pipe, raise_on_error=False)
         for reply in replies:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
@@ -389,7 +389,7 @@ class Queue:
             for tid in part:
                 self._complete(pipe, tid, token, "failed", error=codec.dump_exception(Cancelled("cancelled")),
                                reason="cancelled")
-            got = pipe.execute()
+            got = self.scripts.execute(pipe)
             out += [tid for tid, ok in zip(part, got[1:]) if ok]
         return out
 
@@ -465,7 +465,7 @@ class Queue:
                            error=codec.dump_exception(exc) if exc else b"",
                            traceback=out.get(b"tb", b"").decode(), reason=out.get(b"why", b"").decode(),
                            runtime=runtime, host="(by hand)")
-            pipe.execute()
+            self.scripts.execute(pipe)
         result = Task(self.name, task.id, {**fields, b"st": state.encode(), b"rt": repr(runtime).encode(),
                                            **out})
         if exc is not None:

@@ -234,3 +234,17 @@ def test_results_do_not_read_argument_payloads(url, r):
     with worker(url, "bigargs", 1):
         (task,) = list(q.results(timeout=60))
     assert task.returnvalue == 5_000_000 and b"a" not in task._f
+
+
+def test_scripts_forgotten_by_the_server_are_loaded_again(url, r):
+    q = Queue("noscript")
+    with worker(url, "noscript", 2):
+        assert q.wait(q.schedule(defer(tasks.identity, 1)), timeout=60).returnvalue == 1
+        r.script_flush()  # as after a server restart: every cached script is gone
+        refs = q.schedule_many(defer(tasks.identity, i) for i in range(20))  # pipelined scripts
+        assert [q.wait(ref, timeout=60).returnvalue for ref in refs] == list(range(20))
+        r.script_flush()
+        idle = Queue("noscript-idle")  # no worker serves it: the task is surely still queued
+        ref = idle.schedule(defer(tasks.identity, 1))
+        r.script_flush()
+        assert idle.cancel([ref]) == [ref.id]  # a MULTI of scripts
