@@ -33,6 +33,7 @@ from .keys import GROUP, QueueKeys
 from .scripts import Scripts
 
 OUTPUT_TAIL = 64 * 1024
+WAKE_EVERY = 0.2  # seconds between wake-ups of the worker while tasks keep ending
 RESULT_LIMIT = 500 << 20  # bytes: Redis refuses a bulk string past proto-max-bulk-len (512 MB)
 RETRY_CAP = 2.0  # seconds: longest pause between two tries while Redis is away
 # Errors a server gives while it is restarting, failing over or full: try the same command again later.
@@ -207,29 +208,33 @@ def kill_tree(pids: list[int]) -> None:
 
 
 class Capture:
-    """Sends fds 1 and 2 (and so every grandchild's output) to a scratch file during a task."""
+    """Sends fds 1 and 2 (and so every grandchild's output) to a scratch file, emptied before each
+    task. The child's fds stay redirected between tasks (a child runs nothing else); its own log lines
+    go to ``stderr``, a copy of the worker's stderr taken before."""
 
     def __init__(self) -> None:
         self.file = tempfile.TemporaryFile(prefix="forrestq-out-")  # unlinked: nothing left behind
         self.fd = self.file.fileno()
-        self.saved = (os.dup(1), os.dup(2))
+        self.stderr = os.dup(2)
+        self.redirected = False
 
     def start(self) -> None:
+        if not self.redirected:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(self.fd, 1)
+            os.dup2(self.fd, 2)
+            self.redirected = True
         os.ftruncate(self.fd, 0)
         os.lseek(self.fd, 0, os.SEEK_SET)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(self.fd, 1)
-        os.dup2(self.fd, 2)
 
     def stop(self) -> int:
+        """The task ended: the size of what it wrote."""
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        os.dup2(self.saved[0], 1)
-        os.dup2(self.saved[1], 2)
         return os.fstat(self.fd).st_size
 
     def tail(self, size: int) -> bytes:
@@ -261,7 +266,8 @@ class StaleCode(Exception):
 
 
 def _mtime(fn: Any) -> int | None:
-    """Modification time of the source file of the module that defines ``fn`` (None if it has none)."""
+    """Modification time of the source file of the module that defines ``fn`` (None if it has none).
+    One stat per task: cheap, and a re-run right after an edit must see the edit."""
     module = sys.modules.get(getattr(fn, "__module__", None) or "")
     path = getattr(module, "__file__", None)
     if not path:
@@ -303,6 +309,8 @@ class Child:
         self.fns: dict[bytes, Any] = {}
         self.modules: dict[str, int | None] = {}  # module name -> source mtime when first used
         self.capture = Capture()
+        self.log_fd = self.capture.stderr if cfg.log_fd == 2 else cfg.log_fd
+        self.woke = 0.0
         self.tasks_run = 0
         # the completion of the task the slot holds, not recorded yet: (queue index, ARGV, state)
         self.pending: tuple[int, list[Any], str] | None = None
@@ -494,8 +502,11 @@ class Child:
         return loaded if isinstance(loaded, Outcome) else self.call(got, *loaded)
 
     def wake(self) -> None:
-        """Tell the worker a task ended (it publishes its counts, and may stop waiting for us)."""
-        if self.cfg.wake_fd >= 0:
+        """Tell the worker a task ended (it publishes its counts, and may stop waiting for us). At
+        most a few times a second while busy: waking the worker per task costs it a task's CPU."""
+        now = time.monotonic()
+        if self.cfg.wake_fd >= 0 and (now - self.woke > WAKE_EVERY or self.slot.stop):
+            self.woke = now
             try:
                 os.write(self.cfg.wake_fd, b"\0")
             except OSError:  # full (the worker is behind anyway) or gone
@@ -503,7 +514,7 @@ class Child:
 
     def log(self, line: str) -> None:
         try:
-            os.write(self.cfg.log_fd, (line + "\n").encode())
+            os.write(self.log_fd, (line + "\n").encode())
         except OSError:
             pass
 
