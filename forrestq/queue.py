@@ -154,7 +154,9 @@ class Queue:
             if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                 raise reply
         self._group_ready = True
-        return refs
+        since = next((r[-1] for r in replies if isinstance(r, list) and r), b"")  # the first chunk's
+        since = since.decode() if isinstance(since, bytes) else since
+        return [TaskRef(ref.id, ref.queue, since) for ref in refs]
 
     # --- reading ----------------------------------------------------------------------------
     def _task_id(self, ref: TaskRef | str) -> str:
@@ -261,11 +263,16 @@ class Queue:
         task_id = self._task_id(ref)
         k = self.keys
         deadline = None if timeout is None else time.monotonic() + timeout
+        since = ref.since if isinstance(ref, TaskRef) else ""
+        if since:  # just scheduled here: nothing to look at before blocking
+            self.r.xread({k.finished: since}, count=1, block=2000 if timeout is None else
+                         max(1, min(2000, int(timeout * 1000))))
         while True:
             pipe = self.r.pipeline(transaction=True)
             pipe.xrevrange(k.finished, count=1)
-            pipe.hgetall(k.task(task_id))
-            last, fields = pipe.execute()
+            pipe.hmget(k.task(task_id), RECORD_FIELDS)
+            last, values = pipe.execute()
+            fields = {n.encode(): v for n, v in zip(RECORD_FIELDS, values) if v is not None}
             if not fields:
                 raise UnknownTask(f"no task {task_id!r} in queue {self.name!r}")
             if fields.get(b"st") in (b"done", b"failed"):

@@ -1,7 +1,7 @@
 """What a user gets back for a task: a reference after scheduling, a record once it ran."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -13,10 +13,12 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A scheduled task: its id in its queue."""
+    """A scheduled task: its id in its queue (``since``: where the queue's finished stream stood when
+    it was scheduled, so ``Queue.wait`` can block at once)."""
 
     id: str
     queue: str
+    since: str = field(default="", compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.id

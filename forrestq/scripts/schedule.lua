@@ -6,7 +6,7 @@
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
 -- ARGV[4..] per node, 11 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
 --           metadata blob, timeout, max attempts, key, retry policy blob
--- Returns, per node, its state after the call: an existing node is left as it is (a shared node runs once), except that a
+-- Returns, per node, its state after the call, then the newest id of the finished stream: an existing node is left as it is (a shared node runs once), except that a
 --   root flag and its metadata are added (and a node already finished is announced on the finished
 --   stream at once).
 local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -84,4 +84,7 @@ for i = 0, n - 1 do
   end
 end
 for state, by in pairs(counts) do redis.call('HINCRBY', KEYS[2], state, by) end
+-- last: the finished stream's newest id, so a waiter can block from here without a first look
+local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1]
+out[#out + 1] = last and last[1] or '0-0'
 return out
