@@ -19,6 +19,12 @@ its path applied.
 
 Planning (:class:`Planner`): splits a deferred tree into :class:`NodeSpec` nodes, inputs first, each
 node once. :func:`evaluate` runs a tree in this process through the same path a worker uses.
+
+Signing (:mod:`forrestq.signing`): with a secret configured, every blob the dump functions return
+is signed (HMAC-SHA256, one key per kind: function, arguments, value) and every load checks the
+signature before unpickling, raising :class:`~forrestq.errors.SignatureMismatch`. Without a secret
+the blobs are plain pickles, and a load refuses only signed blobs (it cannot check them). The
+configuration is read from the environment at the first dump or load; ``_signer`` holds it.
 """
 from __future__ import annotations
 
@@ -36,13 +42,43 @@ from typing import Any, Callable, Sequence
 
 import dill
 
+from . import signing
 from .deferred import Call, Deferred, Part, _identity, _short, apply_path, base_and_path, fn_name
 from .errors import GraphError, RemoteError, SerializationError
+from .signing import ARGS, FN, HEADER, VALUE
 
 __all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
            "NodeSpec", "Planner", "evaluate", "WorkerImportError"]
 
 PROTOCOL = 5
+
+# --------------------------------------------------------------------------------------- signing
+
+_UNRESOLVED = object()  # the environment is read at the first dump or load
+# None: no secret (blobs are plain pickles: the hot path); a signing.Signer; or _UNRESOLVED
+_signer: Any = _UNRESOLVED
+
+
+def _current_signer() -> signing.Signer | None:
+    """The signer in use, reading the environment the first time (ConfigError if it is bad; it is
+    read again at the next call then)."""
+    global _signer
+    if _signer is _UNRESOLVED:
+        _use_signer(signing.signer_from_env())
+    return _signer
+
+
+def _use_signer(signer: Any) -> None:
+    global _signer
+    if signer is not _signer:
+        _signer = signer
+        _fn_cache.clear()  # its blobs were signed (or not) under the previous configuration
+
+
+def _signed(kind: int, blob: bytes) -> bytes:
+    """``blob`` signed if a secret is configured (called when ``_signer`` is not None)."""
+    signer = _signer if _signer is not _UNRESOLVED else _current_signer()
+    return blob if signer is None else signer.sign(kind, blob)
 
 
 class WorkerImportError(SerializationError, ImportError):
@@ -93,13 +129,30 @@ class _Unpickler(pickle.Unpickler):
         return self._host or socket.gethostname()
 
 
-def _load(blob: bytes, inputs: Sequence[Any] = (), host: str | None = None) -> Any:
-    return _Unpickler(io.BytesIO(blob), inputs, host).load()
+def _load(blob: bytes, kind: int, inputs: Sequence[Any] = (), host: str | None = None) -> Any:
+    if _signer is None:  # no secret: the plain pickle
+        try:
+            return _Unpickler(io.BytesIO(blob), inputs, host).load()
+        except Exception:
+            # A signed blob fails at its first byte ("F", a float opcode that cannot parse "QS1"),
+            # so nothing of it ran: say why instead of "could not convert string to float".
+            if signing.is_signed(blob):
+                raise signing.unsigned_but_signed(kind) from None
+            raise
+    signer = _signer if _signer is not _UNRESOLVED else _current_signer()
+    if signer is None:
+        return _load(blob, kind, inputs, host)
+    signer.verify(kind, blob)  # before a single byte is unpickled
+    file = io.BytesIO(blob)
+    file.seek(HEADER)
+    return _Unpickler(file, inputs, host).load()
 
 
 def loads(blob: bytes, host: str | None = None) -> Any:
-    """Load a blob written by :func:`dumps` (or any other function here)."""
-    return _load(blob, (), host)
+    """Load a blob written by :func:`dumps` or :func:`dump_exception` (results, exceptions,
+    metadata). With a secret configured, a blob without its valid signature raises
+    SignatureMismatch before anything is unpickled."""
+    return _load(blob, VALUE, (), host)
 
 
 # The C pickle writes classes and functions of __main__ by reference, and a worker's (or the CLI's)
@@ -110,18 +163,18 @@ _MAIN = b"__main__"
 
 def dumps(obj: Any) -> bytes:
     """Serialise a result or metadata: C pickle, dill fallback (also for anything that refers to
-    ``__main__``); SerializationError names ``obj``."""
+    ``__main__``); SerializationError names ``obj``. Signed if a secret is configured."""
     try:
         blob = pickle.dumps(obj, protocol=PROTOCOL)
-        if _MAIN not in blob:
-            return blob
     except Exception:
-        pass
-    try:
-        return dill.dumps(obj, protocol=PROTOCOL, recurse=True)
-    except Exception as exc:
-        raise SerializationError(f"cannot serialise {_short(obj)}: {type(exc).__name__}: {exc}"
-                                 ) from exc
+        blob = _MAIN  # use dill
+    if _MAIN in blob:
+        try:
+            blob = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+        except Exception as exc:
+            raise SerializationError(f"cannot serialise {_short(obj)}: {type(exc).__name__}: {exc}"
+                                     ) from exc
+    return blob if _signer is None else _signed(VALUE, blob)
 
 
 # ------------------------------------------------------------------------------------- functions
@@ -144,7 +197,8 @@ def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
     """``(sha1 hex, blob, "module.qualname")`` of a task function, cached per function object.
 
     By reference when the function is importable by name (a worker imports it), by value with
-    dill otherwise. Raises SerializationError naming the function when neither works.
+    dill otherwise. Raises SerializationError naming the function when neither works. The blob
+    (and so the sha1) is signed if a secret is configured.
     """
     key = id(fn)
     entry = _fn_cache.get(key)
@@ -163,8 +217,10 @@ def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
                 f"cannot serialise function {name}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(fn, types.FunctionType):
             # A callable object or bound method carries data that may change: no caching.
+            blob = blob if _signer is None else _signed(FN, blob)
             return hashlib.sha1(blob).hexdigest(), blob, name
         names = _global_names(fn)
+    blob = blob if _signer is None else _signed(FN, blob)
     result = (hashlib.sha1(blob).hexdigest(), blob, name)
     _remember(fn, key, names, result)
     return result
@@ -264,9 +320,10 @@ def load_fn(blob: bytes, host: str | None = None) -> Callable:
     """Load a function written by :func:`dump_fn`.
 
     A missing module or name raises :class:`WorkerImportError` (an ImportError and a
-    SerializationError) naming the module and ``host`` (default: this host).
+    SerializationError) naming the module and ``host`` (default: this host); a bad signature
+    raises SignatureMismatch before anything is unpickled.
     """
-    return _load(blob, (), host)
+    return _load(blob, FN, (), host)
 
 
 # ------------------------------------------------------------------------------------- arguments
@@ -351,14 +408,16 @@ def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes
     payload = [args, kwargs] if kwargs else args  # the args tuple alone: the common, faster case
     try:
         blob, inputs = _c_pickle(payload)
-        if _MAIN not in blob:
-            return blob, inputs
     except Exception:
-        pass
-    try:
-        return _dill_pickle(payload)
-    except Exception as exc:
-        raise _argument_error(args, kwargs, name, exc) from exc
+        blob = _MAIN  # use dill
+    if _MAIN in blob:
+        try:
+            blob, inputs = _dill_pickle(payload)
+        except Exception as exc:
+            raise _argument_error(args, kwargs, name, exc) from exc
+    if _signer is None:
+        return blob, inputs
+    return _signed(ARGS, blob), inputs
 
 
 def _argument_error(args: tuple, kwargs: dict, name: str | None,
@@ -411,8 +470,9 @@ def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tu
     """Load a :func:`dump_args` blob: reference ``i`` becomes ``inputs[i]`` with its path applied.
 
     A missing module or name raises :class:`WorkerImportError`; errors of the path itself
-    (``t["missing"]``) propagate unchanged, as the task's failure."""
-    payload = _load(blob, inputs, host)
+    (``t["missing"]``) propagate unchanged, as the task's failure; a bad signature raises
+    SignatureMismatch before anything is unpickled."""
+    payload = _load(blob, ARGS, inputs, host)
     if type(payload) is tuple:
         return payload, {}
     args, kwargs = payload
@@ -438,7 +498,8 @@ def dump_exception(exc: BaseException) -> bytes:
         message = str(exc)
     except Exception:
         message = "<str() of the exception failed>"
-    return pickle.dumps(RemoteError(type_name, message), protocol=PROTOCOL)
+    blob = pickle.dumps(RemoteError(type_name, message), protocol=PROTOCOL)
+    return blob if _signer is None else _signed(VALUE, blob)
 
 
 # -------------------------------------------------------------------------------------- planning

@@ -22,6 +22,10 @@ class SerializationError(ForrestqError, TypeError):
     """A function, argument or value cannot be serialised; names the object."""
 
 
+class SignatureMismatch(SerializationError):
+    """A payload's signature is missing or wrong (``$FORRESTQ_SECRET``): it was refused before unpickling."""
+
+
 class GraphError(ForrestqError, ValueError):
     """A task graph with a cycle, a missing dependency or a node without a function."""
 

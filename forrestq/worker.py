@@ -36,7 +36,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import codec, keys
+from . import codec, keys, signing
 from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, prctl, child_main, kill_tree,
                     transient)
 from .connection import connect, resolve_url
@@ -114,6 +114,7 @@ class Worker:
     """Supervises ``procs`` children for ``queues``; ``run()`` returns the exit code."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
+        signing.check()  # a bad $FORRESTQ_SECRET(_FILE) fails here, not at every task
         self.cfg = cfg
         self.url = resolve_url(cfg.url)
         # no retries inside a call: the loop retries, and supervision never waits long on Redis
