@@ -2,11 +2,12 @@
 from .codec import evaluate
 from .deferred import defer
 from .errors import (AuthFailed, ConfigError, ForrestqError, GraphError, RemoteError, SerializationError,
-                     ServerUnreachable, TaskKilled, TaskLost, UnknownQueue, UnknownTask, UpstreamFailed)
+                     ServerUnreachable, SignatureMismatch, TaskKilled, TaskLost, UnknownQueue, UnknownTask,
+                     UpstreamFailed)
 from .queue import Queue
 from .task import Task, TaskRef
 
 __all__ = ["Queue", "Task", "TaskRef", "defer", "evaluate", "AuthFailed", "ConfigError", "ForrestqError",
-           "GraphError", "RemoteError", "SerializationError", "ServerUnreachable", "TaskKilled", "TaskLost",
+           "GraphError", "RemoteError", "SerializationError", "ServerUnreachable", "SignatureMismatch", "TaskKilled", "TaskLost",
            "UnknownQueue", "UnknownTask", "UpstreamFailed"]
 __version__ = "0.1.0"

@@ -478,7 +478,11 @@ class Child:
         """The outcome of a task that raised ``e``: failed, or retry when its policy says so."""
         outcome = _failure(e, one_line(e), time.perf_counter() - t0)
         if got[7]:  # a retry policy: (retries, backoff, exception types)
-            retries, backoff, retry_on = codec.loads(got[7])
+            try:
+                retries, backoff, retry_on = codec.loads(got[7])
+            except Exception as bad:  # noqa: BLE001 - a bad policy (e.g. a bad signature): no retry
+                outcome.reason += f" (retry policy not loaded: {one_line(bad)})"
+                return outcome
             used = int(got[8])
             if used < retries and isinstance(e, retry_on):
                 outcome.state, outcome.delay = "retry", backoff * 2 ** used

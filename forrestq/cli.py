@@ -191,6 +191,8 @@ def worker(
     max_child_rss: Optional[str] = typer.Option(None, help="Replace a child that grew past this RSS, e.g. 1G."),
     logfile: Optional[str] = typer.Option(None, help="Append every task's output here, tagged with its id."),
     async_concurrency: int = typer.Option(1, help="Coroutine (IO-bound) tasks one child runs at once."),
+    secret_file: Optional[str] = typer.Option(None, help="File holding the secret that signs payloads "
+                                              "(as $FORRESTQ_SECRET_FILE)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output."),
     quiet: bool = typer.Option(False, "--quiet", help="Log nothing per task."),
 ) -> None:
@@ -211,6 +213,12 @@ def worker(
         raise ConfigError(f"--grace must be 0 or more seconds, not {grace:g}")
     if max_tasks_per_child < 0:
         raise ConfigError(f"--max-tasks-per-child must be 0 (never) or more, not {max_tasks_per_child}")
+    if secret_file is not None:
+        from . import signing
+
+        os.environ.pop("FORRESTQ_SECRET", None)
+        os.environ["FORRESTQ_SECRET_FILE"] = secret_file  # children inherit it
+        signing.use_environment()
     cfg = WorkerConfig(url=url, queues=list(queue), procs=procs, lease=lease, autokill=autokill,
                        max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
                        max_tasks_per_child=max_tasks_per_child,
@@ -219,8 +227,11 @@ def worker(
                        async_concurrency=async_concurrency)
     w = Worker(cfg)
     if not quiet:
+        from . import signing
+
         print(f"forrestq worker {w.id}: host {cfg.host}, pid {os.getpid()}, {cfg.procs} procs, "
-              f"queues {', '.join(cfg.queues)}, server {describe(resolve_url(url))}", file=sys.stderr, flush=True)
+              f"queues {', '.join(cfg.queues)}, server {describe(resolve_url(url))}, payloads "
+              f"{'signed' if signing.check() else 'unsigned'}", file=sys.stderr, flush=True)
     raise typer.Exit(w.run())
 
 

@@ -540,3 +540,16 @@ def test_tls_native(tmp_path):
         basic_case(tls_url(port, certs["ca.pem"]), "tls-native")
     finally:
         proc.stop()
+
+
+def test_worker_secret_file_option(url, tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    signing.set_secret(SECRET)  # the producer signs
+    q = Queue("secret-file")
+    ref = q.schedule(defer(tasks.add, 2, 3))
+    log = tmp_path / "worker.log"
+    with worker(url, "secret-file", 1, "--secret-file", str(secret_file), log=log):
+        task = q.wait(ref, timeout=60)
+    assert task.state == "done" and task.returnvalue == 5
+    assert "payloads signed" in log.read_text()
