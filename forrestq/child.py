@@ -183,6 +183,11 @@ def live_children() -> list[int]:
             return []
         if pid == 0:
             break
+    return own_children() or [-1]  # some child lives, but /proc does not say which
+
+
+def own_children() -> list[int]:
+    """Pids of this process's children (from /proc; empty where /proc does not say)."""
     found: list[int] = []
     try:
         for tid in os.listdir("/proc/self/task"):
@@ -190,7 +195,7 @@ def live_children() -> list[int]:
                 found += [int(p) for p in f.read().split()]
     except OSError:
         pass
-    return found or [-1]  # some child lives, but /proc does not say which
+    return found
 
 
 def kill_tree(pids: list[int]) -> None:

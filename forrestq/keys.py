@@ -39,7 +39,7 @@ key                        type    what                                written b
                                    completed under version ``<v>``
                                    (persistent: skipped for good)
 ``fq:{q}:once:<v>:lease:`` string  owner token (random, host, pid) of  once_claim.lua (SET NX
-``<key>``                          the process running ``<key>``'s     PX), once_renew.lua,
+``<key>``                          the process running ``<key>``'s     PX), renew.lua,     
                                    body; expires (PX) unless renewed   once_confirm/once_release
                                                                        (DEL, token-checked)
 ``fq:{q}:blob:<sha256>``   string  a shared input (``Queue.put``):     shared.put (SET NX)

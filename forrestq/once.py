@@ -86,7 +86,8 @@ def _scripts(q: Any) -> Any:
             s = getattr(q, "_once_scripts", None)
             if s is None:
                 s = SimpleNamespace(**{name: q.r.register_script((_DIR / f"once_{name}.lua").read_text())
-                                for name in ("claim", "confirm", "release", "renew")})
+                                       for name in ("claim", "confirm", "release")})
+                s.renew = q.scripts.renew  # token-owned leases renew the same way as a worker's
                 q._once_scripts = s
     return s
 

@@ -37,7 +37,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import codec, keys, signing
-from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, prctl, child_main, kill_tree,
+from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, prctl, child_main, kill_tree, own_children,
                     transient)
 from .connection import connect, resolve_url
 from .errors import ConfigError, TaskKilled, TaskLost
@@ -517,18 +517,6 @@ class Worker:
             time.sleep(0.2)
         for what, _ in self.outbox:
             self.log(f"worker: Redis unreachable, not done: {what} (its lease will expire)")
-
-
-def own_children() -> list[int]:
-    """Pids of this process's children (from /proc; empty where /proc does not say)."""
-    found: list[int] = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return found
 
 
 def ctypes_size() -> int:
