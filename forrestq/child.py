@@ -331,14 +331,10 @@ class Child:
         return [k.prefix, GROUP, task_id, token, o.state, o.result, o.error, o.traceback, o.reason,
                 f"{o.runtime:.6f}", time.time(), out, self.cfg.host, o.delay]
 
-    @staticmethod
-    def _complete_keys(k: QueueKeys) -> list[str]:
-        return k.complete_keys()
-
     def _add_completion(self, pipe: Any) -> None:
         if self.pending:
             qi, args, _ = self.pending
-            self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args, client=pipe)
+            self.scripts.complete(keys=self.keys[qi].complete_keys(), args=args, client=pipe)
 
     def _settle(self, reply: Any) -> None:
         """The server's answer to the pending completion. Raises a transient error (kept pending).
@@ -355,7 +351,7 @@ class Child:
             args = [*args[:4], "failed", b"", codec.dump_exception(RuntimeError(reason)), "", reason,
                     *args[9:11], b"", args[12], 0]
             self.pending = (qi, args, "failed")
-            reply = self.scripts.complete(keys=self._complete_keys(self.keys[qi]), args=args)
+            reply = self.scripts.complete(keys=self.keys[qi].complete_keys(), args=args)
             state = "failed"
         if not reply:
             self.log(f"child {self.pid}: result of task {args[2]} refused: this attempt no longer holds "

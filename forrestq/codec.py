@@ -62,7 +62,6 @@ _signer: Any = _UNRESOLVED
 def _current_signer() -> signing.Signer | None:
     """The signer in use, reading the environment the first time (ConfigError if it is bad; it is
     read again at the next call then)."""
-    global _signer
     if _signer is _UNRESOLVED:
         _use_signer(signing.signer_from_env())
     return _signer

@@ -1,6 +1,7 @@
 """``Queue``: schedule deferred task trees onto Redis and read finished tasks back, from any script."""
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import signal
@@ -386,7 +387,6 @@ class Queue:
             raise ConfigError("cancel needs task ids, or all=True")
         else:
             chosen = [self._task_id(i) for i in ids]
-        k = self.keys
         token = "cancel-" + os.urandom(6).hex()
         out = []
         for i in range(0, len(chosen), 500):
@@ -453,7 +453,7 @@ class Queue:
         out: dict[bytes, bytes] = {}
         try:
             value = fn(*args, **kwargs)
-            if asyncio_iscoroutine(value):
+            if inspect.iscoroutine(value):
                 import asyncio
 
                 value = asyncio.run(value)
@@ -610,12 +610,6 @@ def _retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
 
 class Cancelled(Exception):
     """The error value of a cancelled task."""
-
-
-def asyncio_iscoroutine(value: Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutine(value)
 
 
 def _error_type(task: Task) -> str:

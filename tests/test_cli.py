@@ -3,7 +3,6 @@ real server with real workers."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 import tasks
 from forrestq import Queue, defer
-from forrestq import cli as cli_module
 from forrestq.cli import EXIT_AUTH, EXIT_FAILURE, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE, app
 from forrestq.server import ServerProcess, ensure_local_server
 from helpers import free_port, wait_for
@@ -432,7 +430,7 @@ def test_cancel_all_and_bad_usage(url):
     assert q.counts()["failed"] == 4 and q.counts()["ready"] == 0
 
 
-def test_clean_done_deletes_done_tasks_only(url):
+def test_clean_done_deletes_done_tasks_only(url, r):
     q = Queue("cln")
     bad = q.schedule(defer(tasks.crash, "keep me"))
     good = q.schedule_many([defer(tasks.identity, i) for i in range(3)])
@@ -446,6 +444,7 @@ def test_clean_done_deletes_done_tasks_only(url):
     assert out.exit_code == 0 and out.stdout.strip() == "deleted 3 task(s) from 1 queue(s)"
     assert q.counts() == {"waiting": 1, "ready": 1, "running": 0, "done": 0, "failed": 1}
     assert q.get(bad).state == "failed" and q.get(waiting).state == "waiting"
+    assert all(not r.exists(q.keys.task(ref.id)) for ref in good)
     assert json.loads(cli("tasks", "-s", "done", "--json").stdout) == []
     out = cli("clean", "-q", "cln", "--failed", "--json", input="y\n")
     assert json.loads(out.stdout[out.stdout.index("{"):]) == {"deleted": 1, "queues": {"cln": 1}}

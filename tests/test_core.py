@@ -233,7 +233,7 @@ def test_results_do_not_read_argument_payloads(url, r):
     ref = q.schedule(defer(len, b"x" * 5_000_000))
     with worker(url, "bigargs", 1):
         (task,) = list(q.results(timeout=60))
-    assert task.returnvalue == 5_000_000 and b"a" not in task._f
+    assert task.id == ref.id and task.returnvalue == 5_000_000 and b"a" not in task._f
 
 
 def test_scripts_forgotten_by_the_server_are_loaded_again(url, r):

@@ -63,23 +63,20 @@ for i = 0, n - 1 do
       bump('failed', 1)
       if root == '1' then redis.call('XADD', KEYS[4], '*', 't', id, 'g', '0') end
       out[#out + 1] = 'failed'
-    elseif pend > 0 then
-      fields[#fields+1] = 'st'; fields[#fields+1] = 'waiting'
-      fields[#fields+1] = 'pend'; fields[#fields+1] = pend
-      redis.call('HSET', t, unpack(fields))
-      redis.call('ZADD', KEYS[3], now, id)
-      bump('waiting', 1)
-      if root == '1' then bump('open', 1) end
-      out[#out + 1] = 'waiting'
     else
-      local sid = redis.call('XADD', KEYS[1], '*', 't', id)
-      fields[#fields+1] = 'st'; fields[#fields+1] = 'ready'
-      fields[#fields+1] = 'sid'; fields[#fields+1] = sid
+      -- waiting for inputs, or ready at once (on the stream)
+      local state = pend > 0 and 'waiting' or 'ready'
+      fields[#fields+1] = 'st'; fields[#fields+1] = state
+      if pend > 0 then
+        fields[#fields+1] = 'pend'; fields[#fields+1] = pend
+      else
+        fields[#fields+1] = 'sid'; fields[#fields+1] = redis.call('XADD', KEYS[1], '*', 't', id)
+      end
       redis.call('HSET', t, unpack(fields))
       redis.call('ZADD', KEYS[3], now, id)
-      bump('ready', 1)
+      bump(state, 1)
       if root == '1' then bump('open', 1) end
-      out[#out + 1] = 'ready'
+      out[#out + 1] = state
     end
   end
 end
