@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import redis
 
-from forrestq.keys import QueueKeys
+from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -336,7 +336,7 @@ def part_variants(n: int, procs: int, reps: int) -> None:
 PROTOCOL_CODE = r"""
 import json, os, socket, sys, time
 import redis
-from forrestq.keys import GROUP, QueueKeys
+from forrestq.schema import GROUP, QueueKeys
 from forrestq.scripts import Scripts
 url, queue, mode, k_batch, n_max = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 r = redis.Redis.from_url(url)

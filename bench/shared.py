@@ -69,7 +69,7 @@ def run_once(url: str, mode: str, arr: Any, tasks: int, queue: str) -> dict[str,
 
 def _drop(r: Any, queue: str) -> None:
     """Delete every key of one queue (its worker is stopped already)."""
-    from forrestq.keys import QueueKeys
+    from forrestq.schema import QueueKeys
 
     keys = list(r.scan_iter(match=QueueKeys(queue).pattern(), count=1000))
     for i in range(0, len(keys), 500):

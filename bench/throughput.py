@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from forrestq import Queue, defer
-from forrestq.keys import QueueKeys
+from forrestq.schema import QueueKeys
 
 from bench.harness import (Bench, context, median, percentile, print_context, server_cpu, tree_cpu,
                            wait_quiet)

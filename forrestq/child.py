@@ -29,7 +29,7 @@ import redis
 from redis import exceptions as rx
 
 from . import codec, shared
-from .keys import GROUP, QueueKeys
+from .schema import GROUP, QueueKeys
 from .scripts import Scripts
 
 OUTPUT_TAIL = 64 * 1024
@@ -264,10 +264,6 @@ class Capture:
                 os.write(fd, tag + rest + b"\n")
         finally:
             os.close(fd)
-
-
-class StaleCode(Exception):
-    """A module this process imported has changed on disk: its functions must not be served any more."""
 
 
 def _mtime(fn: Any) -> int | None:

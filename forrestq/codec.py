@@ -24,7 +24,7 @@ Signing (:mod:`forrestq.signing`): with a secret configured, every blob the dump
 is signed (HMAC-SHA256, one key per kind: function, arguments, value) and every load checks the
 signature before unpickling, raising :class:`~forrestq.errors.SignatureMismatch`. Without a secret
 the blobs are plain pickles, and a load refuses only signed blobs (it cannot check them). The
-configuration is read from the environment at the first dump or load; ``_signer`` holds it.
+configuration is read from the environment at the first dump or load; :mod:`forrestq.signing` holds it.
 """
 from __future__ import annotations
 
@@ -44,45 +44,13 @@ import dill
 
 from . import signing
 from .deferred import Call, Deferred, Part, _identity, _short, apply_path, base_and_path, fn_name
-from .errors import GraphError, RemoteError, SerializationError
+from .errors import GraphError, RemoteError, SerializationError, WorkerImportError
 from .signing import ARGS, FN, HEADER, VALUE
 
 __all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
            "NodeSpec", "Planner", "evaluate", "WorkerImportError"]
 
 PROTOCOL = 5
-
-# --------------------------------------------------------------------------------------- signing
-
-_UNRESOLVED = object()  # the environment is read at the first dump or load
-# None: no secret (blobs are plain pickles: the hot path); a signing.Signer; or _UNRESOLVED
-_signer: Any = _UNRESOLVED
-
-
-def _current_signer() -> signing.Signer | None:
-    """The signer in use, reading the environment the first time (ConfigError if it is bad; it is
-    read again at the next call then)."""
-    if _signer is _UNRESOLVED:
-        _use_signer(signing.signer_from_env())
-    return _signer
-
-
-def _use_signer(signer: Any) -> None:
-    global _signer
-    if signer is not _signer:
-        _signer = signer
-        _fn_cache.clear()  # its blobs were signed (or not) under the previous configuration
-
-
-def _signed(kind: int, blob: bytes) -> bytes:
-    """``blob`` signed if a secret is configured (called when ``_signer`` is not None)."""
-    signer = _signer if _signer is not _UNRESOLVED else _current_signer()
-    return blob if signer is None else signer.sign(kind, blob)
-
-
-class WorkerImportError(SerializationError, ImportError):
-    """A function or value refers to a module or name that is missing where it is loaded."""
-
 
 # ------------------------------------------------------------------------------------ unpickling
 
@@ -129,7 +97,7 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _load(blob: bytes, kind: int, inputs: Sequence[Any] = (), host: str | None = None) -> Any:
-    if _signer is None:  # no secret: the plain pickle
+    if signing.signer is None:  # no secret: the plain pickle
         try:
             return _Unpickler(io.BytesIO(blob), inputs, host).load()
         except Exception:
@@ -138,7 +106,7 @@ def _load(blob: bytes, kind: int, inputs: Sequence[Any] = (), host: str | None =
             if signing.is_signed(blob):
                 raise signing.unsigned_but_signed(kind) from None
             raise
-    signer = _signer if _signer is not _UNRESOLVED else _current_signer()
+    signer = signing.current()
     if signer is None:
         return _load(blob, kind, inputs, host)
     signer.verify(kind, blob)  # before a single byte is unpickled
@@ -173,7 +141,7 @@ def dumps(obj: Any) -> bytes:
         except Exception as exc:
             raise SerializationError(f"cannot serialise {_short(obj)}: {type(exc).__name__}: {exc}"
                                      ) from exc
-    return blob if _signer is None else _signed(VALUE, blob)
+    return blob if signing.signer is None else signing.sign(VALUE, blob)
 
 
 # ------------------------------------------------------------------------------------- functions
@@ -190,6 +158,7 @@ class _Entry:
 
 
 _fn_cache: dict[int, _Entry] = {}
+_fn_cache_generation = 0  # signing.generation its blobs were signed under
 
 
 def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
@@ -199,6 +168,10 @@ def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
     dill otherwise. Raises SerializationError naming the function when neither works. The blob
     (and so the sha1) is signed if a secret is configured.
     """
+    global _fn_cache_generation
+    if _fn_cache_generation != signing.generation:  # the secret changed: blobs signed anew
+        _fn_cache.clear()
+        _fn_cache_generation = signing.generation
     key = id(fn)
     entry = _fn_cache.get(key)
     if entry is not None and entry.ref() is fn and (
@@ -216,10 +189,10 @@ def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
                 f"cannot serialise function {name}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(fn, types.FunctionType):
             # A callable object or bound method carries data that may change: no caching.
-            blob = blob if _signer is None else _signed(FN, blob)
+            blob = blob if signing.signer is None else signing.sign(FN, blob)
             return hashlib.sha1(blob).hexdigest(), blob, name
         names = _global_names(fn)
-    blob = blob if _signer is None else _signed(FN, blob)
+    blob = blob if signing.signer is None else signing.sign(FN, blob)
     result = (hashlib.sha1(blob).hexdigest(), blob, name)
     _remember(fn, key, names, result)
     return result
@@ -414,9 +387,9 @@ def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes
             blob, inputs = _dill_pickle(payload)
         except Exception as exc:
             raise _argument_error(args, kwargs, name, exc) from exc
-    if _signer is None:
+    if signing.signer is None:
         return blob, inputs
-    return _signed(ARGS, blob), inputs
+    return signing.sign(ARGS, blob), inputs
 
 
 def _argument_error(args: tuple, kwargs: dict, name: str | None,
@@ -498,7 +471,7 @@ def dump_exception(exc: BaseException) -> bytes:
     except Exception:
         message = "<str() of the exception failed>"
     blob = pickle.dumps(RemoteError(type_name, message), protocol=PROTOCOL)
-    return blob if _signer is None else _signed(VALUE, blob)
+    return blob if signing.signer is None else signing.sign(VALUE, blob)
 
 
 # -------------------------------------------------------------------------------------- planning

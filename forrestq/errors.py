@@ -1,5 +1,12 @@
-"""Exceptions users can catch. Each one is raised at the call that caused it, with one readable line."""
+"""Every exception class of forrestq, in one place.
+
+The ones users catch are exported from ``forrestq``; each is raised at the call that caused it, with
+one readable line. The rest are control flow between forrestq's own layers (named here so that no
+module has to import another sideways just for an exception).
+"""
 from __future__ import annotations
+
+from redis import exceptions as rx
 
 
 class ForrestqError(Exception):
@@ -87,5 +94,38 @@ class TaskLost(ForrestqError):
     """The task's worker vanished too many times (``max_attempts``); the message names the last host."""
 
 
-class LeaseLost(ForrestqError):
-    """This worker no longer holds the task's lease; its result was refused."""
+class WorkerImportError(SerializationError, ImportError):
+    """A function or value refers to a module or name that is missing where it is loaded."""
+
+
+class Cancelled(ForrestqError):
+    """The error value of a cancelled task."""
+
+
+class NotClaimed(ForrestqError, LookupError):
+    """``notify_success`` for an exactly-once key this process does not hold (never claimed, or
+    already settled)."""
+
+
+class LeaseLostWarning(ForrestqError, RuntimeWarning):
+    """Warning: an exactly-once key's lease expired while its body ran here; another process may
+    have run it too."""
+
+
+class StaleCode(ForrestqError):
+    """A module this process imported has changed on disk: its functions must not be served any
+    more (the task is handed back, and a fresh process serves it)."""
+
+
+class ServerStop(ForrestqError):
+    """``forrestq server`` in the foreground was asked to stop (SIGTERM)."""
+
+
+# Errors a server gives while it is restarting, failing over or full: the same command may work later.
+TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScriptError, rx.ReadOnlyError,
+             rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError)
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether a Redis error may go away by itself (retry later) rather than never (give up)."""
+    return isinstance(e, TRANSIENT) or str(e).startswith(("BUSY ", "NOREPLICAS", "LOADING"))

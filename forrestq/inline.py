@@ -32,7 +32,7 @@ from typing import Any
 
 from . import codec
 from .child import Child, ChildConfig
-from .keys import GROUP
+from .schema import GROUP
 from .mapping import fetch_records
 from .task import Task
 

@@ -46,9 +46,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .errors import ConfigError, ForrestqError
+from .errors import ConfigError, LeaseLostWarning, NotClaimed
 
-__all__ = ["Status", "NotClaimed", "LeaseLost", "iterate", "once", "notify_success", "notify_failure",
+__all__ = ["Status", "NotClaimed", "LeaseLostWarning", "iterate", "once", "notify_success", "notify_failure",
            "status", "counts", "done_keys"]
 
 log = logging.getLogger("forrestq.once")
@@ -63,14 +63,6 @@ class Status(enum.Enum):
     COMPUTE_ERROR = 2  # ran here and raised: the key was released (the value is the exception)
     SKIP_OK = 3  # done before (by any process): not run
     SKIP_IN_PROGRESS = 4  # another process holds the key right now: not run
-
-
-class NotClaimed(ForrestqError, LookupError):
-    """``notify_success`` for a key this process does not hold (never claimed, or already settled)."""
-
-
-class LeaseLost(ForrestqError, RuntimeWarning):
-    """Warning: a key's lease expired while its body ran here; another process may have run it too."""
 
 
 # ---------------------------------------------------------------------------------------- scripts
@@ -234,7 +226,7 @@ def _confirm(claim: _Claim) -> int:
     if code == 3 or (code == 2 and claim.lost):
         warnings.warn(f"once key {claim.key!r}: the lease expired while its body ran here"
                       + (" and another process holds it now; the body may run twice" if code == 3 else ""),
-                      LeaseLost, stacklevel=3)
+                      LeaseLostWarning, stacklevel=3)
     return code
 
 

@@ -13,24 +13,16 @@ from typing import Any
 
 import redis
 
-from . import codec, keys
+from . import codec, schema
 from .connection import connect, resolve_url
-from .errors import ConfigError, UnknownTask
-from .keys import GROUP, QueueKeys
+from .errors import Cancelled, ConfigError, UnknownTask
+from .schema import GROUP, QueueKeys, check_name
 from .scripts import Scripts
 from .task import Task, TaskRef
 
-_NAME = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
 CHUNK_NODES = 2000  # nodes per schedule script call: bounds how long one call blocks the server
 CHUNK_BYTES = 8 << 20
 OUTAGE = 300.0  # seconds results() keeps retrying while Redis is unreachable (with no timeout)
-
-
-def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"bad queue name {name!r}: use 1 to 128 letters, digits or _ . : @ / + = -")
-    return name
 
 
 def _float_or_empty(value: float | None, what: str) -> str:
@@ -74,7 +66,7 @@ class Queue:
     # --- scheduling -------------------------------------------------------------------------
     def _ensure_group(self, pipe: Any) -> None:
         if not self._group_ready:
-            pipe.sadd(keys.QUEUES, self.name)
+            pipe.sadd(schema.QUEUES, self.name)
             pipe.execute_command("XGROUP", "CREATE", self.keys.stream, GROUP, "0", "MKSTREAM")
 
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
@@ -192,7 +184,7 @@ class Queue:
         """Number of tasks in each state, read from counters (constant time)."""
         raw = self.r.hgetall(self.keys.counts)
         got = {k.decode(): int(v) for k, v in raw.items()}
-        return {s: got.get(s, 0) for s in keys.STATES}
+        return {s: got.get(s, 0) for s in schema.STATES}
 
     def results(self, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
         """Yield each root task of the queue once it has finished, on whichever machine; return when no
@@ -576,8 +568,8 @@ class Queue:
 
 
 # every field of a task record but its argument payload, which can be large and is never shown
-RECORD_FIELDS = sorted({v for k, v in vars(keys).items()
-                        if k.startswith("TASK_") and isinstance(v, str)} - {keys.TASK_ARGS})
+RECORD_FIELDS = sorted({v for k, v in vars(schema).items()
+                        if k.startswith("TASK_") and isinstance(v, str)} - {schema.TASK_ARGS})
 FETCH_BATCH = 500  # task records per pipelined read
 
 
@@ -606,10 +598,6 @@ def _retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
         raise ConfigError(f"retry_on must be an exception class or a tuple of them, not {retry_on!r}")
     return codec.dumps((retries, float(backoff), types)) if retries else ""
-
-
-class Cancelled(Exception):
-    """The error value of a cancelled task."""
 
 
 def _error_type(task: Task) -> str:

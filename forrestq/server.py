@@ -54,7 +54,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ConfigError, ServerUnreachable
+from .errors import ConfigError, ServerStop, ServerUnreachable
 
 __all__ = ["data_dir", "server_binary", "ensure_local_server", "local_server_info",
            "stop_local_server", "ServerProcess", "serve_foreground"]
@@ -658,10 +658,6 @@ def _public_host() -> str:
     return socket.getfqdn()
 
 
-class _Stop(Exception):
-    pass
-
-
 def serve_foreground(port: int = 6379, bind: str = "127.0.0.1", password: str | None = None,
                      data: Path | None = None) -> int:
     """Run a server in the foreground for ``forrestq server`` until SIGINT/SIGTERM; returns the
@@ -680,7 +676,7 @@ def serve_foreground(port: int = 6379, bind: str = "127.0.0.1", password: str | 
     previous = None
 
     def on_term(signum: int, frame: object) -> None:
-        raise _Stop()
+        raise ServerStop()
 
     try:
         if in_main:
@@ -693,7 +689,7 @@ def serve_foreground(port: int = 6379, bind: str = "127.0.0.1", password: str | 
         code = server.wait()
         print(f"forrestq server: the server exited with code {code}; see {server.log}", file=sys.stderr)
         return code
-    except (KeyboardInterrupt, _Stop):
+    except (KeyboardInterrupt, ServerStop):
         return 0
     finally:
         server.stop()

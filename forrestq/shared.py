@@ -29,7 +29,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import codec
-from .keys import QueueKeys
+from .schema import QueueKeys
 
 __all__ = ["Shared", "put", "set_client", "register_queue", "load_count"]
 

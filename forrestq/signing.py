@@ -46,7 +46,7 @@ from typing import Any
 from .errors import ConfigError, SignatureMismatch
 
 __all__ = ["MAGIC", "HEADER", "FN", "ARGS", "VALUE", "Signer", "is_signed", "secret_from_env",
-           "set_secret", "use_environment", "check"]
+           "set_secret", "use_environment", "check", "current", "sign"]
 
 MAGIC = b"FQS1"
 HEADER = len(MAGIC) + 32  # magic + SHA-256 MAC
@@ -166,29 +166,49 @@ def signer_from_env(environ: Any = None) -> Signer | None:
     return None if secret is None else Signer(secret)
 
 
-# --- the process's configuration (kept in forrestq.codec, where the hot path reads it) ------------
+# --- the process's configuration ------------------------------------------------------------------
+
+UNRESOLVED = object()  # the environment is read at the first dump or load
+# None: no secret (blobs are plain pickles: codec's hot path tests ``signing.signer is None``);
+# a Signer; or UNRESOLVED
+signer: Any = UNRESOLVED
+generation = 0  # bumped whenever the signer changes: codec drops blobs signed under the old one
+
+
+def current() -> Signer | None:
+    """The signer in use, reading the environment the first time (ConfigError if it is bad; it is
+    read again at the next call then)."""
+    if signer is UNRESOLVED:
+        _use(signer_from_env())
+    return signer
+
+
+def _use(new: Any) -> None:
+    global signer, generation
+    if new is not signer:
+        signer = new
+        generation += 1
+
+
+def sign(kind: int, blob: bytes) -> bytes:
+    """``blob`` signed if a secret is configured, else ``blob`` itself."""
+    s = current()
+    return blob if s is None else s.sign(kind, blob)
 
 
 def set_secret(secret: str | bytes | None) -> None:
     """Sign and check every payload of this process with ``secret`` from now on (None: no signing),
     whatever the environment says. Raises ConfigError for an empty secret."""
-    from . import codec
-
-    codec._use_signer(None if secret is None else Signer(secret))
+    _use(None if secret is None else Signer(secret))
 
 
 def use_environment() -> None:
     """Forget :func:`set_secret` (or an earlier reading): the environment is read again at the next
     use."""
-    from . import codec
-
-    codec._use_signer(codec._UNRESOLVED)
+    _use(UNRESOLVED)
 
 
 def check() -> bool:
     """Read the configuration now (if not read yet) so that a bad one fails here, as a ConfigError,
     rather than at the first payload. True if payloads are signed."""
-    from . import codec
-
-    return codec._current_signer() is not None
-
+    return current() is not None

@@ -21,10 +21,9 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import schema
 from .errors import UnknownQueue, UnknownTask
-from .keys import QueueKeys
-from .queue import check_name
+from .schema import QueueKeys, check_name
 from .task import Task
 
 __all__ = ["RATE_WINDOW", "DROP_AFTER", "queue_names", "resolve_queues", "queue_status", "worker_status",
@@ -55,7 +54,7 @@ def _num(value: bytes | str | None, kind: type = float, default: Any = None) -> 
 
 def queue_names(r: redis.Redis) -> list[str]:
     """Names of every queue ever scheduled on this server (``SMEMBERS fq:queues``), sorted."""
-    return sorted(_s(n) for n in r.smembers(keys.QUEUES))
+    return sorted(_s(n) for n in r.smembers(schema.QUEUES))
 
 
 def resolve_queues(r: redis.Redis, queue: str | None) -> list[str]:
@@ -63,7 +62,7 @@ def resolve_queues(r: redis.Redis, queue: str | None) -> list[str]:
     if queue is None:
         return queue_names(r)
     check_name(queue)
-    if not r.sismember(keys.QUEUES, queue):
+    if not r.sismember(schema.QUEUES, queue):
         known = queue_names(r)
         hint = f"; known: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known \
             else "; no queue was scheduled on this server yet"
@@ -88,7 +87,7 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
     for i, name in enumerate(names):
         raw, done_n, failed_n, delayed_n = replies[4 * i: 4 * i + 4]
         got = {_s(k): int(v) for k, v in raw.items()}
-        row: dict[str, Any] = {s: got.get(s, 0) for s in keys.STATES}
+        row: dict[str, Any] = {s: got.get(s, 0) for s in schema.STATES}
         scale = 60.0 / RATE_WINDOW
         row["done_per_min"] = round(done_n * scale, 1)
         row["failed_per_min"] = round(failed_n * scale, 1)
@@ -113,12 +112,12 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
     With ``prune``, lost workers whose last heartbeat is older than ``drop_after`` are removed from
     ``fq:workers`` (ZREM only if the score did not change meanwhile) and not returned."""
     now = time.time() if now is None else now
-    members = r.zrange(keys.WORKERS, 0, -1, withscores=True)
+    members = r.zrange(schema.WORKERS, 0, -1, withscores=True)
     if not members:
         return []
     pipe = r.pipeline(transaction=False)
     for wid, _ in members:
-        pipe.hgetall(keys.worker(_s(wid)))
+        pipe.hgetall(schema.worker(_s(wid)))
     hashes = pipe.execute()
     out: list[dict[str, Any]] = []
     stale: list[tuple[bytes, float]] = []
@@ -156,7 +155,7 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
 def _drop_worker(r: redis.Redis, wid: bytes, score: float) -> None:
     """Remove a lost worker from ``fq:workers``. Harmless if it was only cut off for a while: a
     worker re-adds itself (ZADD) at every heartbeat."""
-    r.zrem(keys.WORKERS, wid)
+    r.zrem(schema.WORKERS, wid)
 
 
 # ------------------------------------------------------------------------------------------ gather
@@ -267,7 +266,7 @@ def summarize_call(r: redis.Redis, task: Task, width: int = 60) -> str:
     process), ``name(<could not load: ...>)``."""
     from .codec import load_args
 
-    blob = r.hget(QueueKeys(task.queue).task(task.id), keys.TASK_ARGS)
+    blob = r.hget(QueueKeys(task.queue).task(task.id), schema.TASK_ARGS)
     name = task.name or "?"
     if not blob:
         return f"{name}()"

@@ -36,12 +36,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import codec, keys, signing
+from . import codec, schema, signing
 from .child import (PR_SET_CHILD_SUBREAPER, ChildConfig, Slot, SlotView, prctl, child_main, kill_tree, own_children,
                     transient)
 from .connection import connect, resolve_url
 from .errors import ConfigError, TaskKilled, TaskLost
-from .keys import GROUP, QueueKeys
+from .schema import GROUP, QueueKeys
 from .scripts import Scripts
 
 TICK = 0.05  # seconds between supervision rounds when nothing wakes the worker earlier
@@ -331,9 +331,9 @@ class Worker:
                 "rss": self.rss(), "queues": ",".join(self.cfg.queues), "started": self.started,
                 "beat": now, "stopping": 1 if self.stopping else 0}
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(keys.worker(self.id), mapping=info)
-        pipe.expire(keys.worker(self.id), max(3, int(self.beat_every * 3) + 1))
-        pipe.zadd(keys.WORKERS, {self.id: now})
+        pipe.hset(schema.worker(self.id), mapping=info)
+        pipe.expire(schema.worker(self.id), max(3, int(self.beat_every * 3) + 1))
+        pipe.zadd(schema.WORKERS, {self.id: now})
         pipe.execute()
         self.reported, self.reported_at = self.tally(), time.monotonic()
 
@@ -352,7 +352,7 @@ class Worker:
         would be refused), so its process group is killed and the child replaced."""
         pipe = self.r.pipeline(transaction=False)
         for _, v in lost:
-            pipe.hmget(k.task(v.task), keys.TASK_STATE, keys.TASK_TOKEN)
+            pipe.hmget(k.task(v.task), schema.TASK_STATE, schema.TASK_TOKEN)
         states = pipe.execute()
         for (pid, v), (state, token) in zip(lost, states):
             if token == v.token.encode():
@@ -501,8 +501,8 @@ class Worker:
                     pass
             try:  # leave nothing behind: our entry, our hash, the sweep guards we hold
                 ours = [k.sweep for k in self.keys if self.r.get(k.sweep) == self.id.encode()]
-                self.r.zrem(keys.WORKERS, self.id)
-                self.r.delete(keys.worker(self.id), *ours)
+                self.r.zrem(schema.WORKERS, self.id)
+                self.r.delete(schema.worker(self.id), *ours)
             except redis.RedisError:
                 pass
             signal.set_wakeup_fd(-1)

@@ -14,7 +14,7 @@ import redis
 
 import tasks
 from forrestq import Queue, defer
-from forrestq.keys import QueueKeys
+from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess
 from helpers import wait_for
 from procs import alive, child_pids, spawn_worker, stop, worker

@@ -29,7 +29,7 @@ import pytest
 
 import netns
 from forrestq import Queue, Task, defer
-from forrestq.keys import WORKERS
+from forrestq.schema import WORKERS
 from helpers import wait_for
 from procs import stop, worker_env
 

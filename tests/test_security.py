@@ -33,7 +33,7 @@ import tasks
 from forrestq import ConfigError, Queue, codec, defer, signing
 from forrestq.connection import connect
 from forrestq.errors import AuthFailed, SerializationError, ServerUnreachable, SignatureMismatch
-from forrestq.keys import QueueKeys
+from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess, server_binary
 from helpers import free_port
 from procs import worker, worker_env

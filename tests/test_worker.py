@@ -12,7 +12,7 @@ import pytest
 
 import tasks
 from forrestq import Queue, defer
-from forrestq.keys import GROUP, QueueKeys
+from forrestq.schema import GROUP, QueueKeys
 from forrestq.scripts import Scripts
 from helpers import wait_for
 from procs import alive, spawn_worker, worker

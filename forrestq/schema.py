@@ -1,4 +1,7 @@
-"""The Redis key schema: every key forrestq writes, in one place.
+"""The Redis schema: every key, hash field, state and stream field forrestq writes, spelled once.
+
+Python reads the names below; the Lua scripts read the same names from :func:`lua_header`, which
+the script loader (:mod:`forrestq.ops`) puts in front of every script, so no script spells a field.
 
 Every key of a queue carries the queue name as a hash tag, ``fq:{name}:...``, so that all keys of
 one queue live in one Redis Cluster slot and the multi-key Lua scripts stay valid on a cluster.
@@ -60,26 +63,49 @@ Global keys (no hash tag: they are never used inside a script):
 
 Per-task keys (``t:``, ``d:``, ``lease:``) are reached inside Lua from the ids the scripts read
 (dependents are only known once the script runs). The scripts build them from the queue prefix,
-which every script receives as ARGV[1]; they always share the queue's hash tag, so they sit in the
-slot of the KEYS the script was called with.
+which every script receives as ARGV[1], and the suffixes ``SUFFIX_*`` of the header; they always
+share the queue's hash tag, so they sit in the slot of the KEYS the script was called with.
+
+Worker hash ``fq:w:<id>`` fields: ``WORKER_*`` below.
 """
 from __future__ import annotations
 
+import re
+
+from .errors import ConfigError
+
 GROUP = "workers"  # the consumer group of every queue stream
 
-# Field names of a task hash (kept short: they are stored once per task).
+# --- task states (also the counter fields of ``fq:{q}:counts``) ------------------------------------
+WAITING = "waiting"
+READY = "ready"
+RUNNING = "running"
+DONE = "done"
+FAILED = "failed"
+STATES = (WAITING, READY, RUNNING, DONE, FAILED)
+FINISHED_STATES = (DONE, FAILED)
+COUNT_OPEN = "open"  # counter: roots not finished yet
+
+# --- outcomes a worker reports to complete.lua (besides DONE and FAILED) ----------------------------
+RETRY = "retry"  # back to ready after a delay (a retry policy matched)
+
+# --- stream entry fields -----------------------------------------------------------------------------
+ENTRY_TASK = "t"  # task id, in fq:{q}:stream and fq:{q}:finished entries
+ENTRY_GEN = "g"  # generation of the finished task, in fq:{q}:finished entries
+
+# --- task hash fields (kept short: they are stored once per task) -------------------------------------
 TASK_FN = "fn"  # sha1 of the function blob (fq:{q}:fn:<sha1>)
 TASK_ARGS = "a"  # serialised (args, kwargs) with references to the inputs
 TASK_INPUTS = "in"  # comma-separated ids of the input nodes, in reference order
 TASK_NAME = "name"  # qualified function name, for listings
-TASK_STATE = "st"  # waiting | ready | running | done | failed
+TASK_STATE = "st"  # one of STATES
 TASK_ROOT = "root"  # "1" when scheduled by the user (results() yields it)
 TASK_META = "md"  # serialised metadata
 TASK_TIMEOUT = "to"  # seconds, "" for the worker's --autokill
 TASK_MAX_ATTEMPTS = "ma"
 TASK_ATTEMPTS = "n"
-TASK_TOKEN = "tok"
-TASK_STREAM_ID = "sid"
+TASK_TOKEN = "tok"  # fencing token of the current (or last) attempt
+TASK_STREAM_ID = "sid"  # id of the task's entry in fq:{q}:stream while ready or running
 TASK_PENDING = "pend"  # inputs not finished yet
 TASK_CREATED = "ct"
 TASK_STARTED = "t0"
@@ -99,13 +125,47 @@ TASK_RETRY_POLICY = "rp"  # serialised (retries, backoff seconds, exception type
 TASK_RETRIES_USED = "rtn"
 TASK_LOST_ON = "lost"  # host of the last attempt that was lost
 
-STATES = ("waiting", "ready", "running", "done", "failed")
+TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
+# every field of a task record but its argument payload, which can be large and is never shown
+RECORD_FIELDS = tuple(sorted(set(TASK_FIELDS) - {TASK_ARGS}))
+
+# --- worker hash fields (fq:w:<id>) ---------------------------------------------------------------------
+WORKER_HOST = "host"
+WORKER_PID = "pid"
+WORKER_PROCS = "procs"
+WORKER_BUSY = "busy"
+WORKER_DONE = "done"
+WORKER_FAILED = "failed"
+WORKER_RSS = "rss"
+WORKER_QUEUES = "queues"  # comma-separated
+WORKER_STARTED = "started"
+WORKER_BEAT = "beat"
+WORKER_STOPPING = "stopping"  # 1 while the worker stops
+
+# --- key suffixes below a queue's prefix ------------------------------------------------------------------
+SUFFIX_TASK = "t:"
+SUFFIX_DEPENDENTS = "d:"
+SUFFIX_LEASE = "lease:"
+SUFFIX_FN = "fn:"
+SUFFIX_BLOB = "blob:"
 
 QUEUES = "fq:queues"
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
+
+
+def check_name(name: object) -> str:
+    """``name`` if it is a valid queue name (it becomes part of every key of the queue)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise ConfigError(f"bad queue name {shown}: use 1 to 128 letters, digits or _ . : @ / + = -")
+    return name
+
 WORKERS = "fq:workers"
 
 
 def worker(worker_id: str) -> str:
+    """The hash of one worker."""
     return f"fq:w:{worker_id}"
 
 
@@ -128,25 +188,17 @@ class QueueKeys:
         self.sweep = p + "sweep"
         self.delayed = p + "delayed"
 
-    def complete_keys(self) -> list[str]:
-        """KEYS of complete.lua."""
-        return [self.stream, self.counts, self.todo, self.done, self.failed, self.finished, self.delayed]
-
-    def claim_keys(self) -> list[str]:
-        """KEYS of claim.lua."""
-        return [self.stream, self.counts, self.delayed]
-
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}t:{task_id}"
+        return self.prefix + SUFFIX_TASK + task_id
 
     def dependents(self, task_id: str) -> str:
-        return f"{self.prefix}d:{task_id}"
+        return self.prefix + SUFFIX_DEPENDENTS + task_id
 
     def lease(self, task_id: str) -> str:
-        return f"{self.prefix}lease:{task_id}"
+        return self.prefix + SUFFIX_LEASE + task_id
 
     def fn(self, sha: str) -> str:
-        return f"{self.prefix}fn:{sha}"
+        return self.prefix + SUFFIX_FN + sha
 
     def once_done(self, version: int) -> str:
         """Set of the exactly-once keys completed under ``version``."""
@@ -158,8 +210,25 @@ class QueueKeys:
 
     def blob(self, sha: str) -> str:
         """A shared input, content-addressed by the sha256 of its pickle."""
-        return f"{self.prefix}blob:{sha}"
+        return self.prefix + SUFFIX_BLOB + sha
 
     def pattern(self) -> str:
         """Glob matching every key of this queue (for clean-up by SCAN)."""
-        return self.prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+        return glob_escape(self.prefix) + "*"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob characters of a SCAN MATCH pattern escaped."""
+    return "".join("\\" + c if c in "*?[]{}\\" else c for c in text)
+
+
+_LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "RETRY", "ENTRY_TASK",
+              "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE")
+
+
+def lua_header() -> str:
+    """Lua locals for every name above that scripts use (``local TASK_STATE = 'st'`` ...), so that
+    a misspelt name is an undefined variable (an error) instead of a field that silently reads nil."""
+    names = [n for n in sorted(globals()) if n.startswith("TASK_") and n != "TASK_FIELDS"]
+    lines = [f"local {n} = '{globals()[n]}'" for n in (*names, *_LUA_NAMES)]
+    return "-- generated by forrestq.schema.lua_header()\n" + "\n".join(lines) + "\n"

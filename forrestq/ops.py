@@ -1,0 +1,410 @@
+"""Every Lua script, each called through one typed wrapper.
+
+A script is one atomic operation in ``scripts/<name>.lua`` (a KEYS/ARGV/returns header opens each
+file). The loader puts :func:`forrestq.schema.lua_header` in front of it, so scripts name fields and
+states instead of spelling them, and expands ``--- @include <name>`` lines with
+``scripts/include/<name>.lua`` (stanzas several scripts share, e.g. dropping a stream entry).
+
+Each wrapper below is an :class:`Op`: it picks its KEYS by name from the queue's
+:class:`~forrestq.schema.QueueKeys`, builds its ARGV from a small dataclass, and turns the reply into
+a typed value. No caller builds a KEYS list or reads a reply by index::
+
+    got = ops.claim(scripts, k, ops.ClaimArgs(consumer, token, lease_ms, host, worker_id))
+    ops.complete.queue(scripts, pipe, k, completion)   # pipelined: reply later via ops.complete.reply
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import redis
+from redis.client import Pipeline
+from redis.exceptions import NoScriptError
+
+from .schema import GROUP, QueueKeys, lua_header
+
+_DIR = Path(__file__).parent / "scripts"
+_INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+@lru_cache(maxsize=None)
+def source(name: str) -> str:
+    """The text sent to the server for script ``name``: the schema header, then the script with its
+    includes expanded."""
+    text = (_DIR / f"{name}.lua").read_text()
+    text = _INCLUDE.sub(lambda m: (_DIR / "include" / f"{m.group(1)}.lua").read_text().rstrip("\n"), text)
+    return lua_header() + text
+
+
+class Scripts:
+    """The scripts registered on one client. Called alone, a script is redis-py's Script (EVALSHA,
+    loaded on NOSCRIPT). Queued on a pipeline it is a bare EVALSHA: redis-py would otherwise send
+    SCRIPT EXISTS before every such pipeline (a round trip per task); :meth:`execute` loads the
+    scripts and replays the pipeline on NOSCRIPT."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._registered: dict[str, Any] = {}
+
+    def script(self, name: str) -> Any:
+        got = self._registered.get(name)
+        if got is None:
+            got = self._registered[name] = self.client.register_script(source(name))
+        return got
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[Any], pipe: Pipeline | None = None) -> Any:
+        script = self.script(name)
+        if pipe is not None:
+            return pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return script(keys=keys, args=args)
+
+    def load(self) -> None:
+        """Load every script this client used (the server's script cache is empty after a restart)."""
+        for name in list(self._registered):
+            self.client.script_load(source(name))
+
+    def execute(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+        """Execute a pipeline holding scripts; if the server had forgotten them, load them and run the
+        pipeline again (nothing in it ran: every script of it was refused)."""
+        stack = list(pipe.command_stack)
+        try:
+            replies = pipe.execute(raise_on_error=raise_on_error)
+        except NoScriptError:
+            replies = None
+        if replies is not None and not any(isinstance(r, NoScriptError) for r in replies):
+            return replies
+        self.load()
+        for args, options in stack:
+            pipe.pipeline_execute_command(*args, **options)
+        return pipe.execute(raise_on_error=raise_on_error)
+
+
+class Op(Generic[A, R]):
+    """One script: its KEYS (from the queue's keys and the arguments), ARGV and reply parser."""
+
+    def __init__(self, name: str, keys: Callable[[QueueKeys, A], list[str]],
+                 argv: Callable[[QueueKeys, A], list[Any]], reply: Callable[[Any], R]) -> None:
+        self.name = name
+        self._keys, self._argv, self._reply = keys, argv, reply
+
+    def __call__(self, scripts: Scripts, k: QueueKeys, args: A) -> R:
+        """Run the script now and return its typed reply."""
+        return self._reply(scripts.run(self.name, self._keys(k, args), self._argv(k, args)))
+
+    def queue(self, scripts: Scripts, pipe: Pipeline, k: QueueKeys, args: A) -> None:
+        """Queue the script on ``pipe`` (execute it with ``scripts.execute``; parse with :meth:`reply`)."""
+        scripts.run(self.name, self._keys(k, args), self._argv(k, args), pipe=pipe)
+
+    def reply(self, raw: Any) -> R:
+        """The typed reply of a pipelined call; an error reply is raised."""
+        if isinstance(raw, Exception):
+            raise raw
+        return self._reply(raw)
+
+
+def _named(*names: str) -> Callable[[QueueKeys, Any], list[str]]:
+    def pick(k: QueueKeys, _: Any) -> list[str]:
+        return [getattr(k, n) for n in names]
+    return pick
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _now() -> float:
+    return time.time()
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+
+@dataclass
+class Node:
+    """One DAG node as schedule.lua writes it."""
+
+    id: str
+    fn_sha: str = ""
+    args: bytes = b""
+    inputs: str = ""  # "a,b,c"
+    name: str = ""
+    root: bool = False
+    metadata: bytes = b""
+    timeout: str = ""
+    max_attempts: str = "3"
+    key: str = ""
+    retry_policy: bytes | str = ""
+
+    def row(self) -> list[Any]:
+        return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
+                self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy]
+
+
+@dataclass
+class ScheduleArgs:
+    nodes: list[Node]
+    now: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    states: list[str]  # per node, its state after the call
+    since: str  # the newest id of the finished stream
+
+
+def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:
+    out: list[Any] = [k.prefix, repr(a.now), len(a.nodes)]
+    for node in a.nodes:
+        out.extend(node.row())
+    return out
+
+
+def _scheduled(raw: list[Any]) -> Scheduled:
+    return Scheduled([_text(s) for s in raw[:-1]], _text(raw[-1]))
+
+
+schedule: Op[ScheduleArgs, Scheduled] = Op(
+    "schedule", _named("stream", "counts", "todo", "finished", "failed"), _schedule_argv, _scheduled)
+
+
+# --------------------------------------------------------------------------------------------- claim
+
+
+@dataclass
+class ClaimArgs:
+    consumer: str
+    token: str
+    lease_ms: int
+    host: str
+    worker_id: str
+    sid: str = ""  # a stream entry XREADGROUP delivered to this consumer; "" = read one in the script
+    now: float = field(default_factory=_now)
+
+
+@dataclass
+class Claimed:
+    """What a worker needs to run a claimed task."""
+
+    id: str
+    sid: str
+    fn_sha: bytes
+    args: bytes
+    timeout: float  # 0: the worker's --autokill
+    attempts: int
+    max_attempts: int
+    retry_policy: bytes  # b"": none
+    retries_used: int
+    inputs: list[bytes]  # serialised results of the inputs, in reference order
+    token: str = ""  # the fencing token of this attempt (the claimer sets it)
+
+
+class Skip:
+    """claim.lua's answer for a delivered stream entry that was stale (acked, deleted)."""
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+SKIP = Skip()
+
+
+def _claim_argv(k: QueueKeys, a: ClaimArgs) -> list[Any]:
+    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid]
+
+
+def _claimed(raw: Any) -> Claimed | Skip | None:
+    if not raw:
+        return None
+    if raw[0] == b"skip":
+        return SKIP
+    return Claimed(id=_text(raw[0]), sid=_text(raw[1]), fn_sha=raw[2], args=raw[3],
+                   timeout=float(raw[4]) if raw[4] else 0.0, attempts=int(raw[5]),
+                   max_attempts=int(raw[6] or 3), retry_policy=raw[7] or b"", retries_used=int(raw[8] or 0),
+                   inputs=list(raw[9:]))
+
+
+claim: Op[ClaimArgs, "Claimed | Skip | None"] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
+                                                    _claimed)
+
+
+# ------------------------------------------------------------------------------------------ complete
+
+
+@dataclass
+class Completion:
+    """A task's end as complete.lua records it, fenced by the attempt's token ("" = the task was lost:
+    accepted only while no lease exists)."""
+
+    task_id: str
+    token: str
+    outcome: str  # schema.DONE | schema.FAILED | schema.RETRY
+    result: bytes = b""
+    error: bytes = b""
+    traceback: str = ""
+    reason: str = ""
+    runtime: float = 0.0
+    output: bytes = b""
+    host: str = ""
+    delay: float = 0.0  # with RETRY: seconds before the task may run again
+    now: float = field(default_factory=_now)
+
+
+def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
+    return [k.prefix, GROUP, c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
+            f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay]
+
+
+complete: Op[Completion, bool] = Op(
+    "complete", _named("stream", "counts", "todo", "done", "failed", "finished", "delayed"),
+    _complete_argv, bool)
+
+
+# ------------------------------------------------------------------------------------------- release
+
+
+@dataclass
+class ReleaseArgs:
+    """Hand a running task back at once; ``counted``: its attempt counts (killed from outside)."""
+
+    task_id: str
+    token: str
+    counted: bool = False
+
+
+release: Op[ReleaseArgs, bool] = Op(
+    "release", _named("stream", "counts"),
+    lambda k, a: [k.prefix, GROUP, a.task_id, a.token, "1" if a.counted else ""], bool)
+
+
+# --------------------------------------------------------------------------------------------- renew
+
+
+@dataclass
+class RenewArgs:
+    """Token-owned lease keys to extend by ``lease_ms``: ``(key, token)`` pairs."""
+
+    lease_ms: int
+    leases: list[tuple[str, str]]
+
+
+renew: Op[RenewArgs, list[bool]] = Op(
+    "renew", lambda k, a: [key for key, _ in a.leases],
+    lambda k, a: [a.lease_ms, *[tok for _, tok in a.leases]], lambda raw: [bool(x) for x in raw])
+
+
+# ------------------------------------------------------------------------------------------- reclaim
+
+
+@dataclass
+class ReclaimArgs:
+    entry_ids: list[Any]  # stream entries idle longer than a lease
+    now: float = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """A lost task that used up its attempts: the caller fails it."""
+
+    task_id: str
+    attempts: int
+    host: str
+
+
+def _gave_up(raw: list[Any]) -> list[GaveUp]:
+    return [GaveUp(_text(raw[i]), int(raw[i + 1]), _text(raw[i + 2])) for i in range(0, len(raw), 3)]
+
+
+reclaim: Op[ReclaimArgs, list[GaveUp]] = Op(
+    "reclaim", _named("stream", "counts"), lambda k, a: [k.prefix, GROUP, a.now, *a.entry_ids], _gave_up)
+
+
+# ------------------------------------------------------------------- requeue, takeover, clean
+
+
+@dataclass
+class RequeueArgs:
+    """``follow``: "failed" (only dependents that failed because of an input) or "all"."""
+
+    follow: str
+    ids: list[str]
+    now: float = field(default_factory=_now)
+
+
+def _ids(raw: list[Any]) -> list[str]:
+    return [_text(x) for x in raw]
+
+
+requeue: Op[RequeueArgs, list[str]] = Op(
+    "requeue", _named("stream", "counts", "todo", "done", "failed"),
+    lambda k, a: [k.prefix, GROUP, a.now, a.follow, *a.ids], _ids)
+
+
+@dataclass
+class TakeoverArgs:
+    """Make ``token`` the holder of these tasks (``finished_too``: re-open finished ones)."""
+
+    token: str
+    ids: list[str]
+    finished_too: bool = False
+    now: float = field(default_factory=_now)
+
+
+takeover: Op[TakeoverArgs, list[str]] = Op(
+    "takeover", _named("stream", "counts", "todo", "done", "failed"),
+    lambda k, a: [k.prefix, GROUP, a.now, a.token, "1" if a.finished_too else "", *a.ids], _ids)
+
+
+clean: Op[list[str], int] = Op(
+    "clean", _named("stream", "counts", "todo", "done", "failed", "finished"),
+    lambda k, ids: [k.prefix, GROUP, *ids], int)
+
+
+# ------------------------------------------------------------------------------- exactly-once keys
+
+
+@dataclass
+class OnceClaimArgs:
+    version: int
+    token: str
+    lease_ms: int
+    candidates: list[str]
+
+
+@dataclass(frozen=True)
+class OnceClaimed:
+    """``index``: 1-based index of the claimed candidate (0: none); ``letters``: per candidate
+    examined, "d" done, "b" busy, "c" claimed."""
+
+    index: int
+    letters: str
+
+
+once_claim: Op[OnceClaimArgs, OnceClaimed] = Op(
+    "once_claim", lambda k, a: [k.once_done(a.version)],
+    lambda k, a: [k.once_lease(a.version), a.token, a.lease_ms, *a.candidates],
+    lambda raw: OnceClaimed(int(raw[0]), _text(raw[1])))
+
+
+@dataclass
+class OnceArgs:
+    version: int
+    key: str
+    token: str
+
+
+once_confirm: Op[OnceArgs, int] = Op(
+    "once_confirm", lambda k, a: [k.once_done(a.version), k.once_lease(a.version, a.key)],
+    lambda k, a: [a.token, a.key], int)
+"""Reply of once_confirm: 1 confirmed; 2 confirmed late (our lease had expired, nobody else held the
+key); 3 confirmed while another process held it; 0 done before (nothing changed)."""
+
+once_release: Op[OnceArgs, bool] = Op(
+    "once_release", lambda k, a: [k.once_lease(a.version, a.key)], lambda k, a: [a.token], bool)
