@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from forrestq.codec import Planner
+from forrestq.plan import Planner
 from forrestq.deferred import defer
 
 N = 100_000

@@ -8,7 +8,8 @@ Parts (each on a fresh private server, ``bench.harness.Bench``: valkey, loopback
 
 ``child``     cProfile (timer: process CPU time, so waiting for the server or for a core counts only
               as the CPU its system calls use) of one child loop run in-process,
-              ``forrestq.child.Child(cfg, Slot()).loop()`` with ``max_tasks=N``, on a backlog of N no-ops (in a subprocess of its own: the loop
+              ``forrestq.worker.child.Child(cfg, Slot()).loop()`` with ``max_tasks=N``, on a backlog of N
+              no-ops (in a subprocess of its own: the loop
               retires a child that has child processes, and the benchmark has the server as one). The
               same loop is first run without the profiler, for its plain rate. Printed: the top
               functions by own time and by cumulative time, and the own time summed per bucket
@@ -115,18 +116,18 @@ if _variants & {"no-script-exists", "all"}:
     redis.client.Pipeline.load_scripts = _load_once
 if _variants & {"no-capture", "all"}:
     # no redirection of fds 1/2 per task (ftruncate, lseek, 4 dup2, 2 flush, fstat)
-    import forrestq.child as _c
-    _c.Capture.start = lambda self: None
-    _c.Capture.stop = lambda self: 0
+    import forrestq.worker.procs as _p
+    _p.Capture.start = lambda self: None
+    _p.Capture.stop = lambda self: 0
 if _variants & {"no-wake", "all"}:
     # no byte to the worker's wake pipe per task end (the parent then wakes on its 50 ms tick)
-    import forrestq.child as _c
+    import forrestq.worker.child as _c
     if hasattr(_c.Child, "wake"):
         _c.Child.wake = lambda self: None
 if _variants & {"no-mtime", "all"}:
     # no os.stat of the function's module file per task (the stale-code check)
-    import forrestq.child as _c
-    _c._mtime = lambda fn: None
+    import forrestq.runner as _r
+    _r._mtime = lambda fn: None
 """
 
 WORKER_CODE = PATCHES + r"""
@@ -137,10 +138,11 @@ main(sys.argv[1:])
 
 CHILD_CODE = PATCHES + r"""
 import cProfile, json, os, socket, sys, time
-from forrestq.child import Child, ChildConfig, Slot
+from forrestq.worker.child import Child, ChildConfig
+from forrestq.worker.slots import Slot
 url, queue, n, profile, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 cfg = ChildConfig(url=url, queues=[queue], worker_id="profile:w", consumer=f"profile:{os.getpid()}",
-                  host=socket.gethostname(), lease_ms=60000, max_tasks=n, verbose=-1, block_ms=200)
+                  host=socket.gethostname(), lease_ms=60000, max_tasks=n, block_ms=200)
 child = Child(cfg, Slot())
 prof = cProfile.Profile(time.process_time)  # CPU time: robust to a busy machine; waits cost ~nothing
 t0 = time.perf_counter(); c0 = time.process_time()

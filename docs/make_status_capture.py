@@ -7,22 +7,36 @@ process, so it never touches your FORRESTQ_URL or the local background server.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+
+from forrestq import Queue, defer
+from forrestq.cli.render import render_status
+from forrestq.connection import connect, describe
+from forrestq.queue import stop_worker
+from forrestq.server import ServerProcess
+from forrestq.status import gather
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # this module is also the workers' task module (`make_status_capture.fit`)
+
+T = TypeVar("T")
 
 
 def fit(i: int) -> float:
     """A stand-in for a slow, sometimes failing scientific call."""
     if i % 17 == 3:
         raise ValueError(f"no convergence for item {i}")
-    return i ** 0.5
+    return math.sqrt(i)
 
 
 def slow(seconds: float) -> str:
@@ -30,7 +44,7 @@ def slow(seconds: float) -> str:
     return "ok"
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -42,16 +56,8 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
 
 
 def capture(out_dir: Path) -> str:
-    from rich.console import Console
-
-    from forrestq import Queue, defer
-    from forrestq.cli import render_status
-    from forrestq.connection import connect, describe
-    from forrestq.queue import stop_worker
-    from forrestq.server import ServerProcess
-    from forrestq.status import gather
-
-    import make_status_capture as me  # by this name, so that the worker can import the functions
+    """Run the demo, write status.txt and status.svg into ``out_dir``; return the text."""
+    import make_status_capture as me  # by this name (sys.path above), so that the worker imports the functions
 
     with tempfile.TemporaryDirectory(prefix="fqdoc") as tmp, ServerProcess(Path(tmp) / "server") as server:
         fits, render = Queue("fits", server.url), Queue("render", server.url)
@@ -73,9 +79,10 @@ def capture(out_dir: Path) -> str:
             wait_for(lambda: render.counts()["running"] == 4
                      and any(w["busy"] == 4 for w in gather(r)["workers"]), what="busy workers")
             data = gather(r)
-            console = Console(record=True, width=100, force_terminal=True, color_system="truecolor",
-                              file=open(os.devnull, "w"))
-            console.print(render_status(data, describe(server.url)))
+            with open(os.devnull, "w") as devnull:
+                console = Console(record=True, width=100, force_terminal=True, color_system="truecolor",
+                                  file=devnull, markup=False, emoji=False)
+                console.print(render_status(data, describe(server.url)))
             out_dir.mkdir(parents=True, exist_ok=True)
             text = console.export_text(clear=False)
             (out_dir / "status.txt").write_text(text)

@@ -1,13 +1,15 @@
 """forrestq: spread slow, crashy Python work over every core of many machines through Redis."""
-from .codec import evaluate
 from .deferred import defer
-from .errors import (AuthFailed, ConfigError, ForrestqError, GraphError, RemoteError, SerializationError,
-                     ServerUnreachable, SignatureMismatch, TaskKilled, TaskLost, UnknownQueue, UnknownTask,
-                     UpstreamFailed)
+from .errors import (AuthFailed, Cancelled, ConfigError, ForrestqError, GraphError, LeaseLostWarning, NotClaimed,
+                     RemoteError, SerializationError, ServerUnreachable, SignatureMismatch, TaskFailed, TaskKilled,
+                     TaskLost, UnknownQueue, UnknownTask, UpstreamFailed, WorkerImportError)
+from .plan import evaluate
 from .queue import Queue
 from .task import Task, TaskRef
 
-__all__ = ["Queue", "Task", "TaskRef", "defer", "evaluate", "AuthFailed", "ConfigError", "ForrestqError",
-           "GraphError", "RemoteError", "SerializationError", "ServerUnreachable", "SignatureMismatch", "TaskKilled", "TaskLost",
-           "UnknownQueue", "UnknownTask", "UpstreamFailed"]
+__all__ = ["Queue", "Task", "TaskRef", "defer", "evaluate",
+           "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "LeaseLostWarning",
+           "NotClaimed", "RemoteError", "SerializationError", "ServerUnreachable", "SignatureMismatch",
+           "TaskFailed", "TaskKilled", "TaskLost", "UnknownQueue", "UnknownTask", "UpstreamFailed",
+           "WorkerImportError"]
 __version__ = "0.1.0"

@@ -1,3 +1,5 @@
+"""``python -m forrestq ...``: the ``forrestq`` command line (:func:`forrestq.cli.main`)."""
 from .cli import main
 
-main()
+if __name__ == "__main__":
+    main()

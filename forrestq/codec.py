@@ -17,9 +17,6 @@ attributes, closures) becomes a reference ``(input index, path)`` through pickle
 ``persistent_id`` hook; :func:`load_args` resolves each reference to the computed input value with
 its path applied.
 
-Planning (:class:`Planner`): splits a deferred tree into :class:`NodeSpec` nodes, inputs first, each
-node once. :func:`evaluate` runs a tree in this process through the same path a worker uses.
-
 Signing (:mod:`forrestq.signing`): with a secret configured, every blob the dump functions return
 is signed (HMAC-SHA256, one key per kind: function, arguments, value) and every load checks the
 signature before unpickling, raising :class:`~forrestq.errors.SignatureMismatch`. Without a secret
@@ -37,18 +34,18 @@ import sys
 import threading
 import types
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dill
 
 from . import signing
-from .deferred import Call, Deferred, Part, _identity, _short, apply_path, base_and_path, fn_name
-from .errors import GraphError, RemoteError, SerializationError, WorkerImportError
+from .deferred import Call, Deferred, _short, apply_path, base_and_path, fn_name
+from .errors import RemoteError, SerializationError, WorkerImportError
 from .signing import ARGS, FN, HEADER, VALUE
 
 __all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
-           "NodeSpec", "Planner", "evaluate", "WorkerImportError"]
+           "WorkerImportError"]
 
 PROTOCOL = 5
 
@@ -152,7 +149,7 @@ class _Entry:
 
     __slots__ = ("ref", "names", "state", "result", "__weakref__")
 
-    def __init__(self, ref: Callable[[], Any], names: tuple[str, ...] | None, state: tuple | None,
+    def __init__(self, ref: Callable[[], Any], names: tuple[str, ...] | None, state: tuple[Any, ...] | None,
                  result: tuple[str, bytes, str]) -> None:
         self.ref, self.names, self.state, self.result = ref, names, state, result
 
@@ -161,7 +158,7 @@ _fn_cache: dict[int, _Entry] = {}
 _fn_cache_generation = 0  # signing.generation its blobs were signed under
 
 
-def dump_fn(fn: Callable) -> tuple[str, bytes, str]:
+def dump_fn(fn: Callable[..., Any]) -> tuple[str, bytes, str]:
     """``(sha1 hex, blob, "module.qualname")`` of a task function, cached per function object.
 
     By reference when the function is importable by name (a worker imports it), by value with
@@ -271,7 +268,7 @@ def _global_names(fn: types.FunctionType) -> tuple[str, ...]:
 _EMPTY = object()  # stands for an unbound global or an empty cell
 
 
-def _state_of(fn: types.FunctionType, names: tuple[str, ...]) -> tuple:
+def _state_of(fn: types.FunctionType, names: tuple[str, ...]) -> tuple[Any, ...]:
     """What a by-value pickle of ``fn`` depends on, compared by identity to detect rebinding."""
     g = fn.__globals__
     cells = []
@@ -284,11 +281,11 @@ def _state_of(fn: types.FunctionType, names: tuple[str, ...]) -> tuple:
             *[g.get(n, _EMPTY) for n in names])
 
 
-def _same_state(a: tuple | None, b: tuple) -> bool:
+def _same_state(a: tuple[Any, ...] | None, b: tuple[Any, ...]) -> bool:
     return a is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def load_fn(blob: bytes, host: str | None = None) -> Callable:
+def load_fn(blob: bytes, host: str | None = None) -> Callable[..., Any]:
     """Load a function written by :func:`dump_fn`.
 
     A missing module or name raises :class:`WorkerImportError` (an ImportError and a
@@ -301,7 +298,7 @@ def load_fn(blob: bytes, host: str | None = None) -> Callable:
 # ------------------------------------------------------------------------------------- arguments
 
 
-def _reference(pickler: Any, obj: Any) -> tuple[int, tuple] | None:
+def _reference(pickler: Any, obj: Any) -> tuple[int, tuple[tuple[str, Any], ...]] | None:
     """persistent_id hook: a deferred value becomes ``(input index, path)``."""
     if not isinstance(obj, Deferred):
         return None
@@ -325,7 +322,7 @@ class _ArgPickler(pickle.Pickler):
         self.input_index: dict[str, int] = {}
 
 
-class _DillArgPickler(dill.Pickler):
+class _DillArgPickler(dill.Pickler):  # type: ignore[misc]  # dill is untyped: its Pickler is Any
     """dill, for arguments the C pickler cannot handle; same references."""
 
     persistent_id = _reference
@@ -365,7 +362,7 @@ def _dill_pickle(obj: Any) -> tuple[bytes, list[Call]]:
     return buf.getvalue(), pickler.inputs
 
 
-def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes, list[Call]]:
+def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None = None) -> tuple[bytes, list[Call]]:
     """Serialise ``(args, kwargs)``; returns the blob and the distinct input Calls, in order.
 
     The blob holds the args tuple alone when there are no keyword arguments, else the list
@@ -392,7 +389,7 @@ def dump_args(args: tuple, kwargs: dict, name: str | None = None) -> tuple[bytes
     return signing.sign(ARGS, blob), inputs
 
 
-def _argument_error(args: tuple, kwargs: dict, name: str | None,
+def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None,
                     exc: Exception) -> SerializationError:
     """Find which argument, and which object inside it, cannot be serialised."""
     call = f"{name or 'the function'}(...)"
@@ -438,7 +435,7 @@ def _culprit(value: Any, error: Exception, depth: int = 20) -> tuple[Any, Except
     return value, error
 
 
-def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tuple[tuple, dict]:
+def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Load a :func:`dump_args` blob: reference ``i`` becomes ``inputs[i]`` with its path applied.
 
     A missing module or name raises :class:`WorkerImportError`; errors of the path itself
@@ -472,101 +469,3 @@ def dump_exception(exc: BaseException) -> bytes:
         message = "<str() of the exception failed>"
     blob = pickle.dumps(RemoteError(type_name, message), protocol=PROTOCOL)
     return blob if signing.signer is None else signing.sign(VALUE, blob)
-
-
-# -------------------------------------------------------------------------------------- planning
-
-
-@dataclass(slots=True)
-class NodeSpec:
-    """One DAG node, ready to be written to Redis. ``inputs[i]`` is the id of input ``i``."""
-
-    id: str
-    fn_sha: str
-    fn_blob: bytes
-    name: str
-    args: bytes
-    inputs: list[str]
-
-
-class Planner:
-    """Splits deferred trees into nodes, inputs before dependents, each node once.
-
-    ``seen`` holds the ids of every node already planned by this planner: a sub-tree shared by
-    several roots is planned (and run) once.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[str] = set()
-
-    def add(self, root: Any) -> tuple[str, list[NodeSpec]]:
-        """Plan ``root``; returns its node id and the new nodes in topological order.
-
-        A plain value becomes a data node (its result is the value itself, even if callable); a
-        Part becomes a node whose result is that part. Raises GraphError on a cycle (possible
-        only by mutating a list after passing it to defer) and SerializationError on a function
-        or argument that cannot be serialised; either way nothing is added to ``seen``.
-        """
-        if isinstance(root, Part) or not isinstance(root, Deferred):
-            root = Call(_identity, (root,), {})
-        if root._id in self.seen:
-            return root._id, []
-        open_ids: set[str] = set()  # on the DFS stack: reaching one again is a cycle
-        frame = self._open(root, open_ids)
-        if not frame[2]:  # a root without inputs: the common case, no DFS needed
-            (fn_sha, fn_blob, name), root_id = frame[4], root._id
-            self.seen.add(root_id)
-            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [])]
-        specs: list[NodeSpec] = []
-        done: set[str] = set()
-        stack = [frame]
-        while stack:
-            frame = stack[-1]
-            call, inputs = frame[0], frame[2]
-            i = frame[3]
-            if i < len(inputs):
-                frame[3] = i + 1
-                child_id = inputs[i]._id
-                if child_id in self.seen or child_id in done:
-                    continue
-                if child_id in open_ids:
-                    raise GraphError(f"the task graph has a cycle through {_short(inputs[i])}")
-                stack.append(self._open(inputs[i], open_ids))
-                continue
-            stack.pop()
-            open_ids.discard(call._id)
-            done.add(call._id)
-            fn_sha, fn_blob, name = frame[4]
-            specs.append(NodeSpec(call._id, fn_sha, fn_blob, name, frame[1],
-                                  [c._id for c in inputs]))
-        self.seen.update(done)
-        return root._id, specs
-
-    @staticmethod
-    def _open(call: Call, open_ids: set[str]) -> list:
-        """A DFS frame: [call, args blob, input calls, next input to visit, dump_fn result]."""
-        fn = call._fn
-        if not callable(fn):
-            raise GraphError(f"task {call._id} has no callable function: {_short(fn)}")
-        dumped = dump_fn(fn)
-        blob, inputs = dump_args(call._args, call._kwargs, dumped[2])
-        open_ids.add(call._id)
-        return [call, blob, inputs, 0, dumped]
-
-
-def evaluate(d: Any) -> Any:
-    """Run a deferred tree in this process, without Redis, through a worker's path.
-
-    Each node's function and arguments go through dump_fn/load_fn and dump_args/load_args, and
-    each result through dumps/loads before dependents use it, so what works here works on a
-    worker. A node reached twice runs once. Exceptions propagate unchanged.
-    """
-    if not isinstance(d, Deferred):
-        return d
-    root_id, specs = Planner().add(d)
-    results: dict[str, Any] = {}
-    for spec in specs:
-        fn = load_fn(spec.fn_blob)
-        args, kwargs = load_args(spec.args, [results[i] for i in spec.inputs])
-        results[spec.id] = loads(dumps(fn(*args, **kwargs)))
-    return results[root_id]

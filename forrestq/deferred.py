@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["Deferred", "Call", "Part", "defer", "new_id", "base_and_path", "apply_path"]
 
@@ -75,7 +75,7 @@ class Deferred:
                                  "(private and dunder names are not deferred)")
         return Part(self, "attr", name)
 
-    def __iter__(self):
+    def __iter__(self) -> NoReturn:
         raise TypeError("a deferred value cannot be iterated or unpacked before it runs; "
                         "take its parts by index instead: t[0], t[1]")
 
@@ -103,7 +103,7 @@ class Call(Deferred):
 
     __slots__ = ("_fn", "_args", "_kwargs", "_id")
 
-    def __init__(self, fn: Any, args: tuple = (), kwargs: dict | None = None) -> None:
+    def __init__(self, fn: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
         self._fn = fn
         self._args = args
         self._kwargs = kwargs if kwargs is not None else {}

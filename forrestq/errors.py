@@ -6,6 +6,8 @@ module has to import another sideways just for an exception).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from redis import exceptions as rx
 
 
@@ -67,7 +69,7 @@ class UpstreamFailed(ForrestqError):
         self.upstream = upstream
         self.reason = reason
 
-    def __reduce__(self):  # keep both fields through pickling
+    def __reduce__(self) -> tuple[Any, ...]:  # keep both fields through pickling
         return (UpstreamFailed, (self.upstream, self.reason))
 
 
@@ -82,7 +84,7 @@ class RemoteError(ForrestqError):
         self.type_name = type_name
         self.message = message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (RemoteError, (self.type_name, self.message))
 
 

@@ -16,7 +16,7 @@ class DropNone:
     """A graph node's function: calls ``fn`` with the dependency results that are not ``None``
     (taskmap's rule), in order."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
         self.__qualname__ = getattr(fn, "__qualname__", repr(fn))
         self.__module__ = getattr(fn, "__module__", None) or __name__
@@ -24,7 +24,7 @@ class DropNone:
     def __call__(self, *values: Any) -> Any:
         return self.fn(*[v for v in values if v is not None])
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (DropNone, (self.fn,))
 
 
@@ -55,7 +55,7 @@ def find_cycle(dependencies: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
-def build(funcs: Mapping[str, Callable], dependencies: Mapping[str, Iterable[str]],
+def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, Iterable[str]],
           done: Iterable[str] | None = None, results: Mapping[str, Any] | None = None
           ) -> dict[str, Deferred]:
     """Check the graph and return name -> deferred call for every name not in ``done``."""

@@ -16,111 +16,46 @@ results are a list (no NaN placeholders, no numpy stacking: ``np.asarray(results
 tuples are passed as one argument by ``map`` and spread as ``*args`` by ``starmap``; ``submitting``
 runs nothing when its body raised. Ctrl-C while waiting cancels this call's unfinished tasks.
 
-In debug mode (a queue with ``local=True``) the tasks run here, in order (``forrestq.inline``); a
+In debug mode (a queue with ``local=True``) the tasks run here, in order (``forrestq.debug``); a
 failing task's exception keeps its live traceback, so ``pdb.pm()`` / ``%debug`` lands in the task.
 """
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
-
-from . import codec
+from . import codec, producer
+from .core import QueueCore
+from .debug import run_inline
 from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed
-from .queue import FETCH_BATCH as _FETCH
-from .queue import fetch_records
+from .progress import MapProgress
+from .reading import Follower, last_finished
+from .runner import invoke
 from .task import Task
 
 __all__ = ["map", "starmap", "submitting", "Submitter", "MapProgress"]
 
-_SWEEP_EVERY = 10.0  # s without news: read the states of our tasks directly (stream trimmed, missed)
+Calls = list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
 
 
 # ------------------------------------------------------------------------------------ worker side
 
 
-def _run_chunk(calls: list[tuple[Callable, tuple, dict]]) -> list[tuple]:
+def _run_chunk(calls: Calls) -> list[tuple[Any, ...]]:
     """The task function of a chunk: run each call, keep each outcome apart.
 
     Returns per call ``(True, result blob)`` or ``(False, exception blob, traceback text)``, so one
     failing (or unserialisable) item does not fail its neighbours."""
-    out: list[tuple] = []
+    out: list[tuple[Any, ...]] = []
     for fn, args, kwargs in calls:
         try:
-            value = fn(*args, **kwargs)
-            if inspect.iscoroutine(value):
-                value = asyncio.run(value)
-            out.append((True, codec.dumps(value)))
+            out.append((True, codec.dumps(invoke(fn, args, kwargs))))
         except Exception as exc:  # noqa: BLE001 - the item's failure is its outcome
             out.append((False, codec.dump_exception(exc), traceback.format_exc()))
     return out
-
-
-# ---------------------------------------------------------------------------------------- progress
-
-
-class MapProgress:
-    """A rich bar for one map: done, failed, total, rate and time left.
-
-    ``progress``: ``True`` (own bar), ``False`` (none), or a running ``rich.progress.Progress`` to add
-    a row to (nesting under an outer loop's bar). ``transient=True`` removes the bar (or the row)
-    when the map ends, like tqdm's ``leave=False``; nested rich bars also work without sharing one
-    ``Progress``: a transient inner bar under ``rich.progress.track`` is fine."""
-
-    def __init__(self, progress: Any, total: int, description: str, transient: bool = False) -> None:
-        self.total = total
-        self.done = self.failed = 0
-        self.transient = transient
-        self.own = progress is True
-        self.progress: Progress | None
-        if progress is True:
-            self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                transient=transient)
-        elif isinstance(progress, Progress):
-            self.progress = progress
-        elif progress in (False, None):
-            self.progress = None
-        else:
-            raise ConfigError(f"progress must be True, False or a rich.progress.Progress, not {progress!r}")
-        self.row: TaskID | None = None
-        self.description = description
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> "MapProgress":
-        if self.progress is not None:
-            if self.own:
-                self.progress.start()
-            self.row = self.progress.add_task(self.description, total=self.total, done=0, failed=0, rate="")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is None:
-            return
-        if self.own:
-            self.progress.stop()
-        elif self.transient and self.row is not None:
-            self.progress.remove_task(self.row)
-
-    def advance(self, ok: int, failed: int) -> None:
-        self.done += ok
-        self.failed += failed
-        if self.progress is None or self.row is None:
-            return
-        n = self.done + self.failed
-        elapsed = time.monotonic() - self.t0
-        rate = f"{n / elapsed:,.1f}/s" if elapsed > 0 and n else ""
-        self.progress.update(self.row, completed=n, done=self.done, failed=self.failed, rate=rate)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -129,7 +64,7 @@ class MapProgress:
 def _attach(exc: BaseException, text: str, where: str) -> BaseException:
     if text:
         note = f"remote traceback ({where}):\n{text.rstrip()}"
-        if note not in getattr(exc, "__notes__", ()):
+        if note not in getattr(exc, "__notes__", ()) and hasattr(exc, "add_note"):  # Python >= 3.11
             exc.add_note(note)
         try:
             exc.remote_traceback = text  # type: ignore[attr-defined]
@@ -151,75 +86,13 @@ def task_exception(task: Task) -> BaseException:
     return _attach(exc, task.traceback, f"task {task.id} on {task.host or '?'}")
 
 
-def _last_finished(q: Any) -> str:
-    last = q.r.xrevrange(q.keys.finished, count=1)
-    if not last:
-        return "0-0"
-    sid = last[0][0]
-    return sid.decode() if isinstance(sid, bytes) else sid
-
-
-# every field of a task record but its payload: the arguments can be big (a 100 MB array passed
-# directly), and HGETALL would send them back to the caller with each result
-_fetch = fetch_records
-
-
-def _finished_among(q: Any, ids: list[str]) -> list[str]:
-    """Which of ``ids`` have finished, read from their records (the fallback to the stream)."""
-    found: list[str] = []
-    for i in range(0, len(ids), _FETCH):
-        part = ids[i:i + _FETCH]
-        pipe = q.r.pipeline(transaction=False)
-        for tid in part:
-            pipe.hget(q.keys.task(tid), "st")
-        found += [tid for tid, st in zip(part, pipe.execute()) if st in (b"done", b"failed")]
-    return found
-
-
-def _follow(q: Any, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
-    """Yield each task of ``ids`` once it has finished, in finishing order, reading the queue's
-    finished stream after ``since`` (other tasks' entries are skipped)."""
-    remaining = set(ids)
-    last = since
-    k = q.keys
-    deadline = None if timeout is None else time.monotonic() + timeout
-    next_sweep = time.monotonic() + _SWEEP_EVERY
-    while remaining:
-        block = 2000
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
-                                   f"({len(remaining)} still unfinished)")
-            block = max(1, min(block, int(left * 1000)))
-        entries = q.r.xread({k.finished: last}, count=1000, block=block)
-        hits: list[str] = []
-        if entries:
-            batch = entries[0][1]
-            sid = batch[-1][0]
-            last = sid.decode() if isinstance(sid, bytes) else sid
-            for _, f in batch:
-                tid = f[b"t"].decode()
-                if tid in remaining:
-                    hits.append(tid)
-        elif time.monotonic() >= next_sweep:
-            hits = _finished_among(q, list(remaining))
-            next_sweep = time.monotonic() + _SWEEP_EVERY
-        for task in _fetch(q, list(dict.fromkeys(hits))):
-            if task.state in ("done", "failed") and task.id in remaining:
-                remaining.discard(task.id)
-                if deadline is not None:
-                    deadline = time.monotonic() + timeout
-                yield task
-
-
 # --------------------------------------------------------------------------------------- the core
 
 
 class _Batch:
     """Calls to run as tasks and gather in order: one task per call, or per chunk of calls."""
 
-    def __init__(self, calls: list[tuple[Callable, tuple, dict]], chunksize: int | None) -> None:
+    def __init__(self, calls: Calls, chunksize: int | None) -> None:
         self.calls = calls
         if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
                                       or chunksize < 1):
@@ -241,7 +114,7 @@ class _Batch:
         return tasks, spans, metas
 
 
-def _gather(q: Any, batch: _Batch, *, progress: Any, return_exceptions: bool, fail_fast: bool,
+def _gather(q: QueueCore, batch: _Batch, *, progress: Any, return_exceptions: bool, fail_fast: bool,
             timeout: float | None, transient: bool, description: str,
             schedule_options: dict[str, Any]) -> list[Any]:
     n = len(batch.calls)
@@ -249,8 +122,8 @@ def _gather(q: Any, batch: _Batch, *, progress: Any, return_exceptions: bool, fa
         return []
     tasks, spans, metas = batch.tasks()
     chunked = bool(batch.chunksize)
-    since = _last_finished(q)
-    refs = q.schedule_many(tasks, metadata=metas if chunked else None, **schedule_options)
+    since = last_finished(q)
+    refs = producer.schedule_many(q, tasks, metadata=metas if chunked else None, **schedule_options)
     span_of = {ref.id: span for ref, span in zip(refs, spans)}
     results: list[Any] = [None] * n
     errors: dict[int, BaseException] = {}
@@ -301,30 +174,28 @@ def _gather(q: Any, batch: _Batch, *, progress: Any, return_exceptions: bool, fa
     return results
 
 
-def _finished_tasks(q: Any, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
+def _finished_tasks(q: QueueCore, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
     """Finished tasks of ``ids``: run here first in debug mode (a local queue), then followed on Redis."""
     left = set(ids)
-    if getattr(q, "local", False):
-        from .inline import run_inline
-
+    if q.local:
         for task in run_inline(q, since=since):
             if task.id in left:
                 left.discard(task.id)
                 yield task
                 if not left:
                     return
-    if left:
-        yield from _follow(q, [i for i in ids if i in left], since, timeout)
+    follower = Follower(q.r, q.keys, since=since, only=left, timeout=timeout)
+    while not follower.finished:
+        follower.check_deadline(f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
+                                f"({len(follower.only or ())} still unfinished)")
+        yield from follower.poll(2000)
 
 
-def _cancel(q: Any, ids: set[str]) -> None:
+def _cancel(q: QueueCore, ids: set[str]) -> None:
     if not ids:
         return
-    cancel = getattr(q, "cancel", None)
-    if cancel is None:  # an older Queue without cancel: leave them, only stop waiting
-        return
     try:
-        cancel(sorted(ids))
+        producer.cancel(q, sorted(ids))
     except Exception:  # noqa: BLE001 - best effort while an exception is already on its way
         pass
 
@@ -339,9 +210,10 @@ def _describe(fn: Any) -> str:
 # ---------------------------------------------------------------------------------------- the API
 
 
-def map(q: Any, fn: Callable, inputs: Iterable[Any], *, progress: Any = True, return_exceptions: bool = False,
-        fail_fast: bool = False, chunksize: int | None = None, timeout: float | None = None,
-        transient: bool = False, description: str | None = None, **schedule_options: Any) -> list[Any]:
+def map(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Any], *, progress: Any = True,
+        return_exceptions: bool = False, fail_fast: bool = False, chunksize: int | None = None,
+        timeout: float | None = None, transient: bool = False, description: str | None = None,
+        **schedule_options: Any) -> list[Any]:
     """``[fn(x) for x in inputs]`` run as tasks on the queue's workers; results in input order.
 
     ``progress``: True, False, or a rich ``Progress`` to add a row to; ``transient``: remove the bar
@@ -356,7 +228,7 @@ def map(q: Any, fn: Callable, inputs: Iterable[Any], *, progress: Any = True, re
                    schedule_options=_schedule_options(schedule_options))
 
 
-def starmap(q: Any, fn: Callable, inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
+def starmap(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
     """Like :func:`map`, each input spread as ``fn(*x)`` (JobRunner's tuple inputs)."""
     progress = options.pop("progress", True)
     return _gather(q, _Batch([(fn, tuple(x), {}) for x in inputs], options.pop("chunksize", None)),
@@ -382,13 +254,13 @@ def _schedule_options(options: dict[str, Any]) -> dict[str, Any]:
 class Submitter:
     """Collects calls inside ``with submitting(q) as sub:``; they run when the block exits."""
 
-    def __init__(self, q: Any, options: dict[str, Any]) -> None:
+    def __init__(self, q: QueueCore, options: dict[str, Any]) -> None:
         self.q = q
         self.options = dict(options)
-        self.calls: list[tuple[Callable, tuple, dict]] = []
+        self.calls: Calls = []
         self._results: list[Any] | None = None
 
-    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> int:
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         """Add ``fn(*args, **kwargs)``; returns its index in ``results``. Nothing runs yet."""
         if self._results is not None:
             raise RuntimeError("this submitting block has run already; open a new one")
@@ -420,7 +292,7 @@ class Submitter:
 
 
 @contextmanager
-def submitting(q: Any, progress: Any = True, **options: Any) -> Iterator[Submitter]:
+def submitting(q: QueueCore, progress: Any = True, **options: Any) -> Iterator[Submitter]:
     """Collect ``sub.submit(fn, *args)`` calls and run them as tasks when the block exits; then
     ``sub.results`` holds the outputs in submission order. If the block raises, nothing is scheduled
     and the exception propagates unchanged (JobRunner ran the batch anyway and could mask it).

@@ -34,7 +34,6 @@ from __future__ import annotations
 import atexit
 import enum
 import functools
-import logging
 import os
 import random
 import socket
@@ -42,18 +41,19 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from . import log as logs
+from . import ops
+from .core import QueueCore
 from .errors import ConfigError, LeaseLostWarning, NotClaimed
+from .lease import Lease, Renewer, new_token
+from .schema import glob_escape
 
 __all__ = ["Status", "NotClaimed", "LeaseLostWarning", "iterate", "once", "notify_success", "notify_failure",
            "status", "counts", "done_keys"]
 
-log = logging.getLogger("forrestq.once")
-
-_DIR = Path(__file__).parent / "scripts"
+log = logs.get("once")
 
 
 class Status(enum.Enum):
@@ -65,30 +65,11 @@ class Status(enum.Enum):
     SKIP_IN_PROGRESS = 4  # another process holds the key right now: not run
 
 
-# ---------------------------------------------------------------------------------------- scripts
-
-_scripts_lock = threading.Lock()
-
-
-def _scripts(q: Any) -> Any:
-    """The once_* scripts registered on ``q``'s client (cached on the Queue object)."""
-    s = getattr(q, "_once_scripts", None)
-    if s is None:
-        with _scripts_lock:
-            s = getattr(q, "_once_scripts", None)
-            if s is None:
-                s = SimpleNamespace(**{name: q.r.register_script((_DIR / f"once_{name}.lua").read_text())
-                                       for name in ("claim", "confirm", "release")})
-                s.renew = q.scripts.renew  # token-owned leases renew the same way as a worker's
-                q._once_scripts = s
-    return s
-
-
-def done_key(q: Any, version: int = 0) -> str:
+def done_key(q: QueueCore, version: int = 0) -> str:
     return q.keys.once_done(version)
 
 
-def lease_key(q: Any, key: str, version: int = 0) -> str:
+def lease_key(q: QueueCore, key: str, version: int = 0) -> str:
     return q.keys.once_lease(version, key)
 
 
@@ -128,91 +109,71 @@ _HOST = socket.gethostname()
 
 
 def _new_token() -> str:
-    return f"{os.urandom(8).hex()} {_HOST} {os.getpid()}"
+    return f"{new_token()} {_HOST} {os.getpid()}"
+
+
+Ident = tuple[str, str, int, str]  # (url, queue, version, key)
 
 
 class _Claim:
-    """One key held by this process: its lease is renewed by the renewer thread until settled."""
+    """One key held by this process; its lease is renewed by the process's renewer until settled."""
 
-    __slots__ = ("q", "key", "version", "token", "lease_ms", "lease_key", "done_key", "lost", "ident",
-                 "next_renew")
+    __slots__ = ("q", "key", "version", "lease", "ident")
 
-    def __init__(self, q: Any, key: str, version: int, token: str, lease_ms: int) -> None:
-        self.q, self.key, self.version, self.token, self.lease_ms = q, key, version, token, lease_ms
-        self.lease_key = lease_key(q, key, version)
-        self.done_key = done_key(q, version)
-        self.lost = False
-        self.ident = (q.url, q.name, version, key)
-        self.next_renew = time.monotonic() + lease_ms / 3000
+    def __init__(self, q: QueueCore, key: str, version: int, token: str, lease_ms: int) -> None:
+        self.q, self.key, self.version = q, key, version
+        self.lease = Lease(q.scripts, q.keys, lease_key(q, key, version), token, lease_ms,
+                           on_lost=lambda _: log.warning("once: the lease of %r was lost while its body "
+                                                         "runs here", key))
+        self.ident: Ident = (q.url, q.name, version, key)
+
+    @property
+    def token(self) -> str:
+        return self.lease.token
+
+    def args(self) -> ops.OnceArgs:
+        return ops.OnceArgs(self.version, self.key, self.token)
 
 
 class _Registry:
-    """The claims this process holds, and one daemon thread renewing their leases."""
+    """The claims this process holds (by ident), their leases renewed by one :class:`Renewer`."""
 
     def __init__(self) -> None:
-        self.lock = threading.Condition()
-        self.claims: dict[tuple, _Claim] = {}
-        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.claims: dict[Ident, _Claim] = {}
+        self.renewer = Renewer("forrestq-once-renew")
+        self.renewer.errors = lambda lease, exc: log.warning("once: could not renew a lease: %s", exc)
 
     def add(self, claim: _Claim) -> None:
         with self.lock:
             self.claims[claim.ident] = claim
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="forrestq-once-renew", daemon=True)
-                self.thread.start()
-            self.lock.notify()
+        self.renewer.add(claim.lease)
 
-    def pop(self, ident: tuple, token: str | None = None) -> _Claim | None:
+    def pop(self, ident: Ident, token: str | None = None) -> _Claim | None:
         with self.lock:
             claim = self.claims.get(ident)
             if claim is None or (token is not None and claim.token != token):
                 return None
-            return self.claims.pop(ident)
-
-    def get(self, ident: tuple) -> _Claim | None:
-        with self.lock:
-            return self.claims.get(ident)
-
-    def _run(self) -> None:
-        while True:
-            with self.lock:
-                while not self.claims:
-                    self.lock.wait()
-                now = time.monotonic()
-                due = [c for c in self.claims.values() if c.next_renew <= now]
-                if not due:
-                    self.lock.wait(min(c.next_renew for c in self.claims.values()) - now)
-                    continue
-            for claim in due:
-                self._renew(claim)
-
-    def _renew(self, claim: _Claim) -> None:
-        try:
-            kept = _scripts(claim.q).renew(keys=[claim.lease_key], args=[claim.lease_ms, claim.token])
-        except Exception as exc:  # noqa: BLE001 - Redis away: try again soon, the lease may survive
-            log.warning("once: could not renew the lease of %r: %s", claim.key, exc)
-            claim.next_renew = time.monotonic() + min(1.0, claim.lease_ms / 6000)
-            return
-        claim.next_renew = time.monotonic() + claim.lease_ms / 3000
-        if not kept[0] and not claim.lost:
-            claim.lost = True
-            log.warning("once: the lease of %r was lost while its body runs here", claim.key)
+            del self.claims[ident]
+        self.renewer.remove(claim.lease)
+        return claim
 
     def release_all(self) -> None:
         with self.lock:
             claims = list(self.claims.values())
             self.claims.clear()
         for claim in claims:
+            self.renewer.remove(claim.lease)
             try:
-                _scripts(claim.q).release(keys=[claim.lease_key], args=[claim.token])
+                ops.once_release(claim.q.scripts, claim.q.keys, claim.args())
             except Exception:  # noqa: BLE001 - leaving: the lease will expire anyway
                 pass
 
     def after_fork(self) -> None:
         # the child holds none of its parent's claims (the parent's thread renews them), and no thread
-        self.lock = threading.Condition()
+        self.lock = threading.Lock()
         self.claims = {}
-        self.thread = None
+        self.renewer.after_fork()
 
 
 _registry = _Registry()
@@ -222,8 +183,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _confirm(claim: _Claim) -> int:
-    code = int(_scripts(claim.q).confirm(keys=[claim.done_key, claim.lease_key], args=[claim.token, claim.key]))
-    if code == 3 or (code == 2 and claim.lost):
+    code = ops.once_confirm(claim.q.scripts, claim.q.keys, claim.args())
+    if code == 3 or (code == 2 and claim.lease.lost):
         warnings.warn(f"once key {claim.key!r}: the lease expired while its body ran here"
                       + (" and another process holds it now; the body may run twice" if code == 3 else ""),
                       LeaseLostWarning, stacklevel=3)
@@ -231,10 +192,10 @@ def _confirm(claim: _Claim) -> int:
 
 
 def _release(claim: _Claim) -> bool:
-    return bool(_scripts(claim.q).release(keys=[claim.lease_key], args=[claim.token]))
+    return ops.once_release(claim.q.scripts, claim.q.keys, claim.args())
 
 
-def _settle(ident: tuple, token: str, success: bool) -> None:
+def _settle(ident: Ident, token: str, success: bool) -> None:
     claim = _registry.pop(ident, token)
     if claim is None:
         return  # settled in the body already (notify_success / notify_failure)
@@ -247,7 +208,7 @@ def _settle(ident: tuple, token: str, success: bool) -> None:
 # ------------------------------------------------------------------------------------ the iterator
 
 
-def iterate(q: Any, keys: Iterable[Any], lease: float = 60, version: int = 0, *, wait: bool = True,
+def iterate(q: QueueCore, keys: Iterable[Any], lease: float = 60, version: int = 0, *, wait: bool = True,
             shuffle: bool = False, seed: int | None = None, batch: int = 64,
             poll: float | None = None) -> Iterator[Any]:
     """Yield the keys whose body should run in this process: each key runs in one process globally.
@@ -270,12 +231,9 @@ def iterate(q: Any, keys: Iterable[Any], lease: float = 60, version: int = 0, *,
     return _iterate(q, items, lease_ms, version, wait, batch, pause)
 
 
-def _iterate(q: Any, items: list[tuple[Any, str]], lease_ms: int, version: int, wait: bool, batch: int,
-             pause: float) -> Iterator[Any]:
-    scripts = _scripts(q)
-    dk = done_key(q, version)
-    prefix = q.keys.once_lease(version)
-    held: tuple[tuple, str] | None = None
+def _iterate(q: QueueCore, items: list[tuple[Any, str]], lease_ms: int, version: int, wait: bool,
+             batch: int, pause: float) -> Iterator[Any]:
+    held: tuple[Ident, str] | None = None
     pending = items
     try:
         while pending:
@@ -284,12 +242,12 @@ def _iterate(q: Any, items: list[tuple[Any, str]], lease_ms: int, version: int, 
             while i < len(pending):
                 chunk = pending[i:i + batch]
                 token = _new_token()
-                got, letters = scripts.claim(keys=[dk], args=[prefix, token, lease_ms, *[s for _, s in chunk]])
-                letters = letters.decode() if isinstance(letters, bytes) else letters
-                busy.extend(chunk[j] for j, c in enumerate(letters) if c == "b")
-                i += len(letters)
-                if got:
-                    orig, skey = chunk[int(got) - 1]
+                got = ops.once_claim(q.scripts, q.keys,
+                                     ops.OnceClaimArgs(version, token, lease_ms, [s for _, s in chunk]))
+                busy.extend(chunk[j] for j, c in enumerate(got.letters) if c == "b")
+                i += len(got.letters)
+                if got.index:
+                    orig, skey = chunk[got.index - 1]
                     claim = _Claim(q, skey, version, token, lease_ms)
                     _registry.add(claim)
                     held = (claim.ident, token)
@@ -309,11 +267,11 @@ def _iterate(q: Any, items: list[tuple[Any, str]], lease_ms: int, version: int, 
 # ---------------------------------------------------------------------------- explicit settlement
 
 
-def _ident(q: Any, key: Any, version: int) -> tuple:
+def _ident(q: QueueCore, key: Any, version: int) -> Ident:
     return (q.url, q.name, _check_version(version), _key_str(key))
 
 
-def notify_success(q: Any, key: Any, version: int = 0) -> None:
+def notify_success(q: QueueCore, key: Any, version: int = 0) -> None:
     """Mark a key this process holds as done for good, now. Raises ``ValueError`` if the key was
     already completed (a duplicate completion) and ``NotClaimed`` if this process does not hold it."""
     ident = _ident(q, key, version)
@@ -326,7 +284,7 @@ def notify_success(q: Any, key: Any, version: int = 0) -> None:
         raise ValueError(f"completed more than once: {key!r}")
 
 
-def notify_failure(q: Any, key: Any, version: int = 0) -> bool:
+def notify_failure(q: QueueCore, key: Any, version: int = 0) -> bool:
     """Give a key this process holds back at once, so any process may claim it again. Only this
     process's own claim is released (never another's, never a done key). Returns whether it did."""
     claim = _registry.pop(_ident(q, key, version))
@@ -336,8 +294,8 @@ def notify_failure(q: Any, key: Any, version: int = 0) -> bool:
 # ------------------------------------------------------------------------------------ the decorator
 
 
-def once(q: Any, key: Any, lease: float = 60, version: int = 0, *,
-         suppress_exception: bool = True) -> Callable[[Callable], Callable[..., tuple[Status, Any]]]:
+def once(q: QueueCore, key: Any, lease: float = 60, version: int = 0, *,
+         suppress_exception: bool = True) -> Callable[[Callable[..., Any]], Callable[..., tuple[Status, Any]]]:
     """Decorator: the wrapped call runs only if ``key`` is neither done nor held elsewhere, and
     returns ``(Status, value)``: ``(COMPUTE_OK, return value)``, ``(SKIP_OK, None)``,
     ``(SKIP_IN_PROGRESS, None)``, or ``(COMPUTE_ERROR, the exception)`` when the call raised (the key
@@ -347,13 +305,11 @@ def once(q: Any, key: Any, lease: float = 60, version: int = 0, *,
     version = _check_version(version)
     skey = _key_str(key)
 
-    def decorate(fn: Callable) -> Callable[..., tuple[Status, Any]]:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., tuple[Status, Any]]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> tuple[Status, Any]:
             token = _new_token()
-            got, letters = _scripts(q).claim(keys=[done_key(q, version)],
-                                             args=[q.keys.once_lease(version), token, lease_ms, skey])
-            letter = letters.decode() if isinstance(letters, bytes) else letters
+            letter = ops.once_claim(q.scripts, q.keys, ops.OnceClaimArgs(version, token, lease_ms, [skey])).letters
             if letter == "d":
                 return Status.SKIP_OK, None
             if letter == "b":
@@ -379,7 +335,7 @@ def once(q: Any, key: Any, lease: float = 60, version: int = 0, *,
 # ---------------------------------------------------------------------------------------- queries
 
 
-def status(q: Any, key: Any, version: int = 0) -> str:
+def status(q: QueueCore, key: Any, version: int = 0) -> str:
     """``"done"``, ``"running"`` (a lease holds it) or ``"free"``."""
     version = _check_version(version)
     skey = _key_str(key)
@@ -390,14 +346,14 @@ def status(q: Any, key: Any, version: int = 0) -> str:
     return "done" if done else "running" if running else "free"
 
 
-def done_keys(q: Any, version: int = 0) -> set[str]:
+def done_keys(q: QueueCore, version: int = 0) -> set[str]:
     """Every key completed under ``version`` (str form)."""
     return {k.decode() for k in q.r.smembers(done_key(q, _check_version(version)))}
 
 
-def counts(q: Any, version: int = 0) -> dict[str, int]:
+def counts(q: QueueCore, version: int = 0) -> dict[str, int]:
     """``{"done": completed keys, "running": keys held by a live lease}`` for ``version``."""
     version = _check_version(version)
-    pattern = q.keys.once_lease(version).replace("{", "\\{").replace("}", "\\}") + "*"
+    pattern = glob_escape(q.keys.once_lease(version)) + "*"
     running = sum(1 for _ in q.r.scan_iter(match=pattern, count=1000))
     return {"done": int(q.r.scard(done_key(q, version))), "running": running}

@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -35,7 +35,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     """The text sent to the server for script ``name``: the schema header, then the script with its
     includes expanded."""
@@ -67,24 +67,31 @@ class Scripts:
         return script(keys=keys, args=args)
 
     def load(self) -> None:
-        """Load every script this client used (the server's script cache is empty after a restart)."""
-        for name in list(self._registered):
-            self.client.script_load(source(name))
+        """Load every script (the server's script cache is empty after a restart) — all of them, not
+        only the ones this client used so far, so that a pipeline never finds some loaded and some not."""
+        for path in sorted(_DIR.glob("*.lua")):
+            self.script(path.stem)
+            self.client.script_load(source(path.stem))
 
     def execute(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        """Execute a pipeline holding scripts; if the server had forgotten them, load them and run the
-        pipeline again (nothing in it ran: every script of it was refused)."""
+        """Execute a pipeline holding scripts. If the server had forgotten some of them, load every
+        script and send again only the commands it refused with NOSCRIPT: the others ran, and running
+        them twice would, e.g., claim a second task and strand the first. Replies stay in order."""
         stack = list(pipe.command_stack)
-        try:
-            replies = pipe.execute(raise_on_error=raise_on_error)
-        except NoScriptError:
-            replies = None
-        if replies is not None and not any(isinstance(r, NoScriptError) for r in replies):
-            return replies
-        self.load()
-        for args, options in stack:
-            pipe.pipeline_execute_command(*args, **options)
-        return pipe.execute(raise_on_error=raise_on_error)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            self.load()
+            for i in missing:
+                args, options = stack[i]
+                pipe.pipeline_execute_command(*args, **options)
+            for i, reply in zip(missing, pipe.execute(raise_on_error=False)):
+                replies[i] = reply
+        if raise_on_error:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return replies
 
 
 class Op(Generic[A, R]):
@@ -231,7 +238,7 @@ def _claimed(raw: Any) -> Claimed | Skip | None:
                    inputs=list(raw[9:]))
 
 
-claim: Op[ClaimArgs, "Claimed | Skip | None"] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
+claim: Op[ClaimArgs, Claimed | Skip | None] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
                                                     _claimed)
 
 

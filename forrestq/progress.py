@@ -1,9 +1,23 @@
-"""Progress bars (rich) for loops over finished tasks: done, failed, total and rate."""
+"""Progress bars (rich) for loops over finished tasks (``results``, ``map``): done, failed, total, rate.
+
+User text (queue and function names) is shown literally, never read as rich markup."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .errors import ConfigError
 
 
 class ResultsProgress:
@@ -11,17 +25,17 @@ class ResultsProgress:
 
     ``transient=True`` removes the bar when the loop ends (for bars nested under an outer loop)."""
 
-    def __init__(self, queue: Any, enabled: bool = True, transient: bool = False) -> None:
+    def __init__(self, name: str, enabled: bool = True, transient: bool = False) -> None:
         self.enabled = enabled
         self.done = self.failed = 0
         if enabled:
             self.progress = Progress(
-                TextColumn(f"[bold]{queue.name}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn(f"[bold]{escape(name)}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("[green]{task.fields[done]} done [red]{task.fields[failed]} failed"),
                 TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(), transient=transient)
-            self.bar = self.progress.add_task(queue.name, total=None, done=0, failed=0, speed_text="")
+            self.bar = self.progress.add_task(name, total=None, done=0, failed=0, speed_text="")
 
-    def __enter__(self) -> "ResultsProgress":
+    def __enter__(self) -> ResultsProgress:
         if self.enabled:
             self.progress.start()
         return self
@@ -46,3 +60,59 @@ class ResultsProgress:
         total = max(t.total or 0, self.done + self.failed)
         self.progress.update(self.bar, advance=1, total=total, done=self.done, failed=self.failed,
                              speed_text=speed)
+
+
+class MapProgress:
+    """A rich bar for one map: done, failed, total, rate and time left.
+
+    ``progress``: ``True`` (own bar), ``False`` (none), or a running ``rich.progress.Progress`` to add
+    a row to (nesting under an outer loop's bar). ``transient=True`` removes the bar (or the row)
+    when the map ends, like tqdm's ``leave=False``; nested rich bars also work without sharing one
+    ``Progress``: a transient inner bar under ``rich.progress.track`` is fine."""
+
+    def __init__(self, progress: Any, total: int, description: str, transient: bool = False) -> None:
+        self.total = total
+        self.done = self.failed = 0
+        self.transient = transient
+        self.own = progress is True
+        self.progress: Progress | None
+        if progress is True:
+            self.progress = Progress(
+                TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                transient=transient)
+        elif isinstance(progress, Progress):
+            self.progress = progress
+        elif progress in (False, None):
+            self.progress = None
+        else:
+            raise ConfigError(f"progress must be True, False or a rich.progress.Progress, not {progress!r}")
+        self.row: TaskID | None = None
+        self.description = description
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> MapProgress:
+        if self.progress is not None:
+            if self.own:
+                self.progress.start()
+            self.row = self.progress.add_task(self.description, total=self.total, done=0, failed=0, rate="")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is None:
+            return
+        if self.own:
+            self.progress.stop()
+        elif self.transient and self.row is not None:
+            self.progress.remove_task(self.row)
+
+    def advance(self, ok: int, failed: int) -> None:
+        self.done += ok
+        self.failed += failed
+        if self.progress is None or self.row is None:
+            return
+        n = self.done + self.failed
+        elapsed = time.monotonic() - self.t0
+        rate = f"{n / elapsed:,.1f}/s" if elapsed > 0 and n else ""
+        self.progress.update(self.row, completed=n, done=self.done, failed=self.failed, rate=rate)

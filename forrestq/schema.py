@@ -89,6 +89,14 @@ COUNT_OPEN = "open"  # counter: roots not finished yet
 # --- outcomes a worker reports to complete.lua (besides DONE and FAILED) ----------------------------
 RETRY = "retry"  # back to ready after a delay (a retry policy matched)
 
+# --- protocol words of the scripts (replies and modes; Python callers compare with these) ------------
+CLAIM_SKIP = "skip"  # claim.lua's reply ({CLAIM_SKIP}) for a delivered stream entry that was stale
+FOLLOW_FAILED = "failed"  # requeue.lua mode: follow only dependents that failed because of an input
+FOLLOW_ALL = "all"  # requeue.lua mode: follow every dependent, whatever its state (rerun)
+ONCE_DONE = "d"  # once_claim.lua status letter: the key completed before (skipped)
+ONCE_BUSY = "b"  # once_claim.lua status letter: another lease holds the key
+ONCE_CLAIMED = "c"  # once_claim.lua status letter: claimed by this call
+
 # --- stream entry fields -----------------------------------------------------------------------------
 ENTRY_TASK = "t"  # task id, in fq:{q}:stream and fq:{q}:finished entries
 ENTRY_GEN = "g"  # generation of the finished task, in fq:{q}:finished entries
@@ -223,7 +231,8 @@ def glob_escape(text: str) -> str:
 
 
 _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "RETRY", "ENTRY_TASK",
-              "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE")
+              "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
+              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED")
 
 
 def lua_header() -> str:

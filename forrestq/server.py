@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import ipaddress
 import json
@@ -48,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -218,7 +220,7 @@ def _probe(url: str, timeout: float = 2.0) -> redis.Redis:
                                 retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
 
-def _server_info(url: str) -> dict | None:
+def _server_info(url: str) -> dict[str, Any] | None:
     """``INFO server`` of whatever answers at url (also while it loads its data), else None.
     A short timeout: a local server that is merely busy gets more time in :func:`_wait_silent`."""
     client = _probe(url, timeout=1.0)
@@ -342,7 +344,7 @@ def _shutdown(url: str) -> bool:
 # The per-user background server
 
 
-def _read_record(home: Path) -> dict | None:
+def _read_record(home: Path) -> dict[str, Any] | None:
     try:
         record = json.loads((home / "server.json").read_text())
         int(record["pid"]), str(record["url"])
@@ -371,7 +373,7 @@ def _locked(home: Path, timeout: float) -> Iterator[None]:
         os.close(fd)
 
 
-def _find_running(home: Path) -> dict | None:
+def _find_running(home: Path) -> dict[str, Any] | None:
     """The record of the server serving home right now, or None.
 
     Trusts server.json only if the server at its URL reports the recorded pid. Without a valid
@@ -392,7 +394,7 @@ def _find_running(home: Path) -> dict | None:
     return None
 
 
-def _silent_server(home: Path) -> dict | None:
+def _silent_server(home: Path) -> dict[str, Any] | None:
     """The record of server.json if its process is our server but it did not answer."""
     record = _read_record(home)
     if record is not None and _alive(int(record["pid"])) and _is_our_server(int(record["pid"]), home):
@@ -433,7 +435,7 @@ def _start_background(home: Path, timeout: float) -> str:
         _write_private(home / "server.json", json.dumps(
             {"pid": pid, "url": url, "binary": binary, "started": time.time()}))
         try:
-            _wait_ready(url, lambda: _exited(pid), max(0.1, deadline - time.monotonic()),
+            _wait_ready(url, functools.partial(_exited, pid), max(0.1, deadline - time.monotonic()),
                         home / "server.log")
             return url
         except ServerUnreachable as e:
@@ -466,7 +468,7 @@ def ensure_local_server(home: Path | None = None, timeout: float = 15.0) -> str:
     return record["url"]
 
 
-def _wait_silent(home: Path, timeout: float) -> dict | None:
+def _wait_silent(home: Path, timeout: float) -> dict[str, Any] | None:
     """Our server is running but did not answer: it may be busy (a long command) or still
     loading its AOF, so give it the whole timeout before it is replaced."""
     record = _silent_server(home)
@@ -479,7 +481,7 @@ def _wait_silent(home: Path, timeout: float) -> dict | None:
         return None
 
 
-def local_server_info(home: Path | None = None) -> dict | None:
+def local_server_info(home: Path | None = None) -> dict[str, Any] | None:
     """What server.json says, plus ``data_dir``, ``log`` and ``running`` (whether it answers);
     None if no background server was ever recorded in home."""
     home = _home(home)
@@ -529,7 +531,7 @@ class ServerProcess:
         self.unixsocket = Path(unixsocket).absolute() if unixsocket is not None else None
         self.appendfsync = _check_appendfsync(appendfsync)
         self.extra = list(extra)
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -555,7 +557,7 @@ class ServerProcess:
     def log(self) -> Path:
         return self.data_dir / "server.log"
 
-    def start(self, timeout: float = 15.0) -> "ServerProcess":
+    def start(self, timeout: float = 15.0) -> ServerProcess:
         """Start the server and wait until it answers PING. Returns self."""
         if self.running:
             return self
@@ -566,6 +568,7 @@ class ServerProcess:
             if pick:
                 self.port = _free_port(_connect_host(self.bind))
             self._spawn()
+            assert self._proc is not None  # _spawn set it
             try:
                 _wait_ready(self.url, self._proc.poll, max(0.1, deadline - time.monotonic()), self.log)
                 return self
@@ -617,7 +620,7 @@ class ServerProcess:
         self.stop()
         self.start(timeout)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -625,7 +628,7 @@ class ServerProcess:
         self.stop()
 
     def __repr__(self) -> str:
-        state = f"pid {self._proc.pid}" if self.running else "stopped"
+        state = f"pid {self.pid}" if self.running else "stopped"
         where = self.unixsocket if self.unixsocket and not self.port else f"{self.bind}:{self.port}"
         return f"<ServerProcess {where} {state} in {self.data_dir}>"
 

@@ -14,21 +14,23 @@ Objects over 64 MiB of pickle are stored in parts (``fq:{q}:blob:<sha>:<i>``) un
 queue's keys (``Queue.clean(all=True)`` removes them) or until ``ref.delete()``.
 
 Which Redis the loader reads: the client given to :func:`set_client` (a worker child calls it at
-start), else the client of the worker child running the task (found on the stack), else the client
-of a Queue of that name used in this process (``put``, debug mode), else ``$FORRESTQ_URL``, else the
-URL the reference was made with (its password is never stored in the reference).
+start), else the client of a Queue of that name used in this process (``put``, debug mode), else
+``$FORRESTQ_URL``, else the URL the reference was made with (its password is never stored in the
+reference).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import codec
+from .connection import connect
+from .core import QueueCore
 from .schema import QueueKeys
 
 __all__ = ["Shared", "put", "set_client", "register_queue", "load_count"]
@@ -37,7 +39,7 @@ PART = 64 << 20
 _PARTS_MAGIC = b"\x00fq-parts:"  # a pickle never starts with a NUL byte
 
 _lock = threading.RLock()
-_cache: "OrderedDict[tuple[str, str], tuple[Any, int]]" = OrderedDict()
+_cache: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
 _cache_bytes = 0
 _client: Any = None
 _prefix_of: Callable[[str], str] | None = None
@@ -61,7 +63,7 @@ def set_client(client: Any, queue_prefix_lookup: Callable[[str], str] | None = N
         _prefix_of = queue_prefix_lookup
 
 
-def register_queue(q: Any) -> None:
+def register_queue(q: QueueCore) -> None:
     """Let references of ``q``'s name load through ``q``'s client in this process."""
     with _lock:
         _queue_clients.setdefault(q.name, q.r)
@@ -92,27 +94,9 @@ def _strip_password(url: str) -> str:
         return ""
 
 
-def _child_client() -> Any:
-    """The Redis client of the forrestq worker child whose task is being unpickled, if any."""
-    child_mod = sys.modules.get("forrestq.child")
-    cls = getattr(child_mod, "Child", None)
-    if cls is None:
-        return None
-    frame = sys._getframe(2)
-    while frame is not None:
-        obj = frame.f_locals.get("self")
-        if isinstance(obj, cls):
-            return getattr(obj, "r", None)
-        frame = frame.f_back
-    return None
-
-
 def _client_for(queue: str, url: str) -> Any:
     if _client is not None:
         return _client
-    found = _child_client()
-    if found is not None:
-        return found
     if queue in _queue_clients:
         return _queue_clients[queue]
     target = os.environ.get("FORRESTQ_URL", "").strip() or url
@@ -120,8 +104,6 @@ def _client_for(queue: str, url: str) -> Any:
         raise LookupError(f"no Redis to load shared object of queue {queue!r} from: set FORRESTQ_URL")
     client = _url_clients.get(target)
     if client is None:
-        from .connection import connect
-
         client = _url_clients[target] = connect(target)
     return client
 
@@ -198,7 +180,7 @@ class Shared:
     def __init__(self, queue: str, sha: str, size: int, url: str = "") -> None:
         self.queue, self.sha, self.size, self.url = queue, sha, size, url
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_load, (self.queue, self.sha, self.url))
 
     @property
@@ -226,7 +208,7 @@ class Shared:
         return f"<Shared {self.sha[:12]} of queue {self.queue!r}, {self.size:,} bytes>"
 
 
-def put(q: Any, obj: Any) -> Shared:
+def put(q: QueueCore, obj: Any) -> Shared:
     """Store ``obj`` once in ``q``'s Redis (content-addressed) and return its :class:`Shared`
     reference. Storing the same content again transfers and writes nothing."""
     if isinstance(obj, Shared):

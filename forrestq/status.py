@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from . import schema
+from .codec import load_args
 from .errors import UnknownQueue, UnknownTask
 from .schema import QueueKeys, check_name
 from .task import Task
 
-__all__ = ["RATE_WINDOW", "DROP_AFTER", "queue_names", "resolve_queues", "queue_status", "worker_status",
-           "gather", "find_task", "list_tasks", "summarize_call", "task_history", "short_repr",
+__all__ = ["RATE_WINDOW", "DROP_AFTER", "queue_names", "resolve_queues", "queue_status", "worker_status", "gather",
+           "find_task", "queues_of", "list_tasks", "list_tasks_of", "summarize_call", "task_history", "short_repr",
            "human_bytes", "human_age", "human_duration"]
 
 RATE_WINDOW = 60.0  # seconds: rates are tasks finished in the last minute
@@ -47,6 +48,11 @@ def _num(value: bytes | str | None, kind: type = float, default: Any = None) -> 
         return kind(float(_s(value))) if value not in (None, b"", "") else default
     except ValueError:
         return default
+
+
+def _members(reply: Any) -> list[bytes]:
+    """A ZRANGE reply without scores (redis-py types every reply as a broad union)."""
+    return cast("list[bytes]", reply)
 
 
 # ------------------------------------------------------------------------------------------ queues
@@ -98,8 +104,9 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
 
 # ----------------------------------------------------------------------------------------- workers
 
-_INT_FIELDS = ("pid", "procs", "busy", "done", "failed", "rss", "stopping")
-_FLOAT_FIELDS = ("started", "beat")
+# the worker hash fields read as integers (each one a key of worker_status's dicts, as named)
+_INT_FIELDS = (schema.WORKER_PID, schema.WORKER_PROCS, schema.WORKER_BUSY, schema.WORKER_DONE,
+               schema.WORKER_FAILED, schema.WORKER_RSS, schema.WORKER_STOPPING)
 
 
 def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = DROP_AFTER,
@@ -112,7 +119,7 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
     With ``prune``, lost workers whose last heartbeat is older than ``drop_after`` are removed from
     ``fq:workers`` (ZREM only if the score did not change meanwhile) and not returned."""
     now = time.time() if now is None else now
-    members = r.zrange(schema.WORKERS, 0, -1, withscores=True)
+    members = cast("list[tuple[bytes, float]]", r.zrange(schema.WORKERS, 0, -1, withscores=True))
     if not members:
         return []
     pipe = r.pipeline(transaction=False)
@@ -122,26 +129,8 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
     out: list[dict[str, Any]] = []
     stale: list[tuple[bytes, float]] = []
     for (wid, score), fields in zip(members, hashes):
-        wid_s = _s(wid)
-        f = {_s(k): v for k, v in fields.items()}
-        beat = _num(f.get("beat"), float, score)
-        info: dict[str, Any] = {"id": wid_s}
-        if f:
-            info["host"] = _s(f.get("host"))
-            for name in _INT_FIELDS:
-                info[name] = _num(f.get(name), int, 0)
-            info["started"] = _num(f.get("started"), float)
-            info["queues"] = [q for q in _s(f.get("queues")).split(",") if q]
-            info["state"] = "stopping" if info["stopping"] else "running"
-        else:  # the hash expired: only the id (host:pid:nonce) and the last beat are left
-            parts = wid_s.rsplit(":", 2)  # worker ids are host:pid:nonce
-            host = parts[0] if len(parts) == 3 else wid_s
-            pid_text = parts[1] if len(parts) == 3 else ""
-            info.update(host=host or wid_s, pid=int(pid_text) if pid_text.isdigit() else None,
-                        procs=None, busy=None, done=None, failed=None, rss=None, queues=[],
-                        started=None, stopping=0, state="lost")
-        info["beat"] = beat
-        info["age"] = max(0.0, now - beat)
+        info = _worker_info(_s(wid), {_s(k): v for k, v in fields.items()}, score)
+        info["age"] = max(0.0, now - info["beat"])
         if info["state"] == "lost" and prune and now - score > drop_after:
             stale.append((wid, score))
             continue
@@ -150,6 +139,27 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
         _drop_worker(r, wid, score)
     out.sort(key=lambda w: (w["host"] or "", w["pid"] or 0, w["id"]))
     return out
+
+
+def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
+    """One worker from its hash ``f`` (empty once it expired) and its last heartbeat ``score``."""
+    info: dict[str, Any] = {"id": wid}
+    if f:
+        info["host"] = _s(f.get(schema.WORKER_HOST))
+        for name in _INT_FIELDS:
+            info[name] = _num(f.get(name), int, 0)
+        info["started"] = _num(f.get(schema.WORKER_STARTED), float)
+        info["queues"] = [q for q in _s(f.get(schema.WORKER_QUEUES)).split(",") if q]
+        info["state"] = "stopping" if info["stopping"] else "running"
+    else:  # the hash expired: only the id (host:pid:nonce) and the last beat are left
+        parts = wid.rsplit(":", 2)  # worker ids are host:pid:nonce
+        host = parts[0] if len(parts) == 3 else wid
+        pid_text = parts[1] if len(parts) == 3 else ""
+        info.update(host=host or wid, pid=int(pid_text) if pid_text.isdigit() else None,
+                    procs=None, busy=None, done=None, failed=None, rss=None, queues=[],
+                    started=None, stopping=0, state="lost")
+    info["beat"] = _num(f.get(schema.WORKER_BEAT), float, score)
+    return info
 
 
 def _drop_worker(r: redis.Redis, wid: bytes, score: float) -> None:
@@ -190,13 +200,22 @@ def find_task(r: redis.Redis, task_id: str, queue: str | None = None) -> str:
     return found[0]
 
 
+def queues_of(r: redis.Redis, ids: Iterable[str], queue: str | None = None) -> dict[str, list[str]]:
+    """Task ids grouped by the queue holding them (only ``queue`` if given); UnknownTask for the
+    first id not found, so a caller that changes tasks checks every id before changing any."""
+    out: dict[str, list[str]] = {}
+    for task_id in ids:
+        out.setdefault(find_task(r, task_id, queue), []).append(task_id)
+    return out
+
+
 def _fetch(r: redis.Redis, name: str, ids: Iterable[bytes | str]) -> list[Task]:
     k = QueueKeys(name)
-    ids = [_s(i) for i in ids]
+    task_ids = [_s(i) for i in ids]
     pipe = r.pipeline(transaction=False)
-    for i in ids:
+    for i in task_ids:
         pipe.hgetall(k.task(i))
-    return [Task(name, i, f) for i, f in zip(ids, pipe.execute()) if f]
+    return [Task(name, i, f) for i, f in zip(task_ids, pipe.execute()) if f]
 
 
 def list_tasks(r: redis.Redis, name: str, state: str | None = None, limit: int = 20,
@@ -210,23 +229,44 @@ def list_tasks(r: redis.Redis, name: str, state: str | None = None, limit: int =
     if limit <= 0:
         return [], False
     if state in ("done", "failed"):
-        ids = r.zrevrange(k.done if state == "done" else k.failed, 0, limit - 1)
+        ids = _members(r.zrevrange(k.done if state == "done" else k.failed, 0, limit - 1))
         return _fetch(r, name, ids), False
     if state is None:
-        out = _fetch(r, name, r.zrange(k.todo, 0, limit - 1))
+        out = _fetch(r, name, _members(r.zrange(k.todo, 0, limit - 1)))
         for key in (k.failed, k.done):
             if len(out) < limit:
-                out += _fetch(r, name, r.zrevrange(key, 0, limit - len(out) - 1))
+                out += _fetch(r, name, _members(r.zrevrange(key, 0, limit - len(out) - 1)))
         return out[:limit], False
+    return _scan_todo(r, name, state, limit, scan_limit)
+
+
+def _scan_todo(r: redis.Redis, name: str, state: str, limit: int, scan_limit: int) -> tuple[list[Task], bool]:
+    """Unfinished tasks in ``state``, oldest first, from at most ``scan_limit`` of the todo zset."""
+    todo = QueueKeys(name).todo
     out: list[Task] = []
     start, page = 0, 500
     while len(out) < limit and start < scan_limit:
-        ids = r.zrange(k.todo, start, start + page - 1)
+        ids = _members(r.zrange(todo, start, start + page - 1))
         if not ids:
             return out, False
         out += [t for t in _fetch(r, name, ids) if t.state == state]
         start += page
     return out[:limit], len(out) < limit and start >= scan_limit
+
+
+def list_tasks_of(r: redis.Redis, names: Iterable[str], state: str | None = None,
+                  limit: int = 20) -> tuple[list[Task], bool]:
+    """:func:`list_tasks` over several queues, in order, until ``limit`` tasks are found; and
+    whether the listing of any of them may be incomplete."""
+    found: list[Task] = []
+    partial = False
+    for name in names:
+        got, more = list_tasks(r, name, state, limit - len(found))
+        found += got
+        partial |= more
+        if len(found) >= limit:
+            break
+    return found, partial
 
 
 # ---------------------------------------------------------------------------------- one task's call
@@ -238,10 +278,10 @@ class _Input:
     def __init__(self, text: str) -> None:
         self._text = text
 
-    def __getitem__(self, key: Any) -> "_Input":
+    def __getitem__(self, key: Any) -> _Input:
         return _Input(f"{self._text}[{short_repr(key, 20)}]")
 
-    def __getattr__(self, name: str) -> "_Input":
+    def __getattr__(self, name: str) -> _Input:
         if name.startswith("__"):
             raise AttributeError(name)
         return _Input(f"{self._text}.{name}")
@@ -254,7 +294,7 @@ def short_repr(obj: Any, width: int = 60) -> str:
     """``repr(obj)`` on one line, cut to ``width``; never raises."""
     try:
         text = repr(obj)
-    except Exception as exc:
+    except Exception as exc:  # a repr may raise anything; never fail the caller
         text = f"<{type(obj).__name__} (repr failed: {type(exc).__name__})>"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -264,9 +304,7 @@ def summarize_call(r: redis.Redis, task: Task, width: int = 60) -> str:
     """``name(arg, key=value)`` of a task, the inputs shown as ``<task ID>``. The arguments are
     loaded here (lazily, only for this); if they cannot be (a class not importable in this
     process), ``name(<could not load: ...>)``."""
-    from .codec import load_args
-
-    blob = r.hget(QueueKeys(task.queue).task(task.id), schema.TASK_ARGS)
+    blob = cast("bytes | None", r.hget(QueueKeys(task.queue).task(task.id), schema.TASK_ARGS))
     name = task.name or "?"
     if not blob:
         return f"{name}()"
@@ -282,7 +320,7 @@ def task_history(task: Task) -> list[tuple[float, str, str]]:
     """``(time, event, host)`` of what the record's timestamps say: created, last started, finished.
     (The task hash keeps the latest attempt only; earlier attempts show as the attempt count and
     ``lost_on``.)"""
-    out = []
+    out: list[tuple[float, str, str]] = []
     if task.created is not None:
         out.append((task.created, "created", ""))
     if task.started is not None:

@@ -28,6 +28,10 @@ def _s(v: bytes | None, default: str = "") -> str:
     return v.decode() if v is not None else default
 
 
+def _float(v: bytes | None) -> float | None:
+    return float(v) if v else None
+
+
 class Task:
     """One task's record as read from Redis. Values are unpickled on first access, so listing tasks
     never fails because a result's class is not importable here."""
@@ -47,15 +51,15 @@ class Task:
         self.key: str | None = _s(f(b"key")) or None
         self.upstream: str | None = _s(f(b"up")) or None
         self.inputs: list[str] = _s(f(b"in")).split(",") if f(b"in") else []
-        self.runtime: float | None = float(f(b"rt")) if f(b"rt") else None
-        self.created: float | None = float(f(b"ct")) if f(b"ct") else None
-        self.started: float | None = float(f(b"t0")) if f(b"t0") else None
-        self.finished: float | None = float(f(b"t1")) if f(b"t1") else None
+        self.runtime: float | None = _float(f(b"rt"))
+        self.created: float | None = _float(f(b"ct"))
+        self.started: float | None = _float(f(b"t0"))
+        self.finished: float | None = _float(f(b"t1"))
         self.generation: int = int(f(b"g") or 0)
         self.lost_on: str | None = _s(f(b"lost")) or None
 
     @property
-    def ref(self) -> "TaskRef":
+    def ref(self) -> TaskRef:
         return TaskRef(self.id, self.queue)
 
     @cached_property

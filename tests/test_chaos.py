@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import redis
-
 import tasks
+from helpers import wait_for
+from procs import alive, child_pids, spawn_worker, stop, worker
+
 from forrestq import Queue, defer
 from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess
-from helpers import wait_for
-from procs import alive, child_pids, spawn_worker, stop, worker
 
 FAST = ("--lease", "1", "--grace", "0")  # heartbeat and sweep every 1/3 s; stop at once
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import tasks
+from helpers import free_port, wait_for
+from procs import ROOT, worker, worker_env
 from typer.testing import CliRunner
 
-import tasks
 from forrestq import Queue, defer
 from forrestq.cli import EXIT_AUTH, EXIT_FAILURE, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE, app
 from forrestq.server import ServerProcess, ensure_local_server
-from helpers import free_port, wait_for
-from procs import ROOT, worker, worker_env
 
 # --- task functions (tests/ is on the workers' PYTHONPATH: they import them from here) -----------
 
@@ -159,7 +159,8 @@ def test_lost_worker_is_shown_then_dropped(url, r):
     data = json.loads(cli("status", "--json").stdout)
     lost, live = data["workers"]
     assert (lost["host"], lost["pid"], lost["state"]) == ("hostL", 4242, "lost") and 95 < lost["age"] < 200
-    assert (live["host"], live["busy"], live["procs"], live["queues"], live["state"]) == ("hostR", 3, 4, ["x", "y"], "running")
+    assert (live["host"], live["busy"], live["procs"], live["queues"], live["state"]) == \
+        ("hostR", 3, 4, ["x", "y"], "running")
     text = cli("status").stdout
     assert row_of(text, "hostL")[-1] == "lost" and row_of(text, "hostR")[3] == "3/4"
     assert row_of(text, "hostR")[6] == "3.0 MiB"
@@ -262,6 +263,21 @@ def test_help_has_examples_and_exit_codes():
     assert "Exit codes: 0 ok" in top and "5 unknown queue or task" in top
     for command in ("status", "tasks", "show", "server", "requeue", "run", "clean", "cancel"):
         assert "Example" in cli(command, "--help").stdout, command
+
+
+def test_worker_startup_line_is_a_timestamped_log_line_and_quiet_drops_it(url, tmp_path):
+    """`forrestq worker` logs through forrestq.log: lines with a timestamp on stderr; --quiet keeps
+    warnings and errors only."""
+    q = Queue("logq")
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} forrestq\.\S+\s+"
+    for args, shown in (((), True), (("--quiet",), False)):
+        log = tmp_path / f"worker{len(args)}.log"
+        with worker(url, "logq", 1, *args, log=log):
+            assert q.wait(q.schedule(defer(tasks.identity, 1)), timeout=60).returnvalue == 1
+        banner = [line for line in log.read_text().splitlines() if "forrestq worker " in line]
+        assert bool(banner) is shown, log.read_text()
+        if shown:
+            assert re.match(stamp + r"forrestq worker \S+: host .*, queues logq, .*payloads \w+", banner[0])
 
 
 # --- tasks and show --------------------------------------------------------------------------------------

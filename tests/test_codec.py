@@ -14,8 +14,9 @@ import dill
 import pytest
 
 from forrestq import codec
-from forrestq.codec import (NodeSpec, Planner, WorkerImportError, dump_args, dump_exception,
-                            dump_fn, dumps, evaluate, load_args, load_fn, loads)
+from forrestq.codec import dump_args, dump_exception, dump_fn, dumps, load_args, load_fn, loads
+from forrestq.errors import WorkerImportError
+from forrestq.plan import NodeSpec, Planner, evaluate
 from forrestq.deferred import _identity, defer
 from forrestq.errors import GraphError, RemoteError, SerializationError
 

@@ -8,7 +8,7 @@ import pdb
 
 import pytest
 
-from forrestq import Queue, UpstreamFailed, defer, inline
+from forrestq import Queue, UpstreamFailed, debug, defer
 
 
 def whoami(i):
@@ -33,7 +33,7 @@ def _frames(tb):
 def test_run_inline_in_order_in_this_process(url):
     q = Queue("dbg-order")
     refs = q.schedule_many([defer(whoami, i) for i in range(10)])
-    got = list(inline.run_inline(q))
+    got = list(debug.run_inline(q.core))
     assert [t.id for t in got] == [r.id for r in refs]  # in order
     assert [t.returnvalue for t in got] == [(i, os.getpid()) for i in range(10)]  # no child process
     assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 10, "failed": 0}
@@ -44,7 +44,7 @@ def test_failed_task_is_ready_for_pdb_post_mortem(url):
     q = Queue("dbg-pm")
     q.schedule(defer(crash_here, 21))
     q.schedule(defer(whoami, 1))
-    bad, good = list(inline.run_inline(q))
+    bad, good = list(debug.run_inline(q.core))
     assert good.returnvalue == (1, os.getpid())
     exc = bad.errorvalue
     assert type(exc) is ValueError and exc.args == ("bad 21",)
@@ -64,7 +64,7 @@ def test_failed_task_is_ready_for_pdb_post_mortem(url):
 def test_upstream_failure_carries_the_live_cause(url):
     q = Queue("dbg-tree")
     ref = q.schedule(defer(whoami, defer(crash_here, 1)))
-    (task,) = list(inline.run_inline(q))
+    (task,) = list(debug.run_inline(q.core))
     assert task.id == ref.id and isinstance(task.errorvalue, UpstreamFailed)
     assert isinstance(task.errorvalue.__cause__, ValueError)
     assert task.errorvalue.__cause__.__traceback__ is not None
@@ -74,13 +74,12 @@ def test_ctrl_c_in_a_task_hands_it_back(url):
     q = Queue("dbg-int")
     q.schedule(defer(interrupted))
     with pytest.raises(KeyboardInterrupt):
-        list(inline.run_inline(q))
+        list(debug.run_inline(q.core))
     assert q.counts()["ready"] == 1 and q.counts()["running"] == 0
 
 
 def test_map_in_local_mode_raises_the_live_exception(url):
-    q = Queue("dbg-map")
-    q.local = True  # what Queue(name, local=True) sets
+    q = Queue("dbg-map", local=True)
     assert q.map(whoami, range(5), progress=False) == [(i, os.getpid()) for i in range(5)]
     with pytest.raises(ValueError) as info:
         q.map(crash_here, [3], progress=False)

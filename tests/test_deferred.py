@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from forrestq.codec import evaluate
+from forrestq.plan import evaluate
 from forrestq.deferred import (Call, Deferred, Part, _apply, _identity, apply_path, base_and_path,
                                defer, new_id)
 

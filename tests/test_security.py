@@ -33,6 +33,7 @@ import tasks
 from forrestq import ConfigError, Queue, codec, defer, signing
 from forrestq.connection import connect
 from forrestq.errors import AuthFailed, SerializationError, ServerUnreachable, SignatureMismatch
+from forrestq.plan import evaluate
 from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess, server_binary
 from helpers import free_port
@@ -104,7 +105,7 @@ def test_with_a_secret_every_kind_of_blob_is_signed_and_loads():
     assert codec.load_fn(fn) is tasks.add
     assert codec.load_fn(by_value)(1) == 2
     assert "1/2" in str(codec.loads(error))
-    assert codec.evaluate(defer(tasks.add, defer(tasks.identity, 1), 2)) == 3
+    assert evaluate(defer(tasks.add, defer(tasks.identity, 1), 2)) == 3
 
 
 def test_signed_format_is_hmac_sha256_with_a_key_per_kind():

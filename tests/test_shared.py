@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from forrestq import Queue, defer, evaluate, inline, shared
+from forrestq import Queue, defer, evaluate, shared
 from procs import worker
 
 
@@ -117,12 +117,12 @@ def test_debug_mode_and_deleted_blob(url):
     q = Queue("sh-inline")
     ref = q.put(np.ones(10))
     q.schedule(defer(array_stats, ref, 0))
-    (task,) = list(inline.run_inline(q))
+    (task,) = list(q.run(procs=0))
     assert task.returnvalue == (10.0, (10,), 0)
     ref.delete()
     shared.clear_cache()
     q.schedule(defer(array_stats, ref, 1))
-    (task,) = [t for t in inline.run_inline(q) if t.state == "failed"]
+    (task,) = [t for t in q.run(procs=0) if t.state == "failed"]
     assert isinstance(task.errorvalue, LookupError) and "missing" in str(task.errorvalue)
 
 

@@ -3,19 +3,19 @@ fencing and stopping. Real server, real worker processes, real signals; every wa
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-
 import tasks
-from forrestq import Queue, defer
-from forrestq.schema import GROUP, QueueKeys
-from forrestq.scripts import Scripts
 from helpers import wait_for
 from procs import alive, spawn_worker, worker
+
+from forrestq import Queue, defer, ops
+from forrestq.schema import QueueKeys
 
 FAST = ("--lease", "1")  # heartbeats every 1/3 s, sweeps every 1/3 s
 
@@ -157,25 +157,24 @@ def test_a_child_killed_from_outside_is_retried_then_fails_naming_the_signal(url
 def test_fencing_refuses_a_stale_attempt(url, r):
     q = Queue("fence")
     ref = q.schedule(defer(tasks.identity, 1))
-    k, s = QueueKeys("fence"), Scripts(r)
+    k, s = QueueKeys("fence"), ops.Scripts(r)
 
-    def claim(token: str) -> list:
-        return s.claim(keys=k.claim_keys(), args=[k.prefix, GROUP, "c", token, 60000, "h", "w", time.time(), ""])
+    def claim(token: str) -> ops.Claimed:
+        got = ops.claim(s, k, ops.ClaimArgs("c", token, 60000, "h", "w"))
+        assert isinstance(got, ops.Claimed)
+        return got
 
-    def complete(token: str, value: bytes) -> int:
-        return s.complete(keys=k.complete_keys(), args=[k.prefix, GROUP, ref.id, token, "done", value, b"",
-                                                        "", "", "0.1", time.time(), b"", "h", 0])
-
-    import pickle
+    def complete(token: str, value: bytes) -> bool:
+        return ops.complete(s, k, ops.Completion(ref.id, token, "done", result=value, runtime=0.1, host="h"))
 
     first = claim("T1")
-    assert first[0].decode() == ref.id
+    assert first.id == ref.id
     r.delete(k.lease(ref.id))  # the lease expires: the first attempt's worker is cut off
-    assert s.reclaim(keys=[k.stream, k.counts], args=[k.prefix, GROUP, time.time(), first[1]]) == []
-    assert claim("T2")[0].decode() == ref.id
-    assert complete("T1", pickle.dumps("stale")) == 0
-    assert complete("T2", pickle.dumps("fresh")) == 1
-    assert complete("T1", pickle.dumps("stale")) == 0
+    assert ops.reclaim(s, k, ops.ReclaimArgs([first.sid])) == []
+    assert claim("T2").id == ref.id
+    assert complete("T1", pickle.dumps("stale")) is False
+    assert complete("T2", pickle.dumps("fresh")) is True
+    assert complete("T1", pickle.dumps("stale")) is False
     task = q.get(ref)
     assert task.state == "done" and task.returnvalue == "fresh" and task.attempts == 2
     assert r.hget(k.task(ref.id), "tok") == b"T2"
@@ -195,7 +194,7 @@ def test_sigkilled_worker_loses_its_task_to_another_and_attempts_are_counted(url
             os.killpg(proc.pid, signal.SIGKILL)  # the worker (its children die with it)
             proc.wait(5)
 
-    for attempts in range(2):
+    for attempts in range(2):  # noqa: B007 - run_and_kill reads it
         run_and_kill()
     assert q.get(ref).state == "running"  # nobody knows yet
     with worker(url, "reclaim", 1, *FAST, env={"FORRESTQ_HOST": "hostC"}):
@@ -307,7 +306,7 @@ def test_results_keeps_reading_through_a_redis_restart(url, tmp_path):
     srv = ServerProcess(tmp_path / "srv", appendfsync="always").start()
     try:
         q = Queue("outage", url=srv.url)
-        q.r = connect(srv.url, retry=Retry(NoBackoff(), 0))
+        q.core.r = connect(srv.url, retry=Retry(NoBackoff(), 0))  # results() reads through q.core.r
         gate = tmp_path / "gate"
         first = q.schedule(defer(tasks.identity, 0))
         second = q.schedule(defer(tasks.wait_for_file, str(gate), 60))

@@ -4,16 +4,18 @@
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
 -- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s)
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
--- Returns nil when there is nothing to run; {"skip"} when the given entry was stale (acked, deleted);
+-- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
 --       input results...}
+--- @include stream
+--- @include counts
 local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sid = ARGV[9]
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[8], 'LIMIT', 0, 16)) do
   redis.call('ZREM', KEYS[3], id)
-  local t = prefix .. 't:' .. id
-  if redis.call('HGET', t, 'st') == 'ready' then
-    redis.call('HSET', t, 'sid', redis.call('XADD', KEYS[1], '*', 't', id))
+  local t = prefix .. SUFFIX_TASK .. id
+  if redis.call('HGET', t, TASK_STATE) == READY then
+    redis.call('HSET', t, TASK_STREAM_ID, push_entry(KEYS[1], id))
   end
 end
 for _ = 1, 100 do
@@ -23,31 +25,30 @@ for _ = 1, 100 do
     if not got then return nil end
     local entry = got[1][2][1]
     sid = entry[1]
-    tid = entry[2][2]
+    tid = entry_task(entry)
   else
-    local entry = redis.call('XRANGE', KEYS[1], sid, sid)[1]
-    if entry then tid = entry[2][2] end
+    tid = entry_task(redis.call('XRANGE', KEYS[1], sid, sid)[1])
   end
-  local t = tid and (prefix .. 't:' .. tid)
-  if t and redis.call('HGET', t, 'st') == 'ready' and redis.call('HGET', t, 'sid') == sid then
-    local n = redis.call('HINCRBY', t, 'n', 1)
-    redis.call('HSET', t, 'st', 'running', 'tok', token, 't0', ARGV[8], 'host', ARGV[6], 'wk', ARGV[7])
-    redis.call('SET', prefix .. 'lease:' .. tid, token, 'PX', ARGV[5])
-    redis.call('HINCRBY', KEYS[2], 'ready', -1)
-    redis.call('HINCRBY', KEYS[2], 'running', 1)
-    local f = redis.call('HMGET', t, 'fn', 'a', 'to', 'ma', 'in', 'rp', 'rtn')
+  local t = tid and (prefix .. SUFFIX_TASK .. tid)
+  if t and redis.call('HGET', t, TASK_STATE) == READY and redis.call('HGET', t, TASK_STREAM_ID) == sid then
+    local n = redis.call('HINCRBY', t, TASK_ATTEMPTS, 1)
+    redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token, TASK_STARTED, ARGV[8], TASK_HOST, ARGV[6],
+               TASK_WORKER, ARGV[7])
+    redis.call('SET', prefix .. SUFFIX_LEASE .. tid, token, 'PX', ARGV[5])
+    move_count(KEYS[2], READY, RUNNING)
+    local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
+                         TASK_RETRY_POLICY, TASK_RETRIES_USED)
     local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0'}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
-        out[#out + 1] = redis.call('HGET', prefix .. 't:' .. dep, 'rv') or ''
+        out[#out + 1] = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_RESULT) or ''
       end
     end
     return out
   end
   -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
-  redis.call('XACK', KEYS[1], group, sid)
-  redis.call('XDEL', KEYS[1], sid)
-  if ARGV[9] ~= '' then return {'skip'} end
+  drop_entry(KEYS[1], group, sid)
+  if ARGV[9] ~= '' then return {CLAIM_SKIP} end
   sid = ''
 end
 return nil

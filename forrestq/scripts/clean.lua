@@ -4,31 +4,29 @@
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3..] task ids
 -- When the queue is left with no task at all, its finished stream is reset too.
 -- Returns the number of tasks deleted.
+--- @include stream
 local prefix, group = ARGV[1], ARGV[2]
 local deleted = 0
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local t = prefix .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'sid', 'root', 'in')
+  local t = prefix .. SUFFIX_TASK .. id
+  local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID, TASK_ROOT, TASK_INPUTS)
   local st = f[1]
-  local keep = (st == nil) or st == 'running'
-  if not keep and (st == 'done' or st == 'failed') then
-    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. 'd:' .. id)) do
-      local dst = redis.call('HGET', prefix .. 't:' .. dep, 'st')
-      if dst == 'waiting' or dst == 'ready' or dst == 'running' then keep = true; break end
+  local keep = (st == nil) or st == RUNNING
+  if not keep and (st == DONE or st == FAILED) then
+    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. id)) do
+      local dst = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_STATE)
+      if dst == WAITING or dst == READY or dst == RUNNING then keep = true; break end
     end
   end
   if not keep then
-    if f[2] then
-      redis.call('XACK', KEYS[1], group, f[2])
-      redis.call('XDEL', KEYS[1], f[2])
-    end
-    if f[3] == '1' and st ~= 'done' and st ~= 'failed' then redis.call('HINCRBY', KEYS[2], 'open', -1) end
+    drop_entry(KEYS[1], group, f[2])
+    if f[3] == '1' and st ~= DONE and st ~= FAILED then redis.call('HINCRBY', KEYS[2], COUNT_OPEN, -1) end
     if f[4] then
-      for dep in string.gmatch(f[4], '[^,]+') do redis.call('SREM', prefix .. 'd:' .. dep, id) end
+      for dep in string.gmatch(f[4], '[^,]+') do redis.call('SREM', prefix .. SUFFIX_DEPENDENTS .. dep, id) end
     end
     redis.call('HINCRBY', KEYS[2], st, -1)
-    redis.call('DEL', t, prefix .. 'd:' .. id, prefix .. 'lease:' .. id)
+    redis.call('DEL', t, prefix .. SUFFIX_DEPENDENTS .. id, prefix .. SUFFIX_LEASE .. id)
     redis.call('ZREM', KEYS[3], id)
     redis.call('ZREM', KEYS[4], id)
     redis.call('ZREM', KEYS[5], id)

@@ -3,88 +3,77 @@
 -- KEYS[5] failed (zset)     KEYS[6] finished (stream)   KEYS[7] delayed (zset)
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] task id
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
--- ARGV[5] "done" | "failed" | "retry" (back to ready after ARGV[14] s; the error is kept for show)
+-- ARGV[5] DONE | FAILED | RETRY (back to ready after ARGV[14] s; the error is kept for show)
 -- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail
--- ARGV[13] host   ARGV[14] retry delay (s), with "retry"
+-- ARGV[13] host   ARGV[14] retry delay (s), with RETRY
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
+--- @include stream
+--- @include counts
+--- @include finished
+--- @include upstream
 local prefix, group, id, token, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
-local t = prefix .. 't:' .. id
-local lease = prefix .. 'lease:' .. id
-local f = redis.call('HMGET', t, 'st', 'tok', 'sid', 'root', 'g')
-if f[1] ~= 'running' then return 0 end
+local t = prefix .. SUFFIX_TASK .. id
+local lease = prefix .. SUFFIX_LEASE .. id
+local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_ROOT, TASK_GEN)
+if f[1] ~= RUNNING then return 0 end
 if token == '' then
   if redis.call('EXISTS', lease) == 1 then return 0 end
 elseif f[2] ~= token then
   return 0
 end
-if outcome == 'retry' then
-  redis.call('HSET', t, 'st', 'ready', 'ev', ARGV[7], 'tb', ARGV[8], 'why', ARGV[9], 'rt', ARGV[10],
-             'host', ARGV[13])  -- tok stays until the next claim: the worker knows its own attempt
-  redis.call('HINCRBY', t, 'rtn', 1)
-  redis.call('HDEL', t, 'sid')
+if outcome == RETRY then
+  redis.call('HSET', t, TASK_STATE, READY, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
+             TASK_RUNTIME, ARGV[10], TASK_HOST, ARGV[13])  -- TASK_TOKEN stays until the next claim: the
+                                                           -- worker knows its own attempt
+  redis.call('HINCRBY', t, TASK_RETRIES_USED, 1)
+  redis.call('HDEL', t, TASK_STREAM_ID)
   redis.call('DEL', lease)
-  if f[3] then
-    redis.call('XACK', KEYS[1], group, f[3])
-    redis.call('XDEL', KEYS[1], f[3])
-  end
+  drop_entry(KEYS[1], group, f[3])
   redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[14]), id)
-  redis.call('HINCRBY', KEYS[2], 'running', -1)
-  redis.call('HINCRBY', KEYS[2], 'ready', 1)
+  move_count(KEYS[2], RUNNING, READY)
   return 1
 end
-local fields = {'st', outcome, 't1', now, 'rt', ARGV[10], 'host', ARGV[13]}
-if outcome == 'done' then
-  fields[#fields+1] = 'rv'; fields[#fields+1] = ARGV[6]
-else
-  fields[#fields+1] = 'ev'; fields[#fields+1] = ARGV[7]
-  fields[#fields+1] = 'tb'; fields[#fields+1] = ARGV[8]
-  fields[#fields+1] = 'why'; fields[#fields+1] = ARGV[9]
+-- a node leaves state `from` for the finished state `to` (DONE or FAILED): counts, zsets, announcement
+local function finish(node, from, to, root, gen)
+  move_count(KEYS[2], from, to)
+  redis.call('ZREM', KEYS[3], node)
+  redis.call('ZADD', to == DONE and KEYS[4] or KEYS[5], now, node)
+  if root == '1' then close_root(KEYS[6], KEYS[2], node, gen) end
 end
-if ARGV[12] ~= '' then fields[#fields+1] = 'out'; fields[#fields+1] = ARGV[12] end
-redis.call('HDEL', t, 'rv', 'ev', 'tb', 'why', 'up', 'out')
+local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[10], TASK_HOST, ARGV[13]}
+if outcome == DONE then
+  fields[#fields+1] = TASK_RESULT; fields[#fields+1] = ARGV[6]
+else
+  fields[#fields+1] = TASK_ERROR; fields[#fields+1] = ARGV[7]
+  fields[#fields+1] = TASK_TRACEBACK; fields[#fields+1] = ARGV[8]
+  fields[#fields+1] = TASK_REASON; fields[#fields+1] = ARGV[9]
+end
+if ARGV[12] ~= '' then fields[#fields+1] = TASK_OUTPUT; fields[#fields+1] = ARGV[12] end
+redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT)
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
-if f[3] then
-  redis.call('XACK', KEYS[1], group, f[3])
-  redis.call('XDEL', KEYS[1], f[3])
-end
-redis.call('HINCRBY', KEYS[2], 'running', -1)
-redis.call('HINCRBY', KEYS[2], outcome, 1)
-redis.call('ZREM', KEYS[3], id)
-redis.call('ZADD', outcome == 'done' and KEYS[4] or KEYS[5], now, id)
-if f[4] == '1' then
-  redis.call('XADD', KEYS[6], '*', 't', id, 'g', f[5] or '0')
-  redis.call('HINCRBY', KEYS[2], 'open', -1)
-end
-if outcome == 'done' then
-  for _, dep in ipairs(redis.call('SMEMBERS', prefix .. 'd:' .. id)) do
-    local d = prefix .. 't:' .. dep
-    if redis.call('HGET', d, 'st') == 'waiting' and redis.call('HINCRBY', d, 'pend', -1) <= 0 then
-      local sid = redis.call('XADD', KEYS[1], '*', 't', dep)
-      redis.call('HSET', d, 'st', 'ready', 'sid', sid)
-      redis.call('HINCRBY', KEYS[2], 'waiting', -1)
-      redis.call('HINCRBY', KEYS[2], 'ready', 1)
+drop_entry(KEYS[1], group, f[3])
+finish(id, RUNNING, outcome, f[4], f[5])
+if outcome == DONE then
+  for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. id)) do
+    local d = prefix .. SUFFIX_TASK .. dep
+    if redis.call('HGET', d, TASK_STATE) == WAITING and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
+      redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
+      move_count(KEYS[2], WAITING, READY)
     end
   end
 else
   -- fail every waiting node downstream, breadth first, naming the node that failed first
-  local why = 'input task ' .. id .. ' failed: ' .. ARGV[9]
+  local failure = upstream_failure(id, ARGV[9], now)
   local queue, head = {id}, 1
   while head <= #queue do
-    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. 'd:' .. queue[head])) do
-      local d = prefix .. 't:' .. dep
-      local g = redis.call('HMGET', d, 'st', 'root', 'g')
-      if g[1] == 'waiting' then
-        redis.call('HSET', d, 'st', 'failed', 'up', id, 'why', why, 't1', now)
-        redis.call('HINCRBY', KEYS[2], 'waiting', -1)
-        redis.call('HINCRBY', KEYS[2], 'failed', 1)
-        redis.call('ZREM', KEYS[3], dep)
-        redis.call('ZADD', KEYS[5], now, dep)
-        if g[2] == '1' then
-          redis.call('XADD', KEYS[6], '*', 't', dep, 'g', g[3] or '0')
-          redis.call('HINCRBY', KEYS[2], 'open', -1)
-        end
+    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. queue[head])) do
+      local d = prefix .. SUFFIX_TASK .. dep
+      local g = redis.call('HMGET', d, TASK_STATE, TASK_ROOT, TASK_GEN)
+      if g[1] == WAITING then
+        redis.call('HSET', d, unpack(failure))
+        finish(dep, WAITING, FAILED, g[2], g[3])
         queue[#queue + 1] = dep
       end
     end

@@ -4,18 +4,16 @@
 -- ARGV[5] (optional) "1": count the attempt (its process was killed from outside, e.g. by the OOM
 --         killer); else the attempt is not counted: the task did not fail, its worker left.
 -- Returns 1, or 0 when the token no longer holds the task.
+--- @include stream
+--- @include counts
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
-local t = prefix .. 't:' .. id
-local f = redis.call('HMGET', t, 'st', 'tok', 'sid')
-if f[1] ~= 'running' or f[2] ~= ARGV[4] then return 0 end
-redis.call('DEL', prefix .. 'lease:' .. id)
-if f[3] then
-  redis.call('XACK', KEYS[1], group, f[3])
-  redis.call('XDEL', KEYS[1], f[3])
-end
-local sid = redis.call('XADD', KEYS[1], '*', 't', id)
-redis.call('HSET', t, 'st', 'ready', 'sid', sid)  -- tok stays: the worker tells its own hand-back apart
-if ARGV[5] ~= '1' then redis.call('HINCRBY', t, 'n', -1) end
-redis.call('HINCRBY', KEYS[2], 'running', -1)
-redis.call('HINCRBY', KEYS[2], 'ready', 1)
+local t = prefix .. SUFFIX_TASK .. id
+local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID)
+if f[1] ~= RUNNING or f[2] ~= ARGV[4] then return 0 end
+redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
+drop_entry(KEYS[1], group, f[3])
+-- TASK_TOKEN stays: the worker tells its own hand-back apart
+redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id))
+if ARGV[5] ~= '1' then redis.call('HINCRBY', t, TASK_ATTEMPTS, -1) end
+move_count(KEYS[2], RUNNING, READY)
 return 1

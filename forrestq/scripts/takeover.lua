@@ -5,26 +5,26 @@
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] now (s)   ARGV[4] token
 -- ARGV[5] "1" = finished tasks too (they are re-opened)   ARGV[6..] task ids
 -- A running task's lease is dropped: its worker's completion is refused and its heartbeat sees the loss.
--- Returns the ids taken over (each now 'running' with the token).
-local prefix, group, now, token, finished_too = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5] == '1'
+-- Returns the ids taken over (each now RUNNING with the token).
+--- @include counts
+local prefix, now, token, finished_too = ARGV[1], ARGV[3], ARGV[4], ARGV[5] == '1'
 local out = {}
 for i = 6, #ARGV do
   local id = ARGV[i]
-  local t = prefix .. 't:' .. id
-  local f = redis.call('HMGET', t, 'st', 'root')
+  local t = prefix .. SUFFIX_TASK .. id
+  local f = redis.call('HMGET', t, TASK_STATE, TASK_ROOT)
   local st = f[1]
-  if st and (finished_too or (st ~= 'done' and st ~= 'failed')) then
-    redis.call('HINCRBY', KEYS[2], st, -1)
-    redis.call('HINCRBY', KEYS[2], 'running', 1)
-    if st == 'done' or st == 'failed' then
+  if st and (finished_too or (st ~= DONE and st ~= FAILED)) then
+    move_count(KEYS[2], st, RUNNING)
+    if st == DONE or st == FAILED then
       redis.call('ZREM', KEYS[4], id)
       redis.call('ZREM', KEYS[5], id)
       redis.call('ZADD', KEYS[3], now, id)
-      redis.call('HINCRBY', t, 'g', 1)
-      if f[2] == '1' then redis.call('HINCRBY', KEYS[2], 'open', 1) end
+      redis.call('HINCRBY', t, TASK_GEN, 1)
+      if f[2] == '1' then redis.call('HINCRBY', KEYS[2], COUNT_OPEN, 1) end
     end
-    redis.call('DEL', prefix .. 'lease:' .. id)
-    redis.call('HSET', t, 'st', 'running', 'tok', token)
+    redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
+    redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token)
     out[#out + 1] = id
   end
 end

@@ -1,0 +1,107 @@
+"""The ``forrestq`` command line: thin commands over the library (typer + rich).
+
+Conventions: every command takes ``--url`` (default ``$FORRESTQ_URL``, else the embedded local
+server); listings take ``--json`` for scripts; colour is off when stdout is not a terminal or
+``NO_COLOR`` is set (rich does both). Errors of forrestq (bad input, unknown queue or task, server
+unreachable, wrong password) are one line on stderr, ``forrestq: <message>``, and a distinct exit
+code (below); ``-v`` shows the traceback as well.
+
+The package: this module holds the typer ``app``, the error -> exit code mapping and :func:`main`;
+the commands live by concern in :mod:`.work` (worker, server), :mod:`.inspect` (status, tasks,
+show) and :mod:`.manage` (requeue, run, clean, cancel); everything they print is built in
+:mod:`.render`; :mod:`.common` holds the exit codes and options they share.
+"""
+from __future__ import annotations
+
+import re
+import sys
+import traceback
+from typing import Any
+
+import redis
+import typer
+from typer.core import TyperGroup
+
+from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
+from . import inspect, manage, work
+from .common import EXIT_AUTH, EXIT_FAILURE, EXIT_OK, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE, STATE
+from .render import render_status
+from .work import parse_size
+
+__all__ = ["app", "main", "exit_code", "parse_size", "render_status", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
+           "EXIT_UNREACHABLE", "EXIT_AUTH", "EXIT_UNKNOWN"]
+
+# the errors a command ends with as one line (a connection lost mid-command included)
+REPORTED = (ForrestqError, redis.ConnectionError, redis.TimeoutError)
+
+_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ServerUnreachable, EXIT_UNREACHABLE), (AuthFailed, EXIT_AUTH), (UnknownQueue, EXIT_UNKNOWN),
+    (UnknownTask, EXIT_UNKNOWN), (ConfigError, EXIT_USAGE),
+    (redis.ConnectionError, EXIT_UNREACHABLE), (redis.TimeoutError, EXIT_UNREACHABLE),
+    (redis.AuthenticationError, EXIT_AUTH))
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code for an error that ends a command."""
+    return next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_FAILURE)
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, ForrestqError):
+        return str(error)
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        return f"lost the connection to Redis: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+class _Group(TyperGroup):
+    """Turns forrestq errors (and a connection lost mid-command) into one line on stderr and the
+    exit code of :func:`exit_code`, also under typer's CliRunner. With ``-v`` the error propagates
+    and its traceback is shown."""
+
+    def invoke(self, ctx: Any) -> Any:  # a click Context (typer vendors click privately)
+        try:
+            return super().invoke(ctx)
+        except REPORTED as e:
+            if id(e) in STATE.passthrough or STATE.verbose:
+                raise
+            print(f"forrestq: {_message(e)}", file=sys.stderr, flush=True)
+            raise typer.Exit(exit_code(e)) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
+                  pretty_exceptions_show_locals=False,  # locals may hold a URL with a password
+                  help="forrestq: a Redis worker pool for slow, crashy Python work.")
+
+
+@app.callback(epilog="Exit codes: 0 ok, 1 failure reported by the command, 2 bad usage, "
+                     "3 server unreachable, 4 wrong password, 5 unknown queue or task.")
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
+                                      help="Show tracebacks of errors.")) -> None:
+    """forrestq: a Redis worker pool for slow, crashy Python work.
+
+    Every command takes [bold]--url[/bold]; without it, [bold]$FORRESTQ_URL[/bold], else the embedded local server.
+    """
+    STATE.verbose = verbose  # runs first in every invocation: resets what an earlier one set
+
+
+# the commands, in the order of --help
+for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, work.server, manage.requeue,
+                 manage.run, manage.clean, manage.cancel):
+    app.command()(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning forrestq errors into one line on stderr and an exit code
+    (the commands already do; this also covers errors raised outside them). With ``-v`` the
+    traceback is printed first; the exit code stays the same."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=args, prog_name="forrestq")
+    except REPORTED as e:
+        if id(e) in STATE.passthrough:  # run --raise: the task's own exception, with its traceback
+            raise
+        if STATE.verbose or any(re.fullmatch(r"-v+|--verbose", a) for a in args):
+            traceback.print_exception(type(e), e, e.__traceback__)
+        print(f"forrestq: {_message(e)}", file=sys.stderr)
+        sys.exit(exit_code(e))

@@ -1,0 +1,172 @@
+"""The commands that only read: ``forrestq status``, ``forrestq tasks`` and ``forrestq show``.
+
+Each gathers plain data with :mod:`forrestq.status` (and :class:`forrestq.Queue` for one task) and
+hands it to :mod:`forrestq.cli.render` or prints it as JSON.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+import typer
+from rich.live import Live
+
+from ..errors import ConfigError
+from ..queue import Queue
+from ..status import (
+    LISTED_STATES,
+    find_task,
+    gather,
+    list_tasks_of,
+    resolve_queues,
+    short_repr,
+    summarize_call,
+    task_history,
+)
+from ..task import Task
+from .common import JSON, QUEUE, URL, VERBOSE, client, set_verbose, where
+from .render import (
+    make_console,
+    print_json,
+    print_json_line,
+    render_status,
+    show_json,
+    task_detail,
+    task_json,
+    tasks_view,
+)
+
+__all__ = ["show", "status", "tasks"]
+
+# ------------------------------------------------------------------------------------------- status
+
+
+def _watch_json(r: redis.Redis, queue: str | None, data: dict[str, Any], interval: float, count: int) -> None:
+    """One JSON object per line, for scripts that follow a queue."""
+    shown = 0
+    while True:
+        print_json_line(data)
+        shown += 1
+        if count and shown >= count:
+            return
+        time.sleep(interval)
+        data = gather(r, queue)
+
+
+def _watch_live(r: redis.Redis, queue: str | None, data: dict[str, Any], interval: float, count: int,
+                server: str) -> None:
+    """The status view, refreshed in place."""
+    with Live(render_status(data, server), console=make_console(), auto_refresh=False) as live:
+        shown = 1
+        while not count or shown < count:
+            time.sleep(interval)
+            data = gather(r, queue)
+            live.update(render_status(data, server), refresh=True)
+            shown += 1
+
+
+def status(
+    queue: str | None = QUEUE,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", "-n", help="Seconds between refreshes with --watch."),
+    count: int = typer.Option(0, "--count", help="With --watch, stop after this many refreshes (0 = until Ctrl-C)."),
+    as_json: bool = JSON,
+    url: str | None = URL,
+    verbose: int = VERBOSE,
+) -> None:
+    """Tasks per state and per minute for each queue, and the live workers.
+
+    Counts come from counters, so this answers at once with millions of tasks. Workers whose
+    heartbeat stopped are shown as [red]lost[/red], and dropped after 5 minutes.
+
+    Examples: [bold]forrestq status[/bold], [bold]forrestq status -q fits --watch[/bold],
+    [bold]forrestq status --json | jq .queues.fits.failed[/bold]
+    """
+    set_verbose(verbose)
+    if interval <= 0:
+        raise ConfigError(f"--interval must be a positive number of seconds, not {interval:g}")
+    if count < 0:
+        raise ConfigError(f"--count must be 0 (until Ctrl-C) or more, not {count}")
+    r = client(url)
+    server = where(url)
+    data = gather(r, queue)
+    if not watch:
+        if as_json:
+            print_json(data)
+        else:
+            make_console().print(render_status(data, server))
+        return
+    try:
+        if as_json:
+            _watch_json(r, queue, data, interval, count)
+        else:
+            _watch_live(r, queue, data, interval, count, server)
+    except KeyboardInterrupt:
+        pass
+
+
+# -------------------------------------------------------------------------------------------- tasks
+
+
+def tasks(
+    queue: str | None = QUEUE,
+    state: str | None = typer.Option(None, "--state", "-s",
+                                        help="waiting, ready, running, done or failed (default: all)."),
+    limit: int = typer.Option(20, "--limit", "-n", help="Show at most this many tasks."),
+    as_json: bool = JSON,
+    url: str | None = URL,
+    verbose: int = VERBOSE,
+) -> None:
+    """List tasks: id, state, function, metadata, runtime, host and the error in one line.
+
+    Unfinished tasks come oldest first, done and failed ones most recent first.
+
+    Examples: [bold]forrestq tasks --state failed[/bold], [bold]forrestq tasks -q fits -s running --json[/bold]
+    """
+    set_verbose(verbose)
+    if state is not None and state not in LISTED_STATES:
+        raise ConfigError(f"bad --state {state!r}: use one of {', '.join(LISTED_STATES)}")
+    if limit < 0:
+        raise ConfigError(f"--limit must be 0 or more, not {limit}")
+    r = client(url)
+    found, partial = list_tasks_of(r, resolve_queues(r, queue), state, limit)
+    if as_json:
+        print_json([task_json(t) for t in found])
+    else:
+        make_console().print(tasks_view(found, queue, state, partial))
+
+
+# --------------------------------------------------------------------------------------------- show
+
+
+def _metadata(task: Task) -> str:
+    try:
+        return short_repr(task.metadata, 400)
+    except Exception as e:  # any unpickling failure (a class not importable here)
+        return f"<could not load: {type(e).__name__}: {e}>"
+
+
+def show(
+    task_id: str = typer.Argument(..., help="The task's id (from `forrestq tasks`, or TaskRef.id)."),
+    queue: str | None = typer.Option(None, "--queue", "-q", help="The task's queue (default: search every queue)."),
+    lines: int = typer.Option(40, "--lines", "-n", help="Lines of captured output to show."),
+    as_json: bool = JSON,
+    url: str | None = URL,
+    verbose: int = VERBOSE,
+) -> None:
+    """Everything about one task: call, state history, attempts, host, runtime, metadata, output, traceback.
+
+    Example: [bold]forrestq show n3q3jdvrdssa0[/bold]
+    """
+    set_verbose(verbose)
+    r = client(url)
+    task = Queue(find_task(r, task_id, queue), url).get(task_id)
+    call = summarize_call(r, task)
+    history = task_history(task)
+    metadata = _metadata(task)
+    output_lines = task.output.splitlines()[-lines:] if lines > 0 else []
+    if as_json:
+        print_json(show_json(task, call, history, metadata, output_lines))
+    else:
+        make_console().print(task_detail(task, call, history, metadata, output_lines))

@@ -1,0 +1,166 @@
+"""The commands that run something in the foreground: ``forrestq worker`` and ``forrestq server``."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..connection import describe, mask, resolve_url
+from ..errors import ConfigError
+from ..log import get as get_logger
+from ..log import setup as setup_logging
+from ..server import data_dir, local_server_info, serve_foreground, stop_local_server
+from ..signing import check as payloads_signed
+from ..signing import use_environment as use_secret_from_environment
+from ..worker import Worker, WorkerConfig
+from .common import URL, VERBOSE, set_verbose
+from .render import print_json
+
+__all__ = ["parse_size", "server", "worker"]
+
+_log = get_logger("worker")
+
+_SERVED = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable; first has priority).")
+_PASSWORD_FILE = typer.Option(None, "--password-file", help="File holding the password (first line).")
+_DATA = typer.Option(None, "--data", help="Data directory (default: DATA_DIR/server-PORT).")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"bad size {text!r}: use a number with an optional unit, e.g. 2G or 512M")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def _check_worker_options(autokill: float, grace: float, max_tasks_per_child: int) -> None:
+    if autokill < 0:
+        raise ConfigError(f"--autokill must be 0 (never) or a positive number of seconds, not {autokill:g}")
+    if grace < 0:
+        raise ConfigError(f"--grace must be 0 or more seconds, not {grace:g}")
+    if max_tasks_per_child < 0:
+        raise ConfigError(f"--max-tasks-per-child must be 0 (never) or more, not {max_tasks_per_child}")
+
+
+def _use_secret_file(secret_file: str) -> None:
+    os.environ.pop("FORRESTQ_SECRET", None)
+    os.environ["FORRESTQ_SECRET_FILE"] = secret_file  # children inherit it
+    use_secret_from_environment()
+
+
+def worker(
+    procs: int = typer.Option(os.cpu_count() or 1, "--procs", "-p", help="Child processes running tasks."),
+    queue: list[str] = _SERVED,
+    url: str | None = URL,
+    autokill: float = typer.Option(0, help="Kill a task's process group after this many seconds (0 = never)."),
+    max_memory: str | None = typer.Option(None, help="Address-space limit per child, e.g. 2G."),
+    lease: float = typer.Option(30, help="Seconds a claim lives without a heartbeat."),
+    grace: float = typer.Option(30, help="On SIGTERM/SIGINT, seconds running tasks may finish."),
+    max_tasks_per_child: int = typer.Option(0, help="Replace a child after this many tasks (0 = never)."),
+    max_child_rss: str | None = typer.Option(None, help="Replace a child that grew past this RSS, e.g. 1G."),
+    logfile: str | None = typer.Option(None, help="Append every task's output here, tagged with its id."),
+    async_concurrency: int = typer.Option(1, help="Coroutine (IO-bound) tasks one child runs at once."),
+    secret_file: str | None = typer.Option(None, help="File holding the secret that signs payloads "
+                                              "(as $FORRESTQ_SECRET_FILE)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output."),
+    quiet: bool = typer.Option(False, "--quiet", help="Log nothing per task."),
+) -> None:
+    """Run tasks of QUEUE(s) in PROCS child processes until SIGTERM/SIGINT.
+
+    Prints one startup line (host, pid, procs, queues, server) and one line per finished task.
+
+    Example: [bold]forrestq worker --procs 8 --queue fits --autokill 600 --max-memory 4G[/bold]
+    """
+    set_verbose(verbose)
+    level = -1 if quiet else verbose
+    setup_logging(level)
+    _check_worker_options(autokill, grace, max_tasks_per_child)
+    if secret_file is not None:
+        _use_secret_file(secret_file)
+    cfg = WorkerConfig(url=url, queues=list(queue), procs=procs, lease=lease, autokill=autokill,
+                       max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
+                       max_tasks_per_child=max_tasks_per_child,
+                       max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,
+                       logfile=logfile, verbose=level, async_concurrency=async_concurrency)
+    w = Worker(cfg)
+    if _log.isEnabledFor(logging.INFO):  # not with --quiet
+        _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s, payloads %s",
+                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)),
+                  "signed" if payloads_signed() else "unsigned")
+    raise typer.Exit(w.run())
+
+
+# ------------------------------------------------------------------------------------------- server
+
+
+def _stop(as_json: bool) -> None:
+    stopped = stop_local_server()
+    if as_json:
+        print_json({"stopped": stopped, "data_dir": str(data_dir())})
+    else:
+        print("stopped the local server" if stopped else f"no local server was running (data in {data_dir()})")
+
+
+def _info(as_json: bool) -> None:
+    record: dict[str, Any] | None = local_server_info()
+    if record is not None:
+        record = {**record, "url": mask(record["url"])}
+    if as_json:
+        print_json(record or {"running": False, "data_dir": str(data_dir())})
+    elif record is None:
+        print(f"no local server was started yet; it will keep its data in {data_dir()}")
+    else:
+        state = "running" if record["running"] else "not running"
+        print(f"local server: {state}, pid {record['pid']}, url {record['url']}\n"
+              f"data in {record['data_dir']}\nlog {record['log']}\nbinary {record.get('binary', '-')}")
+
+
+def _read_password(password_file: Path) -> str:
+    try:
+        password = password_file.expanduser().read_text().splitlines()[0].strip()
+    except (OSError, IndexError) as e:
+        why = "it is empty" if isinstance(e, IndexError) else (e.strerror or str(e))
+        raise ConfigError(f"cannot read the password from {password_file}: {why}") from None
+    if not password:
+        raise ConfigError(f"cannot read the password from {password_file}: its first line is empty")
+    return password
+
+
+def server(
+    port: int = typer.Option(6379, "--port", help="TCP port to listen on."),
+    bind: str = typer.Option("127.0.0.1", "--bind",
+                             help="Address to listen on; 0.0.0.0 for other machines (needs a password)."),
+    password_file: Path | None = _PASSWORD_FILE,
+    data: Path | None = _DATA,
+    stop: bool = typer.Option(False, "--stop", help="Stop the background server the library started on demand."),
+    info: bool = typer.Option(False, "--info", help="Say where the background server runs and keeps its data."),
+    as_json: bool = typer.Option(False, "--json", help="With --info or --stop: print JSON."),
+    verbose: int = VERBOSE,
+) -> None:
+    """Run the embedded Redis-compatible server in the foreground until Ctrl-C.
+
+    Prints the [bold]FORRESTQ_URL[/bold] other machines should use. Listening beyond localhost needs a password.
+
+    Examples: [bold]forrestq server --bind 0.0.0.0 --password-file ~/.forrestq-pass[/bold],
+    [bold]forrestq server --info[/bold], [bold]forrestq server --stop[/bold]
+    """
+    set_verbose(verbose)
+    if stop and info:
+        raise ConfigError("--stop and --info do not go together")
+    if stop:
+        return _stop(as_json)
+    if info:
+        return _info(as_json)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be from 1 to 65535, not {port}")
+    password = None if password_file is None else _read_password(password_file)
+    raise typer.Exit(serve_foreground(port=port, bind=bind, password=password, data=data))

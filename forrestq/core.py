@@ -1,0 +1,32 @@
+"""What every layer above the scripts needs of one queue: its name, client, keys and scripts.
+
+:class:`~forrestq.queue.Queue` (the facade users hold) owns one :class:`QueueCore` and hands it to
+the layers it delegates to (reading, producer, the habits), so that none of them imports the
+facade and each parameter is typed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from . import ops
+from .schema import QueueKeys
+
+
+@dataclass
+class QueueCore:
+    """One queue on one Redis client. ``local``: debug mode (results() runs tasks in this process)."""
+
+    name: str
+    url: str
+    r: redis.Redis
+    max_attempts: int = 3
+    local: bool = False
+    keys: QueueKeys = field(init=False)
+    scripts: ops.Scripts = field(init=False)
+    group_ready: bool = field(default=False, init=False)  # stream and consumer group exist
+
+    def __post_init__(self) -> None:
+        self.keys = QueueKeys(self.name)
+        self.scripts = ops.Scripts(self.r)

@@ -1,0 +1,341 @@
+"""Writing to a queue: scheduling task trees and graphs, requeueing, re-running, cancelling, cleaning.
+
+Every write goes through a Lua script (:mod:`forrestq.ops`), so each is atomic on the server.
+Scheduling serialises everything before it writes anything: a bad argument raises at the call and
+leaves Redis as it was. Large schedules are cut into chunks (:data:`CHUNK_NODES` nodes or
+:data:`CHUNK_BYTES` of payload per script call) so one call never blocks the server for long.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from . import codec, ops, schema
+from .core import QueueCore
+from .deferred import Call, _identity
+from .errors import Cancelled, ConfigError
+from .graph import DropNone, build
+from .lease import new_token
+from .plan import Planner
+from .reading import counts, get
+from .runner import invoke
+from .schema import GROUP
+from .task import Task, TaskRef
+
+CHUNK_NODES = 2000  # nodes per schedule script call: bounds how long one call blocks the server
+CHUNK_BYTES = 8 << 20
+BATCH = 1000  # ids per requeue/clean script call
+CANCEL_BATCH = 500
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_.:@+=-]{1,48}")
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def seconds_or_empty(value: float | None, what: str) -> str:
+    """A positive number of seconds as ARGV text ("" for None); ConfigError otherwise."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise ConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+    return repr(float(value))
+
+
+def check_attempts(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max_attempts must be a positive integer, not {value!r}")
+    return value
+
+
+def retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
+    """The serialised retry policy of a task ("" for none)."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be a non-negative integer, not {retries!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0 \
+            or not math.isfinite(backoff):
+        raise ConfigError(f"retry_backoff must be a non-negative number of seconds, not {backoff!r}")
+    types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise ConfigError(f"retry_on must be an exception class or a tuple of them, not {retry_on!r}")
+    return codec.dumps((retries, float(backoff), types)) if retries else ""
+
+
+def keyed(task: Any, key: str) -> Call:
+    """The task with its root node's id derived from a user key (same key -> same node)."""
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"key must be a non-empty string, not {key!r}")
+    node_id = "k-" + (key if _SAFE_KEY.fullmatch(key) else hashlib.sha1(key.encode()).hexdigest())
+    root = task if isinstance(task, Call) else Call(_identity, (task,))
+    root._id = node_id
+    return root
+
+
+# ------------------------------------------------------------------------------------ scheduling
+
+
+def ensure_group(q: QueueCore, pipe: Any) -> None:
+    """Queue on ``pipe`` the registration of the queue and the creation of its stream and consumer
+    group (a BUSYGROUP reply means they exist), until a schedule has seen them made."""
+    if not q.group_ready:
+        pipe.sadd(schema.QUEUES, q.name)
+        pipe.execute_command("XGROUP", "CREATE", q.keys.stream, GROUP, "0", "MKSTREAM")
+
+
+class _Options:
+    """The per-node options of one schedule call, validated once."""
+
+    def __init__(self, q: QueueCore, timeout: float | None, max_attempts: int | None, retries: int,
+                 retry_backoff: float, retry_on: Any) -> None:
+        self.timeout = seconds_or_empty(timeout, "timeout")
+        self.max_attempts = str(check_attempts(max_attempts) if max_attempts is not None else q.max_attempts)
+        self.policy = retry_policy(retries, retry_backoff, retry_on)
+
+
+def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterable[str] | None,
+         o: _Options) -> tuple[list[TaskRef], list[ops.Node], dict[str, bytes]]:
+    """Serialise the trees into nodes (nothing is written yet): refs of the roots, the nodes, and the
+    function blobs by sha."""
+    planner = Planner()
+    metas = iter(metadata) if metadata is not None else None
+    keys_in = iter(user_keys) if user_keys is not None else None
+    fns: dict[str, bytes] = {}
+    nodes: list[ops.Node] = []
+    refs: list[TaskRef] = []
+    for task in tasks:
+        md = next(metas, None) if metas is not None else None
+        user_key = next(keys_in, None) if keys_in is not None else None
+        if user_key is not None:
+            task = keyed(task, user_key)
+        root_id, specs = planner.add(task)
+        md_blob = codec.dumps(md) if md is not None else b""
+        for spec in specs:
+            fns.setdefault(spec.fn_sha, spec.fn_blob)
+            root = spec.id == root_id
+            nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
+                                  md_blob if root else b"", o.timeout, o.max_attempts,
+                                  (user_key or "") if root else "", o.policy))
+        if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
+            nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
+        refs.append(TaskRef(root_id, "", ""))
+    return refs, nodes, fns
+
+
+def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
+    """Write functions and nodes in one pipeline, in chunks; returns the finished stream's id
+    before the first chunk (where a waiter may start to block)."""
+    pipe = q.r.pipeline(transaction=False)
+    ensure_group(q, pipe)
+    for sha, blob in fns.items():
+        pipe.set(q.keys.fn(sha), blob, nx=True)
+    now = time.time()
+    chunk: list[ops.Node] = []
+    size = 0
+    for node in nodes:
+        chunk.append(node)
+        size += len(node.args)
+        if len(chunk) >= CHUNK_NODES or size >= CHUNK_BYTES:
+            ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
+            chunk, size = [], 0
+    if chunk:
+        ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
+    replies = q.scripts.execute(pipe, raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            raise reply
+    q.group_ready = True
+    scheduled = [ops.schedule.reply(r) for r in replies if isinstance(r, list) and r]
+    return scheduled[0].since if scheduled else ""
+
+
+def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
+                  timeout: float | None = None, max_attempts: int | None = None,
+                  keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
+                  retry_on: Any = (Exception,)) -> list[TaskRef]:
+    """Schedule many task trees in one round trip (see ``Queue.schedule_many``)."""
+    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on)
+    refs, nodes, fns = plan(tasks, metadata, keys, options)
+    if not nodes:
+        return [TaskRef(ref.id, q.name) for ref in refs]
+    since = write(q, nodes, fns)
+    return [TaskRef(ref.id, q.name, since) for ref in refs]
+
+
+def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
+                   done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
+                   io_bound: Iterable[str] | None = None, **options: Any) -> dict[str, TaskRef]:
+    """Schedule a named graph (see ``Queue.schedule_graph``)."""
+    nodes = build(funcs, dependencies, done=done, results=results)
+    first = [n for n in io_bound or () if n in nodes]
+    names = first + [n for n in nodes if n not in first]
+    refs = schedule_many(q, [nodes[n] for n in names], metadata=[{"name": n} for n in names], **options)
+    return dict(zip(names, refs))
+
+
+# ------------------------------------------------------------------------------ running again
+
+
+def requeue(q: QueueCore, follow: str, ids: list[str]) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(ids), BATCH):
+        out += ops.requeue(q.scripts, q.keys, ops.RequeueArgs(follow, ids[i:i + BATCH]))
+    return out
+
+
+def error_type(task: Task) -> str:
+    """The name of a failed task's exception type (from its reason when the class does not load)."""
+    try:
+        return type(task.errorvalue).__name__
+    except Exception:  # noqa: BLE001 - an error class not importable here: fall back to the reason
+        return task.reason.split(":", 1)[0]
+
+
+def requeue_failed(q: QueueCore, candidates: list[Task], error_type_name: str | None = None,
+                   dry_run: bool = False) -> list[str]:
+    """Run failed tasks again, with the dependents that failed because of them."""
+    chosen = [t.id for t in candidates if t.state == schema.FAILED and not t.upstream
+              and (error_type_name is None or error_type(t) == error_type_name)]
+    if dry_run:
+        return chosen + [d for d in downstream(q, chosen, only_failed=True) if d not in chosen]
+    return requeue(q, "failed", chosen)
+
+
+def downstream(q: QueueCore, ids: list[str], only_failed: bool) -> list[str]:
+    """Every node downstream of ``ids`` (``only_failed``: those failed because of an input)."""
+    found: list[str] = []
+    seen = set(ids)
+    todo = list(ids)
+    while todo:
+        for raw in q.r.smembers(q.keys.dependents(todo.pop())):
+            dep = raw.decode()
+            if dep in seen:
+                continue
+            if only_failed:
+                st, up = q.r.hmget(q.keys.task(dep), schema.TASK_STATE, schema.TASK_UPSTREAM)
+                if st != schema.FAILED.encode() or not up:
+                    continue
+            seen.add(dep)
+            found.append(dep)
+            todo.append(dep)
+    return found
+
+
+def rerun(q: QueueCore, ref: TaskRef | str, fn: Any = None) -> list[str]:
+    """Run one task again and everything downstream of it; ``fn`` replaces its function first."""
+    task = get(q, ref)
+    if fn is not None:
+        old_sha = q.r.hget(q.keys.task(task.id), schema.TASK_FN)
+        old = codec.load_fn(q.r.get(q.keys.fn(old_sha.decode()))) if old_sha else None
+        if isinstance(old, DropNone):  # a named-graph node: keep taskmap's None rule
+            fn = DropNone(fn)
+        sha, blob, name = codec.dump_fn(fn)
+        pipe = q.r.pipeline(transaction=False)
+        pipe.set(q.keys.fn(sha), blob, nx=True)
+        pipe.hset(q.keys.task(task.id), mapping={schema.TASK_FN: sha, schema.TASK_NAME: name})
+        pipe.execute()
+    return requeue(q, "all", [task.id])
+
+
+# ---------------------------------------------------------------------- cancelling and cleaning
+
+
+def cancel(q: QueueCore, ids: list[str]) -> list[str]:
+    """End unfinished tasks as failed, "cancelled" (see ``Queue.cancel``); returns the ids cancelled."""
+    token = "cancel-" + new_token()
+    error = codec.dump_exception(Cancelled("cancelled"))
+    out: list[str] = []
+    for i in range(0, len(ids), CANCEL_BATCH):
+        part = ids[i:i + CANCEL_BATCH]
+        pipe = q.r.pipeline(transaction=True)
+        ops.takeover.queue(q.scripts, pipe, q.keys, ops.TakeoverArgs(token, part))
+        for tid in part:
+            ops.complete.queue(q.scripts, pipe, q.keys, ops.Completion(
+                tid, token, schema.FAILED, error=error, reason="cancelled"))
+        replies = q.scripts.execute(pipe)
+        out += [tid for tid, raw in zip(part, replies[1:]) if ops.complete.reply(raw)]
+    return out
+
+
+def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = False) -> int:
+    """Delete task records (see ``Queue.clean``); returns how many were deleted."""
+    k = q.keys
+    sources = [k.done] * (done or all) + [k.failed] * (failed or all) + [k.todo] * all
+    deleted = 0
+    for source in sources:
+        start = 0
+        while True:
+            ids = [i.decode() for i in q.r.zrange(source, start, start + BATCH - 1)]
+            if not ids:
+                break
+            n = ops.clean(q.scripts, k, ids)
+            deleted += n
+            start += len(ids) - n  # the kept ones stay in front
+    if all and not sum(counts(q).values()):
+        stale = list(q.r.scan_iter(match=k.pattern(), count=1000))
+        if stale:
+            q.r.delete(*stale)
+        q.group_ready = False
+    return deleted
+
+
+# ------------------------------------------------------------------------------------ by hand
+
+
+def _inputs(q: QueueCore, task: Task) -> list[Any]:
+    values = []
+    for dep in task.inputs:
+        st, rv = q.r.hmget(q.keys.task(dep), schema.TASK_STATE, schema.TASK_RESULT)
+        if st != schema.DONE.encode():
+            raise ConfigError(f"input task {dep} of {task.id} is not done ({(st or b'missing').decode()})")
+        values.append(codec.loads(rv))
+    return values
+
+
+def run_here(q: QueueCore, ref: TaskRef | str, record: bool = False) -> Task:
+    """Run one task in this process with its real inputs (see ``Queue.run_here``)."""
+    task = get(q, ref)
+    fields = q.r.hgetall(q.keys.task(task.id))
+    inputs = _inputs(q, task)
+    fn = codec.load_fn(q.r.get(q.keys.fn(fields[schema.TASK_FN.encode()].decode())))
+    args, kwargs = codec.load_args(fields[schema.TASK_ARGS.encode()], inputs)
+    t0 = time.perf_counter()
+    out: dict[bytes, bytes] = {}
+    exc: BaseException | None = None
+    value: Any = None
+    try:
+        value = invoke(fn, args, kwargs)
+        out[schema.TASK_RESULT.encode()] = codec.dumps(value)
+    except Exception as e:  # noqa: BLE001 - the task's own failure is the outcome
+        exc = e
+        out[schema.TASK_TRACEBACK.encode()] = traceback.format_exc().encode()
+        out[schema.TASK_REASON.encode()] = f"{type(e).__name__}: {e}".encode()
+    runtime = time.perf_counter() - t0
+    state = schema.FAILED if exc is not None else schema.DONE
+    if record:
+        _record_by_hand(q, task.id, state, out, exc, runtime)
+    result = Task(q.name, task.id, {**fields, schema.TASK_STATE.encode(): state.encode(),
+                                    schema.TASK_RUNTIME.encode(): repr(runtime).encode(), **out})
+    if exc is not None:
+        result.__dict__["errorvalue"] = exc  # the live exception, traceback included
+    else:
+        result.__dict__["returnvalue"] = value
+    return result
+
+
+def _record_by_hand(q: QueueCore, tid: str, state: str, out: dict[bytes, bytes], exc: BaseException | None,
+                    runtime: float) -> None:
+    token = "run-" + new_token()
+    pipe = q.r.pipeline(transaction=True)
+    ops.takeover.queue(q.scripts, pipe, q.keys, ops.TakeoverArgs(token, [tid], finished_too=True))
+    ops.complete.queue(q.scripts, pipe, q.keys, ops.Completion(
+        tid, token, state, result=out.get(schema.TASK_RESULT.encode(), b""),
+        error=codec.dump_exception(exc) if exc else b"",
+        traceback=out.get(schema.TASK_TRACEBACK.encode(), b"").decode(),
+        reason=out.get(schema.TASK_REASON.encode(), b"").decode(), runtime=runtime, host="(by hand)"))
+    q.scripts.execute(pipe)
+

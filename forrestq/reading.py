@@ -1,0 +1,244 @@
+"""Reading a queue: task records, counters, and the one loop that follows finished tasks.
+
+Every root task that finishes is announced on the queue's ``finished`` stream (entry fields: task
+id, generation) by the same script that records it. :class:`Follower` reads that stream with
+blocking XREAD (no polling) and turns entries into :class:`~forrestq.task.Task` records: each root
+*generation* once (a requeued task finishes again under a new generation), optionally only the ids
+a caller waits for (``only``: a map's tasks, one ``wait``). It is the only code that follows the
+stream; ``results``, ``wait``, ``map`` and debug mode all use it, and so all of them:
+
+* survive a Redis outage: reads are retried while the server is unreachable, until the caller's
+  deadline or for :data:`OUTAGE` seconds (a restarting server does not end an overnight loop);
+* keep one deadline: ``timeout`` seconds *without progress* (reset whenever a task arrives);
+* with ``only``, fall back every :data:`SWEEP_EVERY` seconds without news to reading the waited-for
+  records directly (the stream may have been trimmed, or an entry missed).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from . import schema
+from .core import QueueCore
+from .errors import ConfigError, UnknownTask
+from .progress import ResultsProgress
+from .schema import QueueKeys
+from .task import Task, TaskRef
+
+OUTAGE = 300.0  # seconds a follower keeps retrying while Redis is unreachable (with no timeout)
+SWEEP_EVERY = 10.0  # seconds without news before the records of ``only`` are read directly
+BLOCK_MS = 2000  # longest single blocking read: deadlines and outages are looked at in between
+FETCH_BATCH = 500  # task records per pipelined read
+_RECORD = [f.encode() for f in schema.RECORD_FIELDS]
+_FINISHED = {s.encode() for s in schema.FINISHED_STATES}
+_ENTRY_TASK, _ENTRY_GEN = schema.ENTRY_TASK.encode(), schema.ENTRY_GEN.encode()
+
+T = TypeVar("T")
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def fetch_records(r: redis.Redis, k: QueueKeys, ids: Sequence[str]) -> list[Task]:
+    """Task records without their argument payloads (which can be large and are never shown),
+    pipelined; missing ids are left out."""
+    out: list[Task] = []
+    for i in range(0, len(ids), FETCH_BATCH):
+        part = ids[i:i + FETCH_BATCH]
+        pipe = r.pipeline(transaction=False)
+        for tid in part:
+            pipe.hmget(k.task(tid), schema.RECORD_FIELDS)
+        for tid, values in zip(part, pipe.execute()):
+            fields = {n: v for n, v in zip(_RECORD, values) if v is not None}
+            if fields:
+                out.append(Task(k.name, tid, fields))
+    return out
+
+
+def task_id(ref: TaskRef | str) -> str:
+    return ref.id if isinstance(ref, TaskRef) else str(ref)
+
+
+def get(q: QueueCore, ref: TaskRef | str) -> Task:
+    """The current record of one task (any state), payload included."""
+    tid = task_id(ref)
+    fields = q.r.hgetall(q.keys.task(tid))
+    if not fields:
+        raise UnknownTask(f"no task {tid!r} in queue {q.name!r}")
+    return Task(q.name, tid, fields)
+
+
+def listing(q: QueueCore, key: str, limit: int | None) -> list[Task]:
+    """The records of the ids in sorted set ``key`` (todo, done, failed), in score order."""
+    ids = [_text(i) for i in q.r.zrange(key, 0, -1 if limit is None else limit - 1)]
+    return fetch_records(q.r, q.keys, ids)
+
+
+def counts(q: QueueCore) -> dict[str, int]:
+    """Number of tasks in each state, read from counters (constant time)."""
+    got = {_text(k): int(v) for k, v in q.r.hgetall(q.keys.counts).items()}
+    return {s: got.get(s, 0) for s in schema.STATES}
+
+
+def last_finished(q: QueueCore) -> str:
+    """The id of the newest entry of the finished stream ("0-0" when empty): follow from here to
+    see only what finishes from now on."""
+    last = q.r.xrevrange(q.keys.finished, count=1)
+    return _text(last[0][0]) if last else "0-0"
+
+
+class Follower:
+    """Follows one queue's finished stream from ``since``; see the module doc."""
+
+    def __init__(self, r: redis.Redis, k: QueueKeys, *, since: str = "0", only: Iterable[str] | None = None,
+                 timeout: float | None = None, outage: float = OUTAGE) -> None:
+        self.r, self.k = r, k
+        self.since = since
+        self.only: set[str] | None = None if only is None else set(only)
+        self.timeout = timeout
+        self.outage = outage
+        self.seen: dict[str, int] = {}  # task id -> generation yielded
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.next_sweep = time.monotonic() + SWEEP_EVERY
+
+    @property
+    def finished(self) -> bool:
+        """With ``only``: every waited-for task has been returned."""
+        return self.only is not None and not self.only
+
+    def poll(self, block_ms: int = 0) -> list[Task]:
+        """Newly finished tasks in finishing order; blocks up to ``block_ms`` (capped by the
+        deadline) when none is there yet."""
+        block = self._block(block_ms)
+        entries = self.patiently(lambda: self.r.xread({self.k.finished: self.since}, count=1000,
+                                                      block=block or None))
+        return self._take(entries)
+
+    def poll_open(self) -> tuple[list[Task], int]:
+        """Newly finished tasks and the number of roots still unfinished, read together (a task
+        finishing between two separate reads could otherwise be missed)."""
+        k = self.k
+        entries, open_n = self.patiently(lambda: self.r.pipeline(transaction=True).xread(
+            {k.finished: self.since}, count=1000).hget(k.counts, schema.COUNT_OPEN).execute())
+        return self._take(entries), max(0, int(open_n or 0))
+
+    def open_roots(self) -> int:
+        return max(0, int(self.patiently(lambda: self.r.hget(self.k.counts, schema.COUNT_OPEN)) or 0))
+
+    def check_deadline(self, message: str) -> float | None:
+        """Seconds left before the timeout (None: no timeout); TimeoutError(message) when past."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(message)
+        return left
+
+    def patiently(self, call: Callable[[], T]) -> T:
+        """call(), retried while Redis is unreachable, until the deadline or for ``outage`` s."""
+        give_up = time.monotonic() + self.outage if self.deadline is None else self.deadline
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.5)
+
+    def _block(self, block_ms: int) -> int:
+        if block_ms <= 0 or self.deadline is None:
+            return max(0, block_ms)
+        return max(1, min(block_ms, int((self.deadline - time.monotonic()) * 1000)))
+
+    def _take(self, entries: Any) -> list[Task]:
+        wanted: dict[str, int] = {}
+        if entries:
+            batch = entries[0][1]
+            self.since = _text(batch[-1][0])
+            for _, f in batch:
+                tid, gen = _text(f[_ENTRY_TASK]), int(f.get(_ENTRY_GEN, b"0"))
+                if (self.only is None or tid in self.only) and self.seen.get(tid, -1) < gen:
+                    wanted[tid] = gen
+        elif self.only and time.monotonic() >= self.next_sweep:
+            return self._sweep()
+        if not wanted:
+            return []
+        records = self.patiently(lambda: fetch_records(self.r, self.k, list(wanted)))
+        return self._accept([t for t in records if t.generation == wanted[t.id]])
+
+    def _sweep(self) -> list[Task]:
+        """Read the states of the waited-for tasks directly (the fallback to the stream)."""
+        self.next_sweep = time.monotonic() + SWEEP_EVERY
+        assert self.only is not None
+        ids = sorted(self.only)
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hget(self.k.task(tid), schema.TASK_STATE)
+        done = [tid for tid, st in zip(ids, self.patiently(pipe.execute)) if st in _FINISHED]
+        return self._accept(self.patiently(lambda: fetch_records(self.r, self.k, done)))
+
+    def _accept(self, records: list[Task]) -> list[Task]:
+        out = []
+        for task in records:
+            if task.state in schema.FINISHED_STATES and self.seen.get(task.id, -1) < task.generation:
+                self.seen[task.id] = task.generation
+                if self.only is not None:
+                    self.only.discard(task.id)
+                out.append(task)
+        if out:
+            self.next_sweep = time.monotonic() + SWEEP_EVERY
+            if self.timeout is not None:
+                self.deadline = time.monotonic() + self.timeout
+        return out
+
+
+def results(q: QueueCore, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
+    """Each root task of the queue once it has finished, on whichever machine; returns when no root
+    is left unfinished. ``timeout``: seconds without progress before ``TimeoutError``."""
+    follower = Follower(q.r, q.keys, timeout=timeout)
+    with ResultsProgress(q.name, enabled=progress) as bar:
+        while True:
+            tasks, open_n = follower.poll_open()
+            if not tasks:
+                bar.update(len(follower.seen), open_n)
+                if open_n <= 0:
+                    return
+                follower.check_deadline(f"no task of queue {q.name!r} finished for {timeout} s "
+                                        f"({open_n} still unfinished)")
+                tasks = follower.poll(BLOCK_MS)
+            for task in tasks:
+                bar.advance(task)
+                yield task
+
+
+def wait(q: QueueCore, ref: TaskRef | str, timeout: float | None = None) -> Task:
+    """Block until one root task has finished and return its record."""
+    tid = task_id(ref)
+    since = ref.since if isinstance(ref, TaskRef) else ""
+    follower = Follower(q.r, q.keys, since=since or "0", only=[tid], timeout=timeout)
+    if since:  # just scheduled here: nothing to look at before blocking
+        got = follower.poll(BLOCK_MS)
+        if got:
+            return got[0]
+    while True:
+        pipe = q.r.pipeline(transaction=True)
+        pipe.xrevrange(q.keys.finished, count=1)
+        pipe.hmget(q.keys.task(tid), schema.RECORD_FIELDS)
+        last, values = follower.patiently(pipe.execute)
+        fields = {n: v for n, v in zip(_RECORD, values) if v is not None}
+        if not fields:
+            raise UnknownTask(f"no task {tid!r} in queue {q.name!r}")
+        task = Task(q.name, tid, fields)
+        if task.state in schema.FINISHED_STATES:
+            return task
+        if not task.root:
+            raise ConfigError(f"task {tid} is not a scheduled root; wait() follows roots only")
+        follower.since = _text(last[0][0]) if last else "0"
+        follower.check_deadline(f"task {tid} did not finish within {timeout} s")
+        got = follower.poll(BLOCK_MS)
+        if got:
+            return got[0]

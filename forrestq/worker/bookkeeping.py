@@ -1,0 +1,179 @@
+"""The worker's side of Redis: what it owes (failures and hand-backs of tasks whose child died, kept
+in an outbox while Redis is away), the leases it renews for its children, its published state, and
+the sweep that hands back tasks of lost workers.
+
+Nothing here waits for Redis longer than one call: the worker's client has a short socket timeout
+and no retries, and the supervision loop (:mod:`forrestq.worker.supervisor`) goes on while Redis is
+away; each round tries again.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+
+from .. import codec, lease, log, ops, schema
+from ..errors import TaskLost, is_transient
+from ..schema import GROUP, QueueKeys
+from .slots import SlotView
+
+logger = log.get("worker")
+
+
+class Bookkeeper:
+    """Redis reads and writes of one worker (id ``worker_id``) over ``keys`` (its queues)."""
+
+    def __init__(self, r: redis.Redis, keys: list[QueueKeys], worker_id: str, host: str, lease_ms: int,
+                 sweep_every: float) -> None:
+        self.r = r
+        self.scripts = ops.Scripts(r)
+        self.keys = keys
+        self.id = worker_id
+        self.host = host
+        self.lease_ms = lease_ms
+        self.sweep_every = sweep_every
+        self.outbox: list[tuple[str, Callable[[], Any]]] = []  # Redis writes owed, oldest first
+        self.redis_down = False
+
+    # --- the outbox -------------------------------------------------------------------------
+    def send(self, what: str, write: Callable[[], Any]) -> None:
+        """A Redis write the worker owes: done now, or kept in the outbox while Redis is away."""
+        self.outbox.append((what, write))
+        self.flush_outbox()
+
+    def flush_outbox(self) -> bool:
+        """Send what the outbox holds, oldest first; False if Redis is away (the rest waits)."""
+        while self.outbox:
+            what, write = self.outbox[0]
+            try:
+                done = write()
+            except redis.RedisError as e:
+                if is_transient(e):
+                    self.note_redis_error(e)
+                    return False
+                logger.warning("Redis refused to record this, giving up: %s (%s)", what, e)
+                done = 0
+            self.outbox.pop(0)
+            if done:  # 0: the attempt no longer held the task (recorded elsewhere meanwhile)
+                logger.info("%s", what)
+        return True
+
+    def hand_back(self, k: QueueKeys, view: SlotView, counted: bool) -> None:
+        """Give the task a dead child held back to its queue (``counted``: its attempt counts)."""
+        args = ops.ReleaseArgs(view.task, view.token, counted)
+        what = f"handed back {k.name} {view.task}" + (" (attempt counted)" if counted else "")
+        self.send(what, lambda: ops.release(self.scripts, k, args))
+
+    def fail(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException) -> None:
+        """Record the failure of a task whose attempt cannot report it (``token`` "": a lost one)."""
+        self.send(f"failed {k.name} {task} {reason}", lambda: self.record_failure(k, task, token, reason, exc))
+
+    def record_failure(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException) -> bool:
+        c = ops.Completion(task_id=task, token=token, outcome=schema.FAILED, error=codec.dump_exception(exc),
+                           traceback=reason, reason=reason, host=self.host)
+        return ops.complete(self.scripts, k, c)
+
+    def note_redis_error(self, e: redis.RedisError) -> None:
+        if not self.redis_down:
+            logger.warning("Redis unreachable or refusing (%s); retrying", e)
+        self.redis_down = True
+
+    def note_redis_ok(self) -> None:
+        if self.redis_down:
+            logger.warning("Redis is back")
+        self.redis_down = False
+
+    # --- leases and state -------------------------------------------------------------------
+    def renew(self, k: QueueKeys, held: list[SlotView]) -> list[SlotView]:
+        """Renew the leases of these tasks of queue ``k`` in one call; the ones not renewed."""
+        kept = lease.renew(self.scripts, k, self.lease_ms, [(k.lease(v.task), v.token) for v in held])
+        return [v for v, ok in zip(held, kept) if not ok]
+
+    def taken_over(self, k: QueueKeys, lost: list[SlotView]) -> list[SlotView]:
+        """Of tasks whose lease could not be renewed, the ones that were taken over.
+
+        While the task still carries our token it is ours: it either only saw its lease expire
+        (Redis was away, or this worker was paused) and is still running, so the lease is set again,
+        or our child has just recorded its end (the heartbeat came between the record and the slot's
+        update), so nothing is to be done. A task carrying another token was taken over, cancelled or
+        re-run: this attempt is pointless (its result would be refused)."""
+        pipe = self.r.pipeline(transaction=False)
+        for v in lost:
+            pipe.hmget(k.task(v.task), schema.TASK_STATE, schema.TASK_TOKEN)
+        gone = []
+        for v, (state, token) in zip(lost, pipe.execute()):
+            if token == v.token.encode():
+                if state == schema.RUNNING.encode():
+                    self.r.set(k.lease(v.task), v.token, nx=True, px=self.lease_ms)
+                    logger.warning("lease of %s %s had expired; nobody took the task over: set again",
+                                   k.name, v.task)
+            else:
+                logger.warning("lease lost %s %s: the task was taken over or cancelled; killing this attempt",
+                               k.name, v.task)
+                gone.append(v)
+        return gone
+
+    def publish(self, info: Mapping[str, Any], ttl: int) -> None:
+        """This worker's state (``forrestq status``): its hash, kept ``ttl`` s, and its heartbeat."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(schema.worker(self.id), mapping=dict(info))
+        pipe.expire(schema.worker(self.id), ttl)
+        pipe.zadd(schema.WORKERS, {self.id: info[schema.WORKER_BEAT]})
+        pipe.execute()
+
+    # --- the sweep --------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Hand back tasks whose holder vanished (one sweeper per queue per interval)."""
+        for k in self.keys:
+            if not self.r.set(k.sweep, self.id, nx=True, px=int(self.sweep_every * 1000)):
+                continue
+            try:
+                pending = self.r.xpending_range(k.stream, GROUP, min="-", max="+", count=1000,
+                                                idle=self.lease_ms)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                logger.warning("the consumer group of %s is gone (Redis lost its data?); creating it again",
+                               k.name)
+                self.ensure_groups()
+                continue
+            if pending:
+                self.reclaim(k, [p["message_id"] for p in pending])
+
+    def reclaim(self, k: QueueKeys, ids: list[Any]) -> None:
+        """Put these idle entries' tasks back; fail the ones that were lost too often."""
+        gave_up = ops.reclaim(self.scripts, k, ops.ReclaimArgs(ids))
+        for g in gave_up:
+            reason = f"lost {g.attempts} times; last on host {g.host}"
+            self.fail(k, g.task_id, "", reason, TaskLost(reason))
+        if len(ids) > len(gave_up):
+            logger.info("reclaimed %d abandoned task(s) of %s", len(ids) - len(gave_up), k.name)
+
+    def ensure_groups(self) -> None:
+        for k in self.keys:
+            try:
+                self.r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    # --- the end ----------------------------------------------------------------------------
+    def last_words(self, grace: float) -> None:
+        """Every child is gone: send what the outbox still holds, for a few seconds at most
+        (a task not handed back here comes back when its lease expires)."""
+        deadline = time.monotonic() + min(5.0, max(1.0, grace))
+        while not self.flush_outbox() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for what, _ in self.outbox:
+            logger.warning("Redis unreachable, not done: %s (its lease will expire)", what)
+
+    def leave(self) -> None:
+        """Leave nothing behind: this worker's entry, its hash, the sweep guards it holds."""
+        try:
+            ours = [k.sweep for k in self.keys if self.r.get(k.sweep) == self.id.encode()]
+            self.r.zrem(schema.WORKERS, self.id)
+            self.r.delete(schema.worker(self.id), *ours)
+        except redis.RedisError:
+            pass

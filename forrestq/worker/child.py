@@ -1,0 +1,419 @@
+"""The child process: claims tasks from Redis, runs user code, records results.
+
+A child is forked by the worker (:mod:`forrestq.worker.supervisor`), sits in its own process group,
+and is reused for many tasks. It talks to Redis itself (claim and completion are one Lua script each,
+pipelined together), so a task costs no round trip through the parent. It tells its parent what it
+holds through a shared memory :class:`~forrestq.worker.slots.Slot`; the parent renews leases from
+there, kills the process group on timeout, and records the failure when the child dies (segfault,
+``os._exit``, OOM kill) — the child never has to survive.
+
+A task is held from its claim until its completion is recorded (or refused): while Redis is away the
+child keeps the completion and retries it, and its lease keeps being renewed, so a computed result is
+never dropped while its fencing token is current. The slot's time limit covers the user's code only.
+
+Loading, calling and judging a task is :class:`forrestq.runner.Runner`'s work; this module is the
+loop around it: claim, run with the output captured and the slot armed, record.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import logging
+import os
+import resource
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+
+from .. import log, ops, shared
+from ..connection import connect
+from ..errors import is_transient
+from ..lease import new_token
+from ..runner import RELEASE, Outcome, Runner, completion, one_line, unrecordable
+from ..schema import DONE, GROUP, QueueKeys
+from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Backoff, Capture, kill_tree, live_children, prctl, rss
+from .slots import Slot
+
+logger = log.get("child")
+T = TypeVar("T")
+
+WAKE_EVERY = 0.2  # seconds between wake-ups of the worker while tasks keep ending
+
+
+@dataclass
+class ChildConfig:
+    url: str
+    queues: list[str]
+    worker_id: str
+    consumer: str
+    host: str
+    lease_ms: int
+    autokill: float = 0.0  # 0 = none
+    max_memory: int = 0  # bytes of address space, 0 = unlimited
+    max_tasks: int = 0  # tasks before the child is replaced, 0 = unlimited
+    max_rss: int = 0  # bytes: a child that grew past this after a task is replaced, 0 = unlimited
+    logfile: str | None = None
+    block_ms: int = 500
+    socket_timeout: float = 30.0  # seconds without an answer before Redis counts as unreachable
+    parent_pid: int = 0  # the worker; 0 = do not check
+    wake_fd: int = -1  # a non-blocking pipe to the worker, written when a task ends
+    async_concurrency: int = 1  # coroutine tasks run at once (one slot "lane" each)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Child:
+    """The claim/run/complete loop of one child process."""
+
+    def __init__(self, cfg: ChildConfig, slot: Slot, lanes: list[Slot] | None = None) -> None:
+        self.cfg = cfg
+        self.slot = slot
+        self.lanes = lanes or [slot]
+        self.pid = os.getpid()
+        self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout)
+        shared.set_client(self.r)  # shared inputs (Queue.put) load through this child's connection
+        self.scripts = ops.Scripts(self.r)
+        self.keys = [QueueKeys(q) for q in cfg.queues]
+        self.runner = Runner(self._get, cfg.host)
+        self.capture = Capture()
+        log.redirect(self.capture.stderr)  # log lines go to the worker's stderr, not the task's output
+        self.woke = 0.0
+        self.tasks_run = 0
+        # the completion of the task the slot holds, not recorded yet: (queue index, completion)
+        self.pending: tuple[int, ops.Completion] | None = None
+        self.backoff = Backoff()
+        self.claim_args = ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host, cfg.worker_id)
+
+    # --- Redis side -------------------------------------------------------------------------
+    def _claim_args(self, token: str, sid: str = "") -> ops.ClaimArgs:
+        """The claim's arguments: one object, refreshed per call (this loop runs once per task)."""
+        a = self.claim_args
+        a.token, a.sid, a.now = token, sid, time.time()
+        return a
+
+    def _settle(self, raw: Any) -> None:
+        """The server's answer to the pending completion. Raises a transient error (kept pending).
+        Any other error means the server will never take this record (too big, a broken blob): it
+        is replaced by a failure record that says so, sent at once."""
+        assert self.pending is not None
+        qi, c = self.pending
+        try:
+            kept = ops.complete.reply(raw)
+        except Exception as e:  # noqa: BLE001 - an error reply of the server
+            if is_transient(e):
+                raise
+            logger.warning("child %d: the server refused the result of task %s (%s); recording a failure "
+                           "instead", self.pid, c.task_id, e)
+            c = unrecordable(c, e)
+            self.pending = (qi, c)
+            kept = ops.complete(self.scripts, self.keys[qi], c)
+        if not kept:
+            logger.warning("child %d: result of task %s refused: this attempt no longer holds the task (its "
+                           "lease was lost and another attempt took it over)", self.pid, c.task_id)
+        self.pending = None
+        self.slot.end(c.outcome == DONE)
+        self.wake()
+
+    def next_task(self, block: bool = True) -> tuple[int, ops.Claimed] | None:
+        """Record the pending completion and claim the next task in one round trip; block if idle
+        (and ``block``). Returns (queue index, the claimed task), or None."""
+        token = new_token()  # the fencing token of whatever this call claims
+        # queues in the order given: the first has priority; one claim per call, never one per queue
+        for qi, k in enumerate(self.keys):
+            pipe = self.r.pipeline(transaction=False)
+            pending = self.pending
+            if pending is not None:
+                ops.complete.queue(self.scripts, pipe, self.keys[pending[0]], pending[1])
+            ops.claim.queue(self.scripts, pipe, k, self._claim_args(token))
+            replies = self.scripts.execute(pipe, raise_on_error=False)
+            raw = replies[-1]
+            if pending is not None:
+                try:
+                    self._settle(replies[0])
+                except redis.RedisError:
+                    held = None if isinstance(raw, Exception) else ops.claim.reply(raw)
+                    if isinstance(held, ops.Claimed):  # hold one task at a time
+                        self._release(k, held.id, token)
+                    raise
+            got = ops.claim.reply(raw)
+            if isinstance(got, ops.Claimed):
+                got.token = token
+                return qi, got
+        if self.slot.stop or not block:
+            return None
+        return self._wait_for_task(token)
+
+    def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed] | None:
+        """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it."""
+        streams = {k.stream: ">" for k in self.keys}
+        read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
+        for stream, entries in read or ():
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            qi = [k.stream for k in self.keys].index(name)
+            sid = entries[0][0]
+            k = self.keys[qi]
+            got = ops.claim(self.scripts, k, self._claim_args(token, sid.decode() if isinstance(sid, bytes) else sid))
+            if isinstance(got, ops.Claimed):
+                got.token = token
+                if self.slot.stop:  # the worker is stopping: hand the task straight back
+                    self._release(k, got.id, token)
+                    return None
+                return qi, got
+        return None
+
+    def recreate_groups(self, error: Exception) -> None:
+        """After NOGROUP (the stream was deleted, e.g. by a clean or FLUSHALL): create the groups again."""
+        if "NOGROUP" not in str(error):
+            return
+        for k in self.keys:
+            try:
+                self.r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
+            except redis.RedisError:
+                pass  # BUSYGROUP, or Redis away: the next round tries again
+
+    def _release(self, k: QueueKeys, task_id: str, token: str) -> None:
+        """Hand a task claimed by this call back at once (its attempt is not counted)."""
+        ops.release(self.scripts, k, ops.ReleaseArgs(task_id, token))
+
+    def flush(self) -> None:
+        """Record a completion still pending (the child is leaving). Retries while Redis is away:
+        the worker ends the wait if it has to (its grace), and then hands the task back."""
+        while self.pending:
+            qi, c = self.pending
+            try:
+                pipe = self.r.pipeline(transaction=False)
+                ops.complete.queue(self.scripts, pipe, self.keys[qi], c)
+                self._settle(self.scripts.execute(pipe, raise_on_error=False)[0])
+            except redis.RedisError as e:
+                logger.warning("child %d: cannot record a result yet (%s); retrying", self.pid, one_line(e))
+                self.backoff.pause()
+
+    def _patiently(self, call: Callable[[], T]) -> T:
+        """call(), retried while Redis is away (for commands that are safe to repeat)."""
+        while True:
+            try:
+                return call()
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                logger.warning("child %d: Redis unreachable (%s); retrying", self.pid, one_line(e))
+                self.backoff.pause()
+
+    def _get(self, key: str) -> bytes | None:
+        blob: bytes | None = self._patiently(lambda: self.r.get(key))
+        return blob
+
+    def redis_trouble(self, e: redis.RedisError) -> None:
+        """A claim failed: say so, mend what can be mended, and pause before the next try."""
+        logger.warning("child %d: Redis unreachable or refusing (%s); retrying", self.pid, one_line(e))
+        self.recreate_groups(e)
+        self.backoff.pause()
+
+    # --- running ----------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Tell the worker a task ended (it publishes its counts, and may stop waiting for us). At
+        most a few times a second while busy: waking the worker per task costs it a task's CPU."""
+        now = time.monotonic()
+        if self.cfg.wake_fd >= 0 and (now - self.woke > WAKE_EVERY or self.slot.stop):
+            self.woke = now
+            try:
+                os.write(self.cfg.wake_fd, b"\0")
+            except OSError:  # full (the worker is behind anyway) or gone
+                pass
+
+    def execute(self, qi: int, c: ops.Claimed) -> Outcome:
+        """Run one claimed task; its completion is left pending (sent with the next claim)."""
+        cfg = self.cfg
+        k = self.keys[qi]
+        self.slot.begin(qi, c.id, c.token, c.attempts, c.max_attempts)
+        self.capture.start()
+        try:
+            loaded = self.runner.load(k, c)
+            if isinstance(loaded, Outcome):
+                outcome = loaded
+            else:
+                self.slot.arm(c.timeout or cfg.autokill)
+                outcome = self.runner.call(c, loaded)
+        finally:
+            if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
+                os._exit(0)
+            self.slot.disarm()
+            size = self.capture.stop()
+        if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
+            self._patiently(lambda: self._release(k, c.id, c.token))
+            self.slot.end(None)
+            self.wake()
+            logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id, outcome.reason)
+            return outcome
+        out = self.capture.tail(size)
+        if cfg.logfile:
+            self.capture.copy_to(cfg.logfile, c.id, size)
+        self.pending = (qi, completion(c, outcome, out, cfg.host))
+        self.log_end(k, c.id, outcome)
+        self.tasks_run += 1
+        return outcome
+
+    def record(self, lane: Slot, qi: int, c: ops.Claimed, outcome: Outcome) -> Slot:
+        """Record one task's outcome now (fenced by its token); returns its lane, free again. (The
+        async lanes record each task at once; output is not captured per task there.)"""
+        lane.disarm()
+        k = self.keys[qi]
+        record = completion(c, outcome, b"", self.cfg.host)
+        if outcome.state == RELEASE:
+            self._patiently(lambda: self._release(k, c.id, c.token))
+        elif not self._patiently(lambda: ops.complete(self.scripts, k, record)):
+            logger.warning("child %d: result of task %s refused: this attempt no longer holds it", self.pid, c.id)
+        lane.end(None if outcome.state == RELEASE else outcome.state == DONE)
+        self.wake()
+        self.log_end(k, c.id, outcome)
+        self.tasks_run += 1
+        return lane
+
+    def log_end(self, k: QueueKeys, task_id: str, outcome: Outcome) -> None:
+        """The task-end line (INFO: ``--quiet`` hides it)."""
+        if logger.isEnabledFor(logging.INFO):
+            what = f"{outcome.runtime:.3f}s" if outcome.state == DONE else outcome.reason
+            logger.info("%-6s %s %s %s", outcome.state, k.name, task_id, what)
+
+    def loop(self) -> None:
+        """Claim, run and record tasks until the worker asks this child to stop or it retires."""
+        if len(self.lanes) > 1:
+            return AsyncLanes(self).run()
+        while not self.slot.stop:
+            try:
+                claimed = self.next_task()
+                self.backoff.reset()
+            except redis.RedisError as e:
+                self.redis_trouble(e)
+                continue
+            if claimed is not None:
+                why = self.retire_reason(self.execute(*claimed))
+                if why:
+                    logger.debug("child %d: replaced: %s", self.pid, why)
+                    break
+        self.flush()
+
+    def retire_reason(self, outcome: Outcome) -> str:
+        """Why this child should be replaced after the task it just ran, or ""."""
+        cfg = self.cfg
+        if outcome.state == RELEASE:
+            return "the code it serves changed"
+        if cfg.max_tasks and self.tasks_run >= cfg.max_tasks:
+            return f"ran {self.tasks_run} tasks"
+        if outcome.reason.startswith("MemoryError"):
+            return "its task ran out of memory"  # the heap may be in a bad state
+        if live_children():
+            return "its task left processes behind"  # the worker kills them with our process group
+        if cfg.max_rss:
+            grown = rss([self.pid])
+            if grown > cfg.max_rss:
+                return f"its memory grew to {grown >> 20} MiB"
+        return ""
+
+
+class AsyncLanes:
+    """Several coroutine tasks at once in one child (``--async-concurrency``, taskmap's io_bound idea):
+    claim tasks while a lane is free and run coroutine tasks concurrently on one event loop. A plain
+    function runs to its end when called, as usual. Each task holds its own lane, so the worker renews
+    its lease and enforces its time limit (a limit kills the whole child: the other tasks it held are
+    handed back). Output is not captured per task here (the tasks share the process's stdout); it goes
+    to the worker's log."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.runner = child.runner
+        self.loop = asyncio.new_event_loop()
+        self.running: dict[asyncio.Task[Any], tuple[int, ops.Claimed, Slot, float]] = {}
+        self.free = list(reversed(child.lanes))
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            while self.running or not self.child.slot.stop:
+                self.claim_while_free()
+                if self.running:
+                    self.collect()
+        finally:
+            self.loop.close()
+
+    def claim_while_free(self) -> None:
+        child = self.child
+        while self.free and not child.slot.stop:
+            try:
+                claimed = child.next_task(block=not self.running)
+                child.backoff.reset()
+            except redis.RedisError as e:
+                child.redis_trouble(e)
+                return
+            if claimed is None:
+                return
+            self.start(*claimed)
+
+    def start(self, qi: int, c: ops.Claimed) -> None:
+        """Load the task and call its function; a coroutine it returns runs on the loop."""
+        child = self.child
+        lane = self.free.pop()
+        lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts)
+        loaded = self.runner.load(child.keys[qi], c)
+        if isinstance(loaded, Outcome):
+            self.free.append(child.record(lane, qi, c, loaded))
+            return
+        lane.arm(c.timeout or child.cfg.autokill)
+        t0 = time.perf_counter()
+        try:
+            value = loaded.fn(*loaded.args, **loaded.kwargs)
+        except BaseException as e:  # noqa: BLE001 - the task's failure
+            self.free.append(child.record(lane, qi, c, self.runner.raised(c, e, t0)))
+            return
+        if inspect.iscoroutine(value):
+            self.running[self.loop.create_task(value)] = (qi, c, lane, t0)
+        else:
+            self.free.append(child.record(lane, qi, c, self.runner.returned(value, t0)))
+
+    def collect(self) -> None:
+        """Run the loop until a task ends (briefly, while more work might be claimed), record the ends."""
+        wait = 0.05 if self.free and not self.child.slot.stop else 0.5  # look for more work meanwhile
+        done, _ = self.loop.run_until_complete(
+            asyncio.wait(list(self.running), timeout=wait, return_when=asyncio.FIRST_COMPLETED))
+        for fut in done:
+            qi, c, lane, t0 = self.running.pop(fut)
+            exc = fut.exception()
+            outcome = self.runner.raised(c, exc, t0) if exc else self.runner.returned(fut.result(), t0)
+            self.free.append(self.child.record(lane, qi, c, outcome))
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: the worker decides when its children stop (through the slot). A handler, not
+    SIG_IGN: an ignored signal would stay ignored in every program a task runs."""
+
+
+def child_main(cfg: ChildConfig, slot: Slot, lanes: list[Slot] | None = None) -> None:
+    """Entry point of a forked child; never returns."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # no orphan keeps a claimed task when the worker dies
+        if cfg.parent_pid and os.getppid() != cfg.parent_pid:
+            os._exit(0)  # the worker died before the line above
+        prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphaned grandchildren come to us, and so get killed
+        signal.signal(signal.SIGINT, _ignore)
+        signal.signal(signal.SIGTERM, _ignore)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if cfg.max_memory:
+            resource.setrlimit(resource.RLIMIT_AS, (cfg.max_memory, cfg.max_memory))
+        # Everything inherited from the worker is long-lived: keep it out of the collector's scans (a
+        # full collection would walk every module the package imported, once every few hundred tasks)
+        # and its memory pages shared with the worker.
+        gc.freeze()
+        Child(cfg, slot, lanes).loop()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = 70
+    finally:
+        kill_tree([p for p in live_children() if p > 0])
+        os._exit(code)

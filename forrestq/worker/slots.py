@@ -1,0 +1,106 @@
+"""What each child holds, in memory shared between the worker and its children.
+
+The worker maps one anonymous shared region before it forks, with one :class:`Slot` per task a
+child may hold at once (``--async-concurrency`` "lanes" per child; the first lane of a child also
+carries its stop flag). A child writes its slot; the worker only reads it (:meth:`Slot.read`, a
+seqlock: an odd ``seq`` means a write is under way), except for ``stop`` and the counters it resets
+when it replaces a child. From the slots the worker renews leases, enforces time limits, and knows
+which task a dead child held.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import time
+from typing import NamedTuple
+
+
+class SlotView(NamedTuple):
+    """A consistent copy of a slot."""
+
+    busy: bool
+    queue: int  # index into the worker's queues
+    task: str
+    token: str
+    attempts: int
+    max_attempts: int
+    started: float  # time.monotonic() when the user's code started (the clock is system-wide)
+    timeout: float  # seconds allowed from ``started``, 0 = no limit (loading, recording, none set)
+
+
+class Slot(ctypes.Structure):
+    """What one child holds, in memory shared with its parent (a seqlock: odd ``seq`` = being written)."""
+
+    _fields_ = [
+        ("seq", ctypes.c_uint64),
+        ("busy", ctypes.c_uint8),
+        ("stop", ctypes.c_uint8),  # set by the parent: finish the current task, then exit
+        ("queue", ctypes.c_uint16),
+        ("attempts", ctypes.c_uint16),
+        ("max_attempts", ctypes.c_uint16),
+        ("started", ctypes.c_double),
+        ("timeout", ctypes.c_double),
+        ("done", ctypes.c_uint64),
+        ("failed", ctypes.c_uint64),
+        ("task", ctypes.c_char * 64),
+        ("token", ctypes.c_char * 24),
+    ]
+
+    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int) -> None:
+        """The child holds a task (claimed; no time limit yet)."""
+        self.seq += 1
+        self.queue, self.task, self.token = queue, task.encode(), token.encode()
+        self.attempts, self.max_attempts = min(attempts, 65535), min(max_attempts, 65535)
+        self.timeout, self.started, self.busy = 0.0, time.monotonic(), 1
+        self.seq += 1
+
+    def arm(self, timeout: float) -> None:
+        """The user's code starts now, with this time limit (0 = none)."""
+        self.seq += 1
+        self.started, self.timeout = time.monotonic(), timeout
+        self.seq += 1
+
+    def disarm(self) -> None:
+        """The user's code has ended; what is left (recording the result) has no time limit."""
+        self.seq += 1
+        self.timeout = 0.0
+        self.seq += 1
+
+    def end(self, ok: bool | None) -> None:
+        """The child holds nothing any more: the task's completion was recorded (or refused), done
+        (True) or failed (False), or the task was handed back (None)."""
+        self.seq += 1
+        self.busy = 0
+        if ok:
+            self.done += 1
+        elif ok is not None:
+            self.failed += 1
+        self.seq += 1
+
+    def read(self) -> SlotView:
+        """A consistent copy of the slot."""
+        while True:
+            s1 = self.seq
+            if s1 % 2 == 0:
+                got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
+                               self.attempts, self.max_attempts, self.started, self.timeout)
+                if self.seq == s1:
+                    return got
+
+
+class SlotTable:
+    """``procs`` children times ``lanes`` slots each, in one shared anonymous mapping (made before
+    the children are forked, so each child sees the same memory)."""
+
+    def __init__(self, procs: int, lanes: int) -> None:
+        size = ctypes.sizeof(Slot)
+        self.nlanes = lanes
+        self.mem = mmap.mmap(-1, size * procs * lanes)
+        self.all = [Slot.from_buffer(self.mem, i * size) for i in range(procs * lanes)]
+
+    def lanes(self, index: int) -> list[Slot]:
+        """The slots of child ``index``: one per task it may hold at once; the first is its own."""
+        return self.all[index * self.nlanes:(index + 1) * self.nlanes]
+
+    def first(self, index: int) -> Slot:
+        return self.all[index * self.nlanes]

@@ -1,0 +1,374 @@
+"""The worker: supervises child processes that run tasks, and never runs user code itself.
+
+One worker per machine (``forrestq worker --procs N``). It forks N children
+(:mod:`forrestq.worker.child`) and then only watches: it renews the leases of the tasks its children
+hold (read from shared-memory slots), kills a child's whole process group when its task runs past its
+time, records the failure of a task whose child died, replaces dead or retired children, reclaims
+tasks that other (lost) workers held, and on SIGTERM/SIGINT lets running tasks finish for a grace
+period before handing them back.
+
+The supervision loop (:meth:`Worker.run`) is a list of named steps, run every tick (50 ms) or as soon
+as a signal or a child wakes the worker: ``reap`` (collect dead children, settle their tasks),
+``enforce_timeouts``, ``stop_round`` (while stopping), ``redis_round`` (outbox, heartbeat, sweep) and
+``fill_vacant`` (start children). Set-up and tear-down sit outside the loop; all state is made in
+``__init__``.
+
+What becomes of a task whose child died:
+
+* killed by the worker for its time limit: failed, "killed after N s (autokill)";
+* killed by the worker because it is stopping: handed back, the attempt not counted;
+* killed by the worker because its lease was lost (the task was taken over or cancelled): nothing
+  to record, the task is someone else's;
+* SIGKILLed by someone else (the OOM killer, an operator): handed back, the attempt counted; failed
+  once it has used up its attempts;
+* any other death (a segfault, ``os._exit``, an abort): failed, with the signal or the exit code.
+
+Redis may be away for a while: writes the worker owes (a failure, a hand-back) wait in an outbox
+(:class:`~forrestq.worker.bookkeeping.Bookkeeper`) and are retried every round; the supervision
+itself (timeouts, reaping) never waits on Redis.
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import NamedTuple
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .. import log, schema, signing
+from ..connection import connect, resolve_url
+from ..errors import ConfigError, TaskKilled
+from ..schema import QueueKeys
+from .bookkeeping import Bookkeeper
+from .child import ChildConfig, child_main
+from .procs import PR_SET_CHILD_SUBREAPER, kill_tree, killpg, own_children, prctl, rss, signal_reason
+from .slots import SlotTable, SlotView
+
+logger = log.get("worker")
+
+TICK = 0.05  # seconds between supervision rounds when nothing wakes the worker earlier
+CRASH_LOOP = (5, 10.0, 5.0)  # 5 children of one slot failing on their own within 10 s: pause 5 s
+REDIS_TIMEOUT = 5.0  # seconds the worker waits for one answer from Redis
+
+
+def default_host() -> str:
+    """The host name recorded with each task: $FORRESTQ_HOST (e.g. per network namespace), else the
+    machine's name."""
+    return os.environ.get("FORRESTQ_HOST") or socket.gethostname()
+
+
+@dataclass
+class WorkerConfig:
+    url: str | None = None
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    procs: int = os.cpu_count() or 1
+    lease: float = 30.0  # seconds a claim lives without a heartbeat
+    autokill: float = 0.0  # default per-task time limit in seconds, 0 = none
+    max_memory: int = 0  # bytes per child, 0 = unlimited
+    max_tasks_per_child: int = 0
+    max_child_rss: int = 0
+    grace: float = 30.0
+    logfile: str | None = None
+    verbose: int = 0  # -1 = --quiet; the CLI maps it onto log levels (forrestq.log.setup)
+    host: str = field(default_factory=default_host)
+    sweep_interval: float | None = None  # default: lease / 3, at most 5 s
+    heartbeat: float | None = None  # default: lease / 3
+    async_concurrency: int = 1  # coroutine tasks one child may run at once (IO-bound work)
+
+    def __post_init__(self) -> None:
+        if self.procs < 1:
+            raise ConfigError(f"--procs must be at least 1, not {self.procs}")
+        if self.lease <= 0:
+            raise ConfigError(f"--lease must be positive, not {self.lease}")
+        if not self.queues:
+            raise ConfigError("at least one queue is needed")
+        if not 1 <= self.async_concurrency <= 64:
+            raise ConfigError(f"--async-concurrency must be from 1 to 64, not {self.async_concurrency}")
+
+
+class Kill(NamedTuple):
+    """A child this worker killed: why, and the token of the task it held then."""
+
+    why: str  # "autokill" | "stop" | "lost" (the task was taken over)
+    token: str
+    limit: float = 0.0
+
+
+class Worker:
+    """Supervises ``procs`` children for ``queues``; ``run()`` returns the exit code."""
+
+    def __init__(self, cfg: WorkerConfig) -> None:
+        signing.check()  # a bad $FORRESTQ_SECRET(_FILE) fails here, not at every task
+        self.cfg = cfg
+        self.url = resolve_url(cfg.url)
+        # no retries inside a call: the loop retries, and supervision never waits long on Redis
+        self.r = connect(self.url, retry=Retry(NoBackoff(), 0), socket_timeout=REDIS_TIMEOUT)
+        self.keys = [QueueKeys(q) for q in cfg.queues]
+        self.id = f"{cfg.host}:{os.getpid()}:{os.urandom(2).hex()}"
+        self.lease_ms = int(cfg.lease * 1000)
+        self.beat_every = cfg.heartbeat or cfg.lease / 3
+        self.sweep_every = cfg.sweep_interval or min(cfg.lease / 3, 5.0)
+        self.books = Bookkeeper(self.r, self.keys, self.id, cfg.host, self.lease_ms, self.sweep_every)
+        # one slot per task a child may hold: ``async_concurrency`` lanes per child
+        self.slots = SlotTable(cfg.procs, cfg.async_concurrency)
+        self.pids: dict[int, int] = {}  # pid -> child index
+        self.vacant: dict[int, float] = {}  # child index -> monotonic time it may be filled
+        self.killed: dict[int, Kill] = {}  # pid -> why this worker killed it
+        self.crashes: list[list[float]] = [[] for _ in range(cfg.procs)]  # per child index, monotonic times
+        self.stopping = 0.0  # monotonic time the stop began, 0 = running
+        self.stop_announced = False
+        self.hard_stop = False
+        self.retired_done = 0
+        self.retired_failed = 0
+        self.started = time.time()
+        self.foreign: set[int] = set()  # children this process had before run(): not ours to kill
+        self.wake_r = self.wake_fd = -1  # a pipe: signals and children write to it, the loop waits on it
+        self.next_beat = self.next_sweep = self.reported_at = 0.0
+        self.reported = (0, 0, 0)  # tally() as last published
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        self.setup()
+        try:
+            self.vacant = {i: 0.0 for i in range(self.cfg.procs)}
+            while self.pids or not self.stopping:
+                self.sleep()
+                self.reap()
+                self.enforce_timeouts()
+                self.stop_round()
+                self.redis_round()
+                self.fill_vacant()
+            self.books.last_words(self.cfg.grace)
+            return 0
+        finally:
+            self.teardown()
+
+    def setup(self) -> None:
+        self.books.ensure_groups()
+        # A task's orphans (e.g. started in a new session, so out of reach of killpg) come to this
+        # process, which kills them once the child that ran the task is gone.
+        self.foreign = set(own_children())
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.wake_r, self.wake_fd = os.pipe()  # children write here when a task ends: we look at once
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self.wake_r, False)
+        signal.set_wakeup_fd(self.wake_fd, warn_on_full_buffer=False)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select through the wakeup fd
+
+    def teardown(self) -> None:
+        for pid in list(self.pids):
+            killpg(pid)
+        self.books.leave()
+        signal.set_wakeup_fd(-1)
+        os.close(self.wake_r)
+        os.close(self.wake_fd)
+
+    def sleep(self) -> None:
+        """Until a tick has passed, or a signal or a child's write to the wake pipe ends it."""
+        select.select([self.wake_r], [], [], TICK)
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- children ---------------------------------------------------------------------------
+    def child_config(self, index: int) -> ChildConfig:
+        c = self.cfg
+        return ChildConfig(url=self.url, queues=c.queues, worker_id=self.id,
+                           consumer=f"{c.host}:{os.getpid()}:{index}", host=c.host,
+                           lease_ms=self.lease_ms, autokill=c.autokill, max_memory=c.max_memory,
+                           max_tasks=c.max_tasks_per_child, max_rss=c.max_child_rss,
+                           logfile=c.logfile, parent_pid=os.getpid(),
+                           wake_fd=self.wake_fd, async_concurrency=c.async_concurrency)
+
+    def spawn(self, index: int) -> None:
+        now = time.monotonic()
+        lanes = self.slots.lanes(index)
+        for slot in lanes:
+            slot.busy, slot.stop = 0, 0
+        cfg = self.child_config(index)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
+        try:
+            pid = os.fork()
+            if pid == 0:
+                child_main(cfg, lanes[0], lanes)  # never returns
+        except OSError as e:  # e.g. out of processes: try again later
+            logger.warning("cannot start a child (%s); trying again in 1 s", e)
+            self.vacant[index] = now + 1.0
+            return
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        self.pids[pid] = index
+
+    def respawn_at(self, index: int, crashed: bool) -> float:
+        """When to replace a dead child: at once, unless children of this slot keep failing on their
+        own, holding no task (a broken environment, not a bad task): then after a pause."""
+        now = time.monotonic()
+        if not crashed:
+            return now
+        count, window, pause = CRASH_LOOP
+        crashes = [t for t in self.crashes[index] if t > now - window] + [now]
+        self.crashes[index] = crashes
+        if len(crashes) < count:
+            return now
+        self.crashes[index] = []
+        logger.warning("child %d failed %d times within %g s; waiting %g s before starting it again",
+                       index, count, window, pause)
+        return now + pause
+
+    def fill_vacant(self) -> None:
+        now = time.monotonic()
+        for index, when in list(self.vacant.items()):
+            if when <= now and not self.stopping:
+                del self.vacant[index]
+                self.spawn(index)
+
+    def reap(self) -> None:
+        """Collect dead children: settle the task each held, and mark its slot for a new child."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.pids.pop(pid, None)
+            if index is None:
+                continue  # an orphaned grandchild that came to us (we are a subreaper)
+            killpg(pid)  # grandchildren the task left behind
+            kill_tree([p for p in own_children() if p not in self.pids and p not in self.foreign])
+            kill = self.killed.pop(pid, None)
+            held = False
+            for slot in self.slots.lanes(index):
+                view = slot.read()
+                self.retired_done += slot.done
+                self.retired_failed += slot.failed
+                slot.done = slot.failed = slot.busy = 0
+                if view.busy:
+                    held = True
+                    self.settle(view, status, kill)
+            if not self.stopping:
+                crashed = not held and kill is None and status != 0  # a retiring child exits 0
+                self.vacant[index] = self.respawn_at(index, crashed)
+
+    def settle(self, view: SlotView, status: int, kill: Kill | None) -> None:
+        """Record what becomes of the task a dead child held (see the module doc)."""
+        k = self.keys[view.queue]
+        if kill is not None and kill.token != view.token:
+            kill = Kill("stop", view.token)  # it had moved on to another task: not that task's fault
+        if kill is not None and kill.why == "stop":
+            self.books.hand_back(k, view, counted=False)
+        elif kill is not None and kill.why == "lost":
+            pass  # the task is someone else's now
+        elif kill is not None:
+            self.fail(k, view, signal_reason(status, kill.limit))
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            if view.attempts >= view.max_attempts:
+                self.fail(k, view, f"{signal_reason(status)}; attempt {view.attempts} of {view.max_attempts}")
+            else:
+                self.books.hand_back(k, view, counted=True)
+        else:
+            self.fail(k, view, signal_reason(status))
+
+    def fail(self, k: QueueKeys, view: SlotView, reason: str) -> None:
+        self.books.fail(k, view.task, view.token, reason, TaskKilled(reason))
+
+    def enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for pid, index in list(self.pids.items()):
+            for slot in self.slots.lanes(index):
+                if pid in self.killed:
+                    break
+                view = slot.read()
+                if view.busy and view.timeout > 0 and now - view.started > view.timeout:
+                    self.kill(pid, Kill("autokill", view.token, view.timeout))
+
+    def kill(self, pid: int, why: Kill) -> None:
+        self.killed[pid] = why
+        killpg(pid)
+
+    # --- Redis bookkeeping ------------------------------------------------------------------
+    def redis_round(self) -> None:
+        """The round's Redis work; an unreachable Redis skips it until the next round."""
+        now = time.monotonic()
+        try:
+            if not self.books.flush_outbox():
+                return
+            if now >= self.next_beat:
+                self.heartbeat()
+                self.next_beat = now + self.beat_every
+            elif self.tally() != self.reported and (now >= self.reported_at + 1.0 or not self.tally()[0]):
+                self.heartbeat(renew=False)  # `forrestq status` follows within a second (idle: at once)
+            if now >= self.next_sweep and not self.stopping:
+                self.books.sweep()
+                self.next_sweep = now + self.sweep_every
+            self.books.note_redis_ok()
+        except redis.RedisError as e:
+            self.books.note_redis_error(e)
+
+    def heartbeat(self, renew: bool = True) -> None:
+        """Renew the leases of the tasks the children hold, and publish this worker's state."""
+        running: dict[int, list[tuple[int, SlotView]]] = {}
+        for pid, index in self.pids.items():
+            for slot in self.slots.lanes(index):
+                view = slot.read()
+                if view.busy and pid not in self.killed:
+                    running.setdefault(view.queue, []).append((pid, view))
+        for qi, held in running.items() if renew else ():
+            k = self.keys[qi]
+            lost = self.books.renew(k, [v for _, v in held])
+            if lost:
+                pid_of = {v.token: pid for pid, v in held}
+                for v in self.books.taken_over(k, lost):
+                    self.kill(pid_of[v.token], Kill("lost", v.token))
+        busy = sum(len(held) for held in running.values())
+        _, done, failed = self.tally()
+        c = self.cfg
+        info = {schema.WORKER_HOST: c.host, schema.WORKER_PID: os.getpid(), schema.WORKER_PROCS: c.procs,
+                schema.WORKER_BUSY: busy, schema.WORKER_DONE: done, schema.WORKER_FAILED: failed,
+                schema.WORKER_RSS: rss([os.getpid(), *self.pids]), schema.WORKER_QUEUES: ",".join(c.queues),
+                schema.WORKER_STARTED: self.started, schema.WORKER_BEAT: time.time(),
+                schema.WORKER_STOPPING: 1 if self.stopping else 0}
+        self.books.publish(info, max(3, int(self.beat_every * 3) + 1))
+        self.reported, self.reported_at = self.tally(), time.monotonic()
+
+    def tally(self) -> tuple[int, int, int]:
+        """(busy, done, failed) over the children, as published in the worker's hash."""
+        slots = [s for i in self.pids.values() for s in self.slots.lanes(i)]
+        return (sum(s.busy for s in slots), sum(s.done for s in slots) + self.retired_done,
+                sum(s.failed for s in slots) + self.retired_failed)
+
+    # --- stopping ---------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping and signum == signal.SIGINT:
+            self.hard_stop = True
+        elif not self.stopping:
+            self.stopping = time.monotonic()
+
+    def stop_round(self) -> None:
+        """While stopping: ask every child to finish its task and leave; past the grace (or at a
+        second Ctrl-C) kill them (their tasks are handed back)."""
+        if not self.stopping:
+            return
+        now = time.monotonic()
+        if not self.stop_announced:
+            self.stop_announced = True
+            self.vacant.clear()
+            logger.info("stopping: waiting up to %g s for running tasks (Ctrl-C again to stop now)",
+                        self.cfg.grace)
+            for slot in self.slots.all:
+                slot.stop = 1
+        if self.hard_stop or now - self.stopping >= self.cfg.grace:
+            for pid, index in self.pids.items():
+                if pid not in self.killed:
+                    self.kill(pid, Kill("stop", self.slots.first(index).read().token))
