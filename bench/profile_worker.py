@@ -222,10 +222,10 @@ def part_producer(n: int, top: int, out: Path) -> None:
 
 
 def script_names() -> dict[str, str]:
-    from forrestq.scripts import NAMES, source
+    """sha1 -> script name, for every script forrestq sends (as the loader sends it: header included)."""
+    from forrestq.ops import _DIR, source
 
-    names = {hashlib.sha1(source(n).encode()).hexdigest(): n for n in NAMES}
-    return names
+    return {hashlib.sha1(source(p.stem).encode()).hexdigest(): p.stem for p in _DIR.glob("*.lua")}
 
 
 def part_server(n: int, procs: int) -> None:
@@ -338,21 +338,22 @@ def part_variants(n: int, procs: int, reps: int) -> None:
 PROTOCOL_CODE = r"""
 import json, os, socket, sys, time
 import redis
-from forrestq.schema import GROUP, QueueKeys
-from forrestq.scripts import Scripts
+from forrestq import ops
+from forrestq.schema import DONE, QueueKeys
 url, queue, mode, k_batch, n_max = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 r = redis.Redis.from_url(url)
-scripts = Scripts(r)
+scripts = ops.Scripts(r)
+scripts.load()
 k = QueueKeys(queue)
 host, consumer = socket.gethostname(), f"proto:{os.getpid()}"
-claim_sha = scripts.claim.sha
-complete_sha = scripts.complete.sha
-r.script_load(scripts.claim.script); r.script_load(scripts.complete.script)
+claim_sha, complete_sha = scripts.script("claim").sha, scripts.script("complete").sha
 def claim_args(token):
-    return [k.prefix, GROUP, consumer, token, 60000, host, "proto", time.time(), ""]
-def complete_args(tid, token):
-    return [k.prefix, GROUP, tid, token, "done", b"\x80\x05N.", b"", "", "", "0.000001", time.time(), b"",
-            host, 0]
+    return ops.ClaimArgs(consumer, token, 60000, host, "proto")
+def completion(tid, token):
+    return ops.Completion(tid, token, DONE, b"\x80\x05N.", runtime=0.000001, host=host)
+def raw(op, args):  # the bare EVALSHA the wrapper sends, without the wrapper (its cost is what differs)
+    keys, argv = op._keys(k, args), op._argv(k, args)
+    return len(keys), *keys, *argv
 held = []  # (task id, token) claimed, their completion not sent yet
 done = 0
 sys.stdout.write("ready\n"); sys.stdout.flush(); sys.stdin.readline()
@@ -361,19 +362,19 @@ while True:
     pipe = r.pipeline(transaction=False)
     for tid, tok in held:
         if mode == "script":
-            scripts.complete(keys=k.complete_keys(), args=complete_args(tid, tok), client=pipe)
+            ops.complete.queue(scripts, pipe, k, completion(tid, tok))
         else:
-            pipe.evalsha(complete_sha, len(k.complete_keys()), *k.complete_keys(), *complete_args(tid, tok))
+            pipe.evalsha(complete_sha, *raw(ops.complete, completion(tid, tok)))
     tokens = [os.urandom(8).hex() for _ in range(k_batch)]
     for tok in tokens:
         if mode == "script":
-            scripts.claim(keys=k.claim_keys(), args=claim_args(tok), client=pipe)
+            ops.claim.queue(scripts, pipe, k, claim_args(tok))
         else:
-            pipe.evalsha(claim_sha, len(k.claim_keys()), *k.claim_keys(), *claim_args(tok))
+            pipe.evalsha(claim_sha, *raw(ops.claim, claim_args(tok)))
     replies = pipe.execute()
     done += len(held)
     got = replies[len(held):]
-    held = [(g[0], tok) for g, tok in zip(got, tokens) if g]
+    held = [(g[0].decode(), tok) for g, tok in zip(got, tokens) if g]
     if not held:
         break
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0

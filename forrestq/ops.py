@@ -118,8 +118,14 @@ class Op(Generic[A, R]):
 
 
 def _named(*names: str) -> Callable[[QueueKeys, Any], list[str]]:
+    """KEYS picked by attribute name from the queue's keys (built once per queue: this runs per task)."""
+    built: dict[str, list[str]] = {}
+
     def pick(k: QueueKeys, _: Any) -> list[str]:
-        return [getattr(k, n) for n in names]
+        got = built.get(k.prefix)
+        if got is None:
+            got = built[k.prefix] = [getattr(k, n) for n in names]
+        return got
     return pick
 
 
