@@ -385,7 +385,9 @@ def test_clean_deletes_all_but_running_and_needed(r: redis.Redis, k: QueueKeys, 
 
 
 def test_once_keys(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
-    claim_as = lambda token: ops.once_claim(s, k, ops.OnceClaimArgs(1, token, 60_000, ["k1", "k2"]))
+    def claim_as(token: str) -> ops.OnceClaimed:
+        return ops.once_claim(s, k, ops.OnceClaimArgs(1, token, 60_000, ["k1", "k2"]))
+
     assert claim_as("A") == ops.OnceClaimed(1, schema.ONCE_CLAIMED)
     assert claim_as("B") == ops.OnceClaimed(2, schema.ONCE_BUSY + schema.ONCE_CLAIMED)
     assert ops.once_confirm(s, k, ops.OnceArgs(1, "k1", "A")) == 1
