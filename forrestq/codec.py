@@ -17,6 +17,13 @@ attributes, closures) becomes a reference ``(input index, path)`` through pickle
 ``persistent_id`` hook; :func:`load_args` resolves each reference to the computed input value with
 its path applied.
 
+Refused at once (:class:`~forrestq.errors.SerializationError`, one line, before anything is written):
+a generator function (its result, a generator, could never travel back; :func:`check_task_fn`), and
+any function or argument that holds a live connection: a ``Queue``, a Redis client, connection pool
+or connection (:func:`never_send` registers such types). dill would copy such an object's sockets and
+locks by value, and the copy deadlocks in the worker child. The ``forrestq`` package itself (and its
+submodules) always travels by reference: a ``__main__`` function that uses ``forrestq`` works.
+
 Signing (:mod:`forrestq.signing`): with a secret configured, every blob the dump functions return
 is signed (HMAC-SHA256, one key per kind: function, arguments, value) and every load checks the
 signature before unpickling, raising :class:`~forrestq.errors.SignatureMismatch`. Without a secret
@@ -27,6 +34,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
+import inspect
 import io
 import pickle
 import socket
@@ -38,14 +47,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dill
+import redis
+import redis.client
+import redis.connection
 
 from . import signing
 from .deferred import Call, Deferred, _short, apply_path, base_and_path, fn_name
-from .errors import RemoteError, SerializationError, WorkerImportError
+from .errors import NotSendable, RemoteError, SerializationError, WorkerImportError, shown
 from .signing import ARGS, FN, HEADER, VALUE
 
 __all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
-           "WorkerImportError"]
+           "WorkerImportError", "check_task_fn", "never_send"]
 
 PROTOCOL = 5
 
@@ -119,6 +131,76 @@ def loads(blob: bytes, host: str | None = None) -> Any:
     return _load(blob, VALUE, (), host)
 
 
+# ------------------------------------------------------------------------------------- the dill path
+
+# type -> (what it is, what to do instead): objects that hold a live connection never travel
+_NEVER_SENT: dict[type, tuple[str, str]] = {}
+_never_cache: dict[type, tuple[str, str] | None] = {}
+_CONNECT_HINT = "pass its URL (or the queue's name) and connect inside the task"
+
+
+def never_send(cls: type, what: str, hint: str = _CONNECT_HINT) -> None:
+    """Refuse objects of ``cls`` (and subclasses) as a task's function, bound ``self`` or argument:
+    they hold a live connection (``what``: "a Queue"; ``hint``: what to pass instead)."""
+    _NEVER_SENT[cls] = (what, hint)
+    _never_cache.clear()
+
+
+for _cls, _what in ((redis.Redis, "a Redis client"), (redis.RedisCluster, "a Redis Cluster client"),
+                    (redis.ConnectionPool, "a Redis connection pool"),
+                    (redis.connection.AbstractConnection, "a Redis connection"),
+                    (redis.client.PubSub, "a Redis pub/sub connection")):
+    never_send(_cls, _what)
+
+
+def _never_sent(t: type) -> tuple[str, str] | None:
+    try:
+        return _never_cache[t]
+    except KeyError:
+        got = next((_NEVER_SENT[c] for c in t.__mro__ if c in _NEVER_SENT), None)
+        _never_cache[t] = got
+        return got
+
+
+def _forrestq_module(obj: Any) -> bool:
+    """Whether ``obj`` is the forrestq package or one of its submodules, as imported here."""
+    name = getattr(obj, "__name__", "")
+    return isinstance(name, str) and (name == "forrestq" or name.startswith("forrestq.")) \
+        and sys.modules.get(name) is obj
+
+
+class _DillPickler(dill.Pickler):  # type: ignore[misc]  # dill is untyped: its Pickler is Any
+    """dill, with two changes: the forrestq package and its submodules go by reference (dill takes
+    modules outside site-packages by value, and forrestq's hold thread-locals and clients), and, with
+    ``refuse_live``, an object holding a live connection raises NotSendable naming it."""
+
+    def __init__(self, file: Any, refuse_live: bool = True) -> None:
+        super().__init__(file, protocol=PROTOCOL, recurse=True)
+        self.refuse_live = refuse_live
+
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is types.ModuleType:
+            if _forrestq_module(obj):
+                return importlib.import_module, (obj.__name__,)
+            return NotImplemented
+        if self.refuse_live:
+            refused = _never_sent(t)
+            if refused is not None:
+                what, hint = refused
+                exc = NotSendable(f"{_short(obj, 60)} is {what}: it holds a live connection, which cannot "
+                                  f"travel to a worker; {hint}")
+                exc.obj = obj
+                raise exc
+        return NotImplemented
+
+
+def _dill_dumps(obj: Any, refuse_live: bool) -> bytes:
+    buf = io.BytesIO()
+    _DillPickler(buf, refuse_live).dump(obj)
+    return buf.getvalue()
+
+
 # The C pickle writes classes and functions of __main__ by reference, and a worker's (or the CLI's)
 # __main__ is another script: a blob that names __main__ is redone with dill, which writes them by
 # value. (The string "__main__" in plain data costs only the slower path.)
@@ -134,7 +216,7 @@ def dumps(obj: Any) -> bytes:
         blob = _MAIN  # use dill
     if _MAIN in blob:
         try:
-            blob = dill.dumps(obj, protocol=PROTOCOL, recurse=True)
+            blob = _dill_dumps(obj, refuse_live=False)
         except Exception as exc:
             raise SerializationError(f"cannot serialise {_short(obj)}: {type(exc).__name__}: {exc}"
                                      ) from exc
@@ -175,12 +257,15 @@ def dump_fn(fn: Callable[..., Any]) -> tuple[str, bytes, str]:
             entry.names is None or _same_state(entry.state, _state_of(fn, entry.names))):
         return entry.result
     name = qualified_name(fn)
+    check_task_fn(fn, name)
     blob = _by_reference(fn)
     if blob is not None:
         names = None
     else:
         try:
-            blob = dill.dumps(fn, protocol=PROTOCOL, recurse=True)
+            blob = _dill_dumps(fn, refuse_live=True)
+        except NotSendable as exc:
+            raise NotSendable(f"cannot serialise function {name}: {exc}") from None
         except Exception as exc:
             raise SerializationError(
                 f"cannot serialise function {name}: {type(exc).__name__}: {exc}") from exc
@@ -193,6 +278,16 @@ def dump_fn(fn: Callable[..., Any]) -> tuple[str, bytes, str]:
     result = (hashlib.sha1(blob).hexdigest(), blob, name)
     _remember(fn, key, names, result)
     return result
+
+
+def check_task_fn(fn: Any, name: str | None = None) -> None:
+    """SerializationError if ``fn`` cannot be a task's function: a generator function (or an async
+    one), whose result could never be sent back."""
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        kind = "an async generator function" if inspect.isasyncgenfunction(fn) else "a generator function"
+        raise SerializationError(
+            f"cannot schedule {name or qualified_name(fn)}: it is {kind}, and the generator it returns "
+            "cannot travel back from a worker; make it return a list (wrap it in list())")
 
 
 def _remember(fn: Any, key: int, names: tuple[str, ...] | None,
@@ -322,13 +417,13 @@ class _ArgPickler(pickle.Pickler):
         self.input_index: dict[str, int] = {}
 
 
-class _DillArgPickler(dill.Pickler):  # type: ignore[misc]  # dill is untyped: its Pickler is Any
-    """dill, for arguments the C pickler cannot handle; same references."""
+class _DillArgPickler(_DillPickler):
+    """dill, for arguments the C pickler cannot handle; same references; live connections refused."""
 
     persistent_id = _reference
 
     def __init__(self, file: Any) -> None:
-        super().__init__(file, protocol=PROTOCOL, recurse=True)
+        super().__init__(file, refuse_live=True)
         self.inputs: list[Call] = []
         self.input_index: dict[str, int] = {}
 
@@ -394,9 +489,12 @@ def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | N
     """Find which argument, and which object inside it, cannot be serialised."""
     call = f"{name or 'the function'}(...)"
     labelled = [(f"argument {i + 1} of {call}", a) for i, a in enumerate(args)]
-    labelled += [(f"keyword {k!r} of {call}", v) for k, v in kwargs.items()]
+    labelled += [(f"keyword {shown(k)} of {call}", v) for k, v in kwargs.items()]
     for where, value in labelled:
         error = _dump_error(value)
+        if isinstance(error, NotSendable):  # names the object refused, the first one met
+            inside = "" if getattr(error, "obj", None) is value else f" (inside {_short(value, 40)})"
+            return NotSendable(f"cannot serialise {where}{inside}: {error}")
         if error is not None:
             culprit, error = _culprit(value, error)
             inner = "" if culprit is value else f"; the object that fails is {_short(culprit)}"

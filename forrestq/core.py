@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import ops
+from . import codec, ops
 from .schema import QueueKeys
 
 
@@ -30,3 +30,7 @@ class QueueCore:
     def __post_init__(self) -> None:
         self.keys = QueueKeys(self.name)
         self.scripts = ops.Scripts(self.r)
+
+
+codec.never_send(QueueCore, "a queue's QueueCore",
+                 "pass the queue's name (and url) and open Queue(name) inside the task")

@@ -24,6 +24,8 @@ import os
 import secrets
 from typing import Any, NoReturn
 
+from .errors import shown
+
 __all__ = ["Deferred", "Call", "Part", "defer", "new_id", "base_and_path", "apply_path"]
 
 # --------------------------------------------------------------------------------------------- ids
@@ -175,12 +177,8 @@ _REPR_WIDTH = 80
 
 
 def _short(obj: Any, width: int = _REPR_WIDTH) -> str:
-    """``repr(obj)`` cut to ``width`` characters; never raises."""
-    try:
-        text = repr(obj)
-    except Exception as exc:  # a broken __repr__ must not hide the real error
-        text = f"<{type(obj).__name__} object (repr failed: {type(exc).__name__})>"
-    return text if len(text) <= width else text[: width - 3] + "..."
+    """``repr(obj)`` cut to ``width`` characters; never raises (:func:`forrestq.errors.shown`)."""
+    return shown(obj, width)
 
 
 def fn_name(fn: Any) -> str:

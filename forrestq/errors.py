@@ -96,6 +96,14 @@ class TaskLost(ForrestqError):
     """The task's worker vanished too many times (``max_attempts``); the message names the last host."""
 
 
+class NotSendable(SerializationError):
+    """A task's function or argument holds a live connection (a ``Queue``, a Redis client or
+    connection pool): it cannot travel to a worker process. Pass the queue's name (and URL) instead
+    and open ``Queue(name)`` inside the task. ``obj``: the object refused."""
+
+    obj: object = None
+
+
 class WorkerImportError(SerializationError, ImportError):
     """A function or value refers to a module or name that is missing where it is loaded."""
 
@@ -121,6 +129,38 @@ class StaleCode(ForrestqError):
 
 class ServerStop(ForrestqError):
     """``forrestq server`` in the foreground was asked to stop (SIGTERM)."""
+
+
+class PortInUse(ConfigError):
+    """``forrestq server --port P`` (or a :class:`~forrestq.server.ServerProcess`) asked for a TCP
+    port that another process already listens on; ``port`` and ``bind`` say which."""
+
+    def __init__(self, message: str, port: int = 0, bind: str = "") -> None:
+        super().__init__(message)
+        self.port = port
+        self.bind = bind
+
+
+class OrphanedServer(ConfigError):
+    """A server of the local data directory still runs but cannot be reached there (the directory
+    was deleted or moved while it ran, or its socket was removed): starting a second server would
+    hide the work the first one holds, so forrestq refuses. ``pids`` are the orphans' process ids;
+    ``forrestq server --stop`` (:func:`~forrestq.server.stop_local_server`) stops them."""
+
+    def __init__(self, message: str, pids: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.pids = pids
+
+
+def shown(value: object, width: int = 80) -> str:
+    """``repr(value)`` cut to ``width`` characters (the cut marked ``...``), for echoing user input in
+    an error message: a 10,000-character name or a 5 kB id must not become a 5 kB line. Never raises
+    (a broken ``__repr__`` must not hide the error being reported)."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - any repr failure: describe the object instead
+        text = f"<{type(value).__name__} object (repr failed: {type(exc).__name__})>"
+    return text if len(text) <= width else text[: max(0, width - 3)] + "..."
 
 
 # Errors a server gives while it is restarting, failing over or full: the same command may work later.

@@ -30,9 +30,9 @@ from . import codec, producer
 from .core import QueueCore
 from .debug import run_inline
 from .deferred import defer, fn_name
-from .errors import ConfigError, TaskFailed
+from .errors import ConfigError, TaskFailed, shown
 from .progress import MapProgress
-from .reading import Follower, last_finished
+from .reading import Follower, WorkerWatch, check_timeout, last_finished, no_worker_hint
 from .runner import invoke
 from .task import Task
 
@@ -96,8 +96,11 @@ class _Batch:
         self.calls = calls
         if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int)
                                       or chunksize < 1):
-            raise ConfigError(f"chunksize must be a positive integer or None, not {chunksize!r}")
+            raise ConfigError(f"chunksize must be a positive integer or None, not {shown(chunksize)}")
         self.chunksize = chunksize
+        if chunksize:  # the functions travel inside the chunks' arguments: check them here
+            for fn in {id(fn): fn for fn, _, _ in calls}.values():
+                codec.check_task_fn(fn)
 
     def tasks(self) -> tuple[list[Any], list[range], list[Any]]:
         """Deferred tasks, the input positions each covers, and their metadata."""
@@ -118,6 +121,7 @@ def _gather(q: QueueCore, batch: _Batch, *, progress: Any, return_exceptions: bo
             timeout: float | None, transient: bool, description: str,
             schedule_options: dict[str, Any]) -> list[Any]:
     n = len(batch.calls)
+    check_timeout(timeout)
     if n == 0:
         return []
     tasks, spans, metas = batch.tasks()
@@ -157,7 +161,7 @@ def _gather(q: QueueCore, batch: _Batch, *, progress: Any, return_exceptions: bo
     bar = MapProgress(progress, n, description, transient)
     try:
         with bar:
-            for task in _finished_tasks(q, [r.id for r in refs], since, timeout):
+            for task in _finished_tasks(q, [r.id for r in refs], since, timeout, bar):
                 if task.id not in unfinished:
                     continue
                 first = take(task)
@@ -174,8 +178,10 @@ def _gather(q: QueueCore, batch: _Batch, *, progress: Any, return_exceptions: bo
     return results
 
 
-def _finished_tasks(q: QueueCore, ids: list[str], since: str, timeout: float | None) -> Iterator[Task]:
-    """Finished tasks of ``ids``: run here first in debug mode (a local queue), then followed on Redis."""
+def _finished_tasks(q: QueueCore, ids: list[str], since: str, timeout: float | None,
+                    bar: MapProgress) -> Iterator[Task]:
+    """Finished tasks of ``ids``: run here first in debug mode (a local queue), then followed on Redis
+    (the bar says when no live worker serves the queue while none of them finishes)."""
     left = set(ids)
     if q.local:
         for task in run_inline(q, since=since):
@@ -185,10 +191,19 @@ def _finished_tasks(q: QueueCore, ids: list[str], since: str, timeout: float | N
                 if not left:
                     return
     follower = Follower(q.r, q.keys, since=since, only=left, timeout=timeout)
+    watch = WorkerWatch(q.r, q.name, enabled=bar.progress is not None and not q.local)
     while not follower.finished:
-        follower.check_deadline(f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
-                                f"({len(follower.only or ())} still unfinished)")
-        yield from follower.poll(2000)
+        follower.check_deadline(lambda: f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
+                                        f"({len(follower.only or ())} still unfinished)"
+                                        f"{'' if q.local else no_worker_hint(q.r, q.name)}")
+        got = follower.poll(2000)
+        if got:
+            if watch.text:
+                bar.note("")
+            watch.progressed()
+        else:
+            bar.note(watch.note())
+        yield from got
 
 
 def _cancel(q: QueueCore, ids: set[str]) -> None:
@@ -247,7 +262,7 @@ def _schedule_options(options: dict[str, Any]) -> dict[str, Any]:
         elif name == "max_attempts":
             out[name] = value
         else:
-            raise TypeError(f"unexpected keyword argument {name!r}")
+            raise TypeError(f"unexpected keyword argument {shown(name)}")
     return out
 
 
@@ -257,6 +272,7 @@ class Submitter:
     def __init__(self, q: QueueCore, options: dict[str, Any]) -> None:
         self.q = q
         self.options = dict(options)
+        check_timeout(self.options.get("timeout"))
         self.calls: Calls = []
         self._results: list[Any] | None = None
 

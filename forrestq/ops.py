@@ -421,3 +421,46 @@ key); 3 confirmed while another process held it; 0 done before (nothing changed)
 
 once_release: Op[OnceArgs, bool] = Op(
     "once_release", lambda k, a: [k.once_lease(a.version, a.key)], lambda k, a: [a.token], bool)
+
+
+# -------------------------------------------------------------------------------------------- refuse
+
+
+@dataclass
+class RefuseArgs:
+    """This host cannot load a task it claimed: record the host, and hand the task back (at the end
+    of the stream, its attempt not counted) unless every one of ``hosts`` (the live hosts that might
+    load it, this one included) or ``max_hosts`` distinct hosts have refused it."""
+
+    task_id: str
+    token: str
+    host: str
+    hosts: list[str]
+    max_hosts: int = 3
+
+
+@dataclass(frozen=True)
+class Refused:
+    """refuse.lua's verdict: ``handed_back`` (another host may load it), ``must_fail`` (every host that
+    might has refused it: the caller records its failure, fenced by the same token), or neither (the
+    token no longer holds the task); ``hosts``: the distinct hosts that refused it so far, in order."""
+
+    handed_back: bool
+    must_fail: bool
+    hosts: list[str]
+
+
+def _host_word(host: str) -> str:
+    return host.replace(",", ";")  # TASK_REFUSED is comma-separated
+
+
+def _refuse_argv(k: QueueKeys, a: RefuseArgs) -> list[Any]:
+    return [k.prefix, GROUP, a.task_id, a.token, _host_word(a.host), a.max_hosts, *[_host_word(h) for h in a.hosts]]
+
+
+def _refused(raw: list[Any]) -> Refused:
+    verdict = int(raw[0])
+    return Refused(verdict == 1, verdict == 2, [_text(h) for h in raw[1:]])
+
+
+refuse: Op[RefuseArgs, Refused] = Op("refuse", _named("stream", "counts"), _refuse_argv, _refused)

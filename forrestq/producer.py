@@ -18,7 +18,7 @@ from typing import Any
 from . import codec, ops, schema
 from .core import QueueCore
 from .deferred import Call, _identity
-from .errors import Cancelled, ConfigError
+from .errors import Cancelled, ConfigError, shown
 from .graph import DropNone, build
 from .lease import new_token
 from .plan import Planner
@@ -43,33 +43,33 @@ def seconds_or_empty(value: float | None, what: str) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or value <= 0:
-        raise ConfigError(f"{what} must be a positive number of seconds, not {value!r}")
+        raise ConfigError(f"{what} must be a positive number of seconds, not {shown(value)}")
     return repr(float(value))
 
 
 def check_attempts(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"max_attempts must be a positive integer, not {value!r}")
+        raise ConfigError(f"max_attempts must be a positive integer, not {shown(value)}")
     return value
 
 
 def retry_policy(retries: int, backoff: float, retry_on: Any) -> bytes | str:
     """The serialised retry policy of a task ("" for none)."""
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ConfigError(f"retries must be a non-negative integer, not {retries!r}")
+        raise ConfigError(f"retries must be a non-negative integer, not {shown(retries)}")
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not backoff >= 0 \
             or not math.isfinite(backoff):
-        raise ConfigError(f"retry_backoff must be a non-negative number of seconds, not {backoff!r}")
+        raise ConfigError(f"retry_backoff must be a non-negative number of seconds, not {shown(backoff)}")
     types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
-        raise ConfigError(f"retry_on must be an exception class or a tuple of them, not {retry_on!r}")
+        raise ConfigError(f"retry_on must be an exception class or a tuple of them, not {shown(retry_on)}")
     return codec.dumps((retries, float(backoff), types)) if retries else ""
 
 
 def keyed(task: Any, key: str) -> Call:
     """The task with its root node's id derived from a user key (same key -> same node)."""
     if not isinstance(key, str) or not key:
-        raise ConfigError(f"key must be a non-empty string, not {key!r}")
+        raise ConfigError(f"key must be a non-empty string, not {shown(key)}")
     node_id = "k-" + (key if _SAFE_KEY.fullmatch(key) else hashlib.sha1(key.encode()).hexdigest())
     root = task if isinstance(task, Call) else Call(_identity, (task,))
     root._id = node_id
@@ -80,10 +80,11 @@ def keyed(task: Any, key: str) -> Call:
 
 
 def ensure_group(q: QueueCore, pipe: Any) -> None:
-    """Queue on ``pipe`` the registration of the queue and the creation of its stream and consumer
-    group (a BUSYGROUP reply means they exist), until a schedule has seen them made."""
+    """Queue on ``pipe`` the registration of the queue (every time: another process may have
+    forgotten the queue, see :func:`clean`) and the creation of its stream and consumer group (a
+    BUSYGROUP reply means they exist), until a schedule has seen them made."""
+    pipe.sadd(schema.QUEUES, q.name)
     if not q.group_ready:
-        pipe.sadd(schema.QUEUES, q.name)
         pipe.execute_command("XGROUP", "CREATE", q.keys.stream, GROUP, "0", "MKSTREAM")
 
 
@@ -171,6 +172,8 @@ def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, 
                    io_bound: Iterable[str] | None = None, **options: Any) -> dict[str, TaskRef]:
     """Schedule a named graph (see ``Queue.schedule_graph``)."""
     nodes = build(funcs, dependencies, done=done, results=results)
+    for name in nodes:  # each function travels wrapped (DropNone): check it unwrapped
+        codec.check_task_fn(funcs[name], f"{shown(name)}: {codec.qualified_name(funcs[name])}")
     first = [n for n in io_bound or () if n in nodes]
     names = first + [n for n in nodes if n not in first]
     refs = schedule_many(q, [nodes[n] for n in names], metadata=[{"name": n} for n in names], **options)
@@ -276,11 +279,20 @@ def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = Fa
             deleted += n
             start += len(ids) - n  # the kept ones stay in front
     if all and not sum(counts(q).values()):
-        stale = list(q.r.scan_iter(match=k.pattern(), count=1000))
-        if stale:
-            q.r.delete(*stale)
-        q.group_ready = False
+        forget(q)
     return deleted
+
+
+def forget(q: QueueCore) -> None:
+    """Delete every key of a queue that holds no task any more and take its name off ``fq:queues``
+    (status and the "known:" lists stop showing it). Scheduling to it again registers it again."""
+    stale = list(q.r.scan_iter(match=q.keys.pattern(), count=1000))
+    if stale:
+        q.r.delete(*stale)
+    q.group_ready = False
+    q.r.srem(schema.QUEUES, q.name)
+    if sum(counts(q).values()):  # a producer scheduled meanwhile: keep the queue listed
+        q.r.sadd(schema.QUEUES, q.name)
 
 
 # ------------------------------------------------------------------------------------ by hand

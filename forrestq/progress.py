@@ -1,12 +1,12 @@
-"""Progress bars (rich) for loops over finished tasks (``results``, ``map``): done, failed, total, rate.
+"""Progress bars (rich) for loops over finished tasks (``results``, ``map``): done, failed, total, rate,
+and a note while nothing finishes (e.g. "no live worker serves queue 'x'").
 
-User text (queue and function names) is shown literally, never read as rich markup."""
+User text (queue and function names, the note) is shown literally, never read as rich markup."""
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 
 class ResultsProgress:
@@ -30,10 +30,11 @@ class ResultsProgress:
         self.done = self.failed = 0
         if enabled:
             self.progress = Progress(
-                TextColumn(f"[bold]{escape(name)}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                 TextColumn("[green]{task.fields[done]} done [red]{task.fields[failed]} failed"),
-                TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(), transient=transient)
-            self.bar = self.progress.add_task(name, total=None, done=0, failed=0, speed_text="")
+                TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
+            self.bar = self.progress.add_task(name, total=None, done=0, failed=0, speed_text="", note="")
 
     def __enter__(self) -> ResultsProgress:
         if self.enabled:
@@ -47,6 +48,11 @@ class ResultsProgress:
     def update(self, finished: int, unfinished: int) -> None:
         if self.enabled:
             self.progress.update(self.bar, total=finished + unfinished)
+
+    def note(self, text: str) -> None:
+        """Show ``text`` (literally) after the bar; "" clears it."""
+        if self.enabled:
+            self.progress.update(self.bar, note=text)
 
     def advance(self, task: Any) -> None:
         if not self.enabled:
@@ -81,13 +87,13 @@ class MapProgress:
                 TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                 TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                transient=transient)
+                TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
         elif isinstance(progress, Progress):
             self.progress = progress
         elif progress in (False, None):
             self.progress = None
         else:
-            raise ConfigError(f"progress must be True, False or a rich.progress.Progress, not {progress!r}")
+            raise ConfigError(f"progress must be True, False or a rich.progress.Progress, not {shown(progress)}")
         self.row: TaskID | None = None
         self.description = description
         self.t0 = time.monotonic()
@@ -96,7 +102,8 @@ class MapProgress:
         if self.progress is not None:
             if self.own:
                 self.progress.start()
-            self.row = self.progress.add_task(self.description, total=self.total, done=0, failed=0, rate="")
+            self.row = self.progress.add_task(self.description, total=self.total, done=0, failed=0, rate="",
+                                              note="")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -106,6 +113,11 @@ class MapProgress:
             self.progress.stop()
         elif self.transient and self.row is not None:
             self.progress.remove_task(self.row)
+
+    def note(self, text: str) -> None:
+        """Show ``text`` (literally) after the bar; "" clears it."""
+        if self.progress is not None and self.row is not None:
+            self.progress.update(self.row, note=text)
 
     def advance(self, ok: int, failed: int) -> None:
         self.done += ok

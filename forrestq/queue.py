@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from . import mapping, once, producer, reading, shared
+from . import codec, mapping, once, producer, reading, shared
 from .connection import connect, resolve_url
 from .core import QueueCore
 from .debug import run_inline
-from .errors import ConfigError
+from .errors import ConfigError, shown
 from .mapping import Submitter
 from .ops import Scripts
 from .schema import QueueKeys, check_name
@@ -121,19 +121,28 @@ class Queue:
         return reading.listing(self.core, self.keys.failed, limit)
 
     def counts(self) -> dict[str, int]:
-        """Number of tasks in each state, read from counters (constant time)."""
+        """Number of tasks (DAG nodes: a tree of three calls is three) in each state: waiting, ready,
+        running, done, failed; read from counters (constant time)."""
         return reading.counts(self.core)
+
+    def root_counts(self) -> dict[str, int]:
+        """Number of the tasks you scheduled (roots, what ``results()`` yields; a tree counts once)
+        that are ``unfinished`` (waiting, ready or running), ``done`` and ``failed``; read from
+        counters (constant time)."""
+        return reading.root_counts(self.r, self.keys)
 
     def results(self, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
         """Yield each root task of the queue once it has finished, on whichever machine; return when no
         root task is left unfinished. Blocks on Redis (no polling). ``timeout``: seconds without
         progress before ``TimeoutError``. In debug mode the tasks run here."""
+        reading.check_timeout(timeout)
         if self.local:
             return run_inline(self.core, progress=progress, timeout=timeout)
         return reading.results(self.core, progress=progress, timeout=timeout)
 
     def wait(self, ref: TaskRef | str, timeout: float | None = None) -> Task:
         """Block until one root task has finished and return its record."""
+        reading.check_timeout(timeout)
         return reading.wait(self.core, ref, timeout)
 
     # --- re-running, cancelling, cleaning -------------------------------------------------------
@@ -182,7 +191,8 @@ class Queue:
         ``results()``, and stop the workers afterwards (also when the loop is left early).
         ``procs=0`` is debug mode: tasks run in this process, in order, so pdb works."""
         if isinstance(procs, bool) or not isinstance(procs, int) or procs < 0:
-            raise ConfigError(f"procs must be a non-negative integer, not {procs!r}")
+            raise ConfigError(f"procs must be a non-negative integer, not {shown(procs)}")
+        reading.check_timeout(timeout)
         if procs == 0:
             return run_inline(self.core, progress=progress, timeout=timeout)
         return self._run_workers(procs, progress, timeout, worker_options)
@@ -250,6 +260,9 @@ class Queue:
     def notify_failure(self, key: Any, version: int = 0) -> bool:
         """Give a key this process holds back at once; returns whether it held it."""
         return once.notify_failure(self.core, key, version)
+
+
+codec.never_send(Queue, "a Queue", "pass the queue's name (and url) and open Queue(name) inside the task")
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

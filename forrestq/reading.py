@@ -11,19 +11,26 @@ stream; ``results``, ``wait``, ``map`` and debug mode all use it, and so all of 
   deadline or for :data:`OUTAGE` seconds (a restarting server does not end an overnight loop);
 * keep one deadline: ``timeout`` seconds *without progress* (reset whenever a task arrives);
 * with ``only``, fall back every :data:`SWEEP_EVERY` seconds without news to reading the waited-for
-  records directly (the stream may have been trimmed, or an entry missed).
+  records directly (the stream may have been trimmed, or an entry missed);
+* say when no live worker serves the queue (:func:`live_workers`): in the progress bar while nothing
+  finishes, and in the TimeoutError message.
+
+Counters (constant time): :func:`counts` counts DAG nodes by state; :func:`root_counts` counts the
+roots (the tasks users scheduled, what ``results()`` yields): unfinished, done, failed.
 """
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
 
 from . import schema
 from .core import QueueCore
-from .errors import ConfigError, UnknownTask
+from .errors import ConfigError, UnknownTask, shown
 from .progress import ResultsProgress
 from .schema import QueueKeys
 from .task import Task, TaskRef
@@ -32,6 +39,9 @@ OUTAGE = 300.0  # seconds a follower keeps retrying while Redis is unreachable (
 SWEEP_EVERY = 10.0  # seconds without news before the records of ``only`` are read directly
 BLOCK_MS = 2000  # longest single blocking read: deadlines and outages are looked at in between
 FETCH_BATCH = 500  # task records per pipelined read
+QUIET_BEFORE_CHECK = 2.0  # seconds without a finished task before the workers are looked at
+CHECK_WORKERS_EVERY = 3.0  # seconds between two looks at the workers while nothing finishes
+ROOT_STATES = ("unfinished", "done", "failed")  # the keys of root_counts()
 _RECORD = [f.encode() for f in schema.RECORD_FIELDS]
 _FINISHED = {s.encode() for s in schema.FINISHED_STATES}
 _ENTRY_TASK, _ENTRY_GEN = schema.ENTRY_TASK.encode(), schema.ENTRY_GEN.encode()
@@ -68,7 +78,7 @@ def get(q: QueueCore, ref: TaskRef | str) -> Task:
     tid = task_id(ref)
     fields = q.r.hgetall(q.keys.task(tid))
     if not fields:
-        raise UnknownTask(f"no task {tid!r} in queue {q.name!r}")
+        raise UnknownTask(f"no task {shown(tid)} in queue {q.name!r}")
     return Task(q.name, tid, fields)
 
 
@@ -79,9 +89,98 @@ def listing(q: QueueCore, key: str, limit: int | None) -> list[Task]:
 
 
 def counts(q: QueueCore) -> dict[str, int]:
-    """Number of tasks in each state, read from counters (constant time)."""
+    """Number of tasks (DAG nodes) in each state, read from counters (constant time)."""
     got = {_text(k): int(v) for k, v in q.r.hgetall(q.keys.counts).items()}
     return {s: got.get(s, 0) for s in schema.STATES}
+
+
+def roots_of(raw: Mapping[Any, Any]) -> dict[str, int]:
+    """The root counts in a counts hash as read by HGETALL (for callers that pipeline the read):
+    ``{"unfinished": n, "done": n, "failed": n}``."""
+    got = {_text(k): int(v) for k, v in raw.items()}
+    return {state: max(0, got.get(field, 0)) for state, field in zip(ROOT_STATES, schema.ROOT_COUNTS)}
+
+
+def root_counts(r: redis.Redis, k: QueueKeys) -> dict[str, int]:
+    """Number of roots (the tasks users scheduled) unfinished (waiting, ready or running), done and
+    failed: ``{"unfinished": n, "done": n, "failed": n}``, read from counters (constant time).
+    A task tree counts once, whatever its number of nodes."""
+    return roots_of(r.hgetall(k.counts))
+
+
+def check_timeout(value: Any, what: str = "timeout") -> float | None:
+    """A wait's timeout as given (None: no limit) if it is a non-negative number of seconds;
+    ConfigError otherwise (``nan`` is no limit nowhere, ``True`` is no second)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be None or a non-negative number of seconds, not {shown(value)}")
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------------ workers
+
+
+def worker_serves(queues: bytes | str | None, stopping: bytes | str | None, refusing: bytes | str | None,
+                  queue: str) -> bool:
+    """Whether a worker whose hash ``fq:w:<id>`` holds these ``queues``, ``stopping`` and ``refusing``
+    fields is live and serves ``queue``. The rule of ``forrestq status``: the hash has a TTL of three
+    heartbeats, so a worker whose hash is gone (``queues`` None) stopped beating (lost); a stopping
+    worker, or one that stopped claiming (``refusing``: its secret differs), claims nothing new."""
+    if queues is None or _text(stopping or b"0") not in ("", "0") or _text(refusing or b""):
+        return False
+    return queue in _text(queues).split(",")
+
+
+def live_workers(r: redis.Redis, queue: str) -> int:
+    """How many live workers serve ``queue`` (see :func:`worker_serves`): one read of ``fq:workers``
+    and one pipelined read of the workers' hashes."""
+    ids = r.zrange(schema.WORKERS, 0, -1)
+    if not ids:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for wid in ids:
+        pipe.hmget(schema.worker(_text(wid)), schema.WORKER_QUEUES, schema.WORKER_STOPPING, schema.WORKER_REFUSING)
+    return sum(1 for queues, stopping, refusing in pipe.execute() if worker_serves(queues, stopping, refusing, queue))
+
+
+def no_worker_text(queue: str) -> str:
+    return f"no live worker serves queue {queue!r}"
+
+
+def no_worker_hint(r: redis.Redis, queue: str) -> str:
+    """For a timeout message: "" while a live worker serves ``queue``, else what to do about it."""
+    try:
+        if live_workers(r, queue):
+            return ""
+    except redis.RedisError:
+        return ""
+    return f" and {no_worker_text(queue)}; start one with: forrestq worker --queue {queue}"
+
+
+class WorkerWatch:
+    """Says, while nothing finishes, whether any live worker serves the queue: the workers are looked
+    at once nothing finished for :data:`QUIET_BEFORE_CHECK` s, then every :data:`CHECK_WORKERS_EVERY` s."""
+
+    def __init__(self, r: redis.Redis, queue: str, enabled: bool = True) -> None:
+        self.r, self.queue, self.enabled = r, queue, enabled
+        self.next_check = time.monotonic() + QUIET_BEFORE_CHECK
+        self.text = ""
+
+    def progressed(self) -> None:
+        """A task finished: something serves the queue."""
+        self.next_check = time.monotonic() + QUIET_BEFORE_CHECK
+        self.text = ""
+
+    def note(self) -> str:
+        """"no live worker serves queue 'x'" or "" (the last answer between two looks)."""
+        if self.enabled and time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + CHECK_WORKERS_EVERY
+            try:
+                self.text = "" if live_workers(self.r, self.queue) else no_worker_text(self.queue)
+            except redis.RedisError:
+                self.text = ""
+        return self.text
 
 
 def last_finished(q: QueueCore) -> str:
@@ -129,13 +228,14 @@ class Follower:
     def open_roots(self) -> int:
         return max(0, int(self.patiently(lambda: self.r.hget(self.k.counts, schema.COUNT_OPEN)) or 0))
 
-    def check_deadline(self, message: str) -> float | None:
-        """Seconds left before the timeout (None: no timeout); TimeoutError(message) when past."""
+    def check_deadline(self, message: str | Callable[[], str]) -> float | None:
+        """Seconds left before the timeout (None: no timeout); TimeoutError(message) when past
+        (``message`` may be a function, called only then)."""
         if self.deadline is None:
             return None
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(message)
+            raise TimeoutError(message if isinstance(message, str) else message())
         return left
 
     def patiently(self, call: Callable[[], T]) -> T:
@@ -196,10 +296,17 @@ class Follower:
         return out
 
 
+def _quiet(q: QueueCore, timeout: float | None, open_n: int) -> str:
+    """The TimeoutError message of results()."""
+    return (f"no task of queue {q.name!r} finished for {timeout} s ({open_n} still unfinished)"
+            f"{no_worker_hint(q.r, q.name)}")
+
+
 def results(q: QueueCore, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
     """Each root task of the queue once it has finished, on whichever machine; returns when no root
     is left unfinished. ``timeout``: seconds without progress before ``TimeoutError``."""
     follower = Follower(q.r, q.keys, timeout=timeout)
+    watch = WorkerWatch(q.r, q.name, enabled=progress)
     with ResultsProgress(q.name, enabled=progress) as bar:
         while True:
             tasks, open_n = follower.poll_open()
@@ -207,9 +314,13 @@ def results(q: QueueCore, progress: bool = False, timeout: float | None = None) 
                 bar.update(len(follower.seen), open_n)
                 if open_n <= 0:
                     return
-                follower.check_deadline(f"no task of queue {q.name!r} finished for {timeout} s "
-                                        f"({open_n} still unfinished)")
+                bar.note(watch.note())
+                follower.check_deadline(partial(_quiet, q, timeout, open_n))
                 tasks = follower.poll(BLOCK_MS)
+            if tasks:
+                if watch.text:
+                    bar.note("")
+                watch.progressed()
             for task in tasks:
                 bar.advance(task)
                 yield task
@@ -231,14 +342,15 @@ def wait(q: QueueCore, ref: TaskRef | str, timeout: float | None = None) -> Task
         last, values = follower.patiently(pipe.execute)
         fields = {n: v for n, v in zip(_RECORD, values) if v is not None}
         if not fields:
-            raise UnknownTask(f"no task {tid!r} in queue {q.name!r}")
+            raise UnknownTask(f"no task {shown(tid)} in queue {q.name!r}")
         task = Task(q.name, tid, fields)
         if task.state in schema.FINISHED_STATES:
             return task
         if not task.root:
             raise ConfigError(f"task {tid} is not a scheduled root; wait() follows roots only")
         follower.since = _text(last[0][0]) if last else "0"
-        follower.check_deadline(f"task {tid} did not finish within {timeout} s")
+        follower.check_deadline(lambda: f"task {tid} did not finish within {timeout} s"
+                                        f"{'' if q.local else no_worker_hint(q.r, q.name)}")
         got = follower.poll(BLOCK_MS)
         if got:
             return got[0]

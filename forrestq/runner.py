@@ -18,7 +18,14 @@ What an outcome can be:
   value could not be serialised or is too big for Redis;
 * ``retry``: it raised an exception its retry policy names, with retries left (``delay`` seconds);
 * ``release`` (:data:`RELEASE`): not run, because the module of its function changed on disk since
-  this process imported it; the task is handed back for a fresh process.
+  this process imported it; the task is handed back for a fresh process;
+* ``refused`` (:data:`REFUSED`): not run, because this host cannot load it while another host might
+  (a worker child's decision, see :mod:`forrestq.worker.refusals`): handed back, nothing recorded.
+
+A failure to load that may be this host's fault rather than the task's is marked on the outcome
+(``refusal``: :data:`MISSING_IMPORT` for a module or name missing here, :data:`BAD_SIGNATURE` for a
+payload that fails this process's signature check); a worker child hands such a task to another host,
+debug mode and ``run_here`` record the failure as it is.
 
 The runner never talks to Redis except to fetch a function blob (through the ``fetch`` callable it
 is given), and imports nothing of the worker, the queue or the producer.
@@ -38,13 +45,16 @@ from typing import Any, NamedTuple
 import redis
 
 from . import codec, ops
-from .errors import StaleCode
+from .errors import SignatureMismatch, StaleCode, WorkerImportError
 from .schema import DONE, FAILED, RETRY, QueueKeys
 
-__all__ = ["RELEASE", "RESULT_LIMIT", "Loaded", "Outcome", "Runner", "completion", "invoke", "one_line",
-           "unrecordable"]
+__all__ = ["BAD_SIGNATURE", "MISSING_IMPORT", "REFUSED", "RELEASE", "RESULT_LIMIT", "Loaded", "Outcome", "Runner",
+           "completion", "invoke", "one_line", "unrecordable"]
 
 RELEASE = "release"  # an outcome that is not recorded: the task is handed back (stale code)
+REFUSED = "refused"  # an outcome that is not recorded: this host could not load it, another may
+MISSING_IMPORT = "import"  # Outcome.refusal: a module or name the task needs is missing on this host
+BAD_SIGNATURE = "signature"  # Outcome.refusal: a payload failed this process's signature check
 RESULT_LIMIT = 500 << 20  # bytes: Redis refuses a bulk string past proto-max-bulk-len (512 MB)
 
 
@@ -60,7 +70,7 @@ def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 class Outcome:
     """What became of one run of a task (see the module doc for the states)."""
 
-    state: str  # DONE | FAILED | RETRY | RELEASE
+    state: str  # DONE | FAILED | RETRY | RELEASE | REFUSED
     result: bytes = b""
     error: bytes = b""
     traceback: str = ""
@@ -68,6 +78,7 @@ class Outcome:
     runtime: float = 0.0
     delay: float = 0.0  # with RETRY: seconds before the task may run again
     exc: BaseException | None = None  # what the task's code raised, live (for debug mode)
+    refusal: str = ""  # FAILED to load for a reason of this host: MISSING_IMPORT | BAD_SIGNATURE
 
 
 class Loaded(NamedTuple):
@@ -166,7 +177,12 @@ class Runner:
         except (redis.ConnectionError, redis.TimeoutError):
             raise
         except Exception as e:  # noqa: BLE001 - any failure to load is the task's failure
-            return failure(e, f"could not load task payload: {one_line(e)}")
+            outcome = failure(e, f"could not load task payload: {one_line(e)}")
+            if isinstance(e, SignatureMismatch):
+                outcome.refusal = BAD_SIGNATURE
+            elif isinstance(e, WorkerImportError):
+                outcome.refusal = MISSING_IMPORT
+            return outcome
 
     # --- step 2: call -------------------------------------------------------------------------
     def call(self, claimed: ops.Claimed, loaded: Loaded) -> Outcome:

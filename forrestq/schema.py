@@ -16,7 +16,9 @@ key                        type    what                                written b
                                    once its task ends or is re-added
 ``fq:{q}:counts``          hash    state -> number of tasks (waiting,  every script
                                    ready, running, done, failed) and
-                                   ``open``: roots not yet finished
+                                   of roots: ``open`` (not finished
+                                   yet), ``roots_done``,
+                                   ``roots_failed``
 ``fq:{q}:todo``            zset    ids of unfinished tasks, by         schedule, complete
                                    creation time
 ``fq:{q}:done``            zset    ids of done tasks, by finish time   complete
@@ -42,7 +44,7 @@ key                        type    what                                written b
                                    completed under version ``<v>``
                                    (persistent: skipped for good)
 ``fq:{q}:once:<v>:lease:`` string  owner token (random, host, pid) of  once_claim.lua (SET NX
-``<key>``                          the process running ``<key>``'s     PX), renew.lua,     
+``<key>``                          the process running ``<key>``'s     PX), renew.lua,
                                    body; expires (PX) unless renewed   once_confirm/once_release
                                                                        (DEL, token-checked)
 ``fq:{q}:blob:<sha256>``   string  a shared input (``Queue.put``):     shared.put (SET NX)
@@ -72,7 +74,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 GROUP = "workers"  # the consumer group of every queue stream
 
@@ -85,6 +87,10 @@ FAILED = "failed"
 STATES = (WAITING, READY, RUNNING, DONE, FAILED)
 FINISHED_STATES = (DONE, FAILED)
 COUNT_OPEN = "open"  # counter: roots not finished yet
+# counters of the roots (what users scheduled) that finished; the state counters above count DAG nodes
+COUNT_ROOTS_DONE = "roots_done"
+COUNT_ROOTS_FAILED = "roots_failed"
+ROOT_COUNTS = (COUNT_OPEN, COUNT_ROOTS_DONE, COUNT_ROOTS_FAILED)
 
 # --- outcomes a worker reports to complete.lua (besides DONE and FAILED) ----------------------------
 RETRY = "retry"  # back to ready after a delay (a retry policy matched)
@@ -132,6 +138,7 @@ TASK_KEY = "key"  # user key for idempotent scheduling
 TASK_RETRY_POLICY = "rp"  # serialised (retries, backoff seconds, exception types)
 TASK_RETRIES_USED = "rtn"
 TASK_LOST_ON = "lost"  # host of the last attempt that was lost
+TASK_REFUSED = "rfd"  # comma-separated distinct hosts that could not load the task (refuse.lua)
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -149,6 +156,8 @@ WORKER_QUEUES = "queues"  # comma-separated
 WORKER_STARTED = "started"
 WORKER_BEAT = "beat"
 WORKER_STOPPING = "stopping"  # 1 while the worker stops
+WORKER_FINGERPRINT = "fingerprint"  # signing.fingerprint() of its secret ("none": no secret)
+WORKER_REFUSING = "refusing"  # why it stopped claiming tasks (its secret differs); "" while it claims
 
 # --- key suffixes below a queue's prefix ------------------------------------------------------------------
 SUFFIX_TASK = "t:"
@@ -165,8 +174,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
 def check_name(name: object) -> str:
     """``name`` if it is a valid queue name (it becomes part of every key of the queue)."""
     if not isinstance(name, str) or not _NAME.match(name):
-        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
-        raise ConfigError(f"bad queue name {shown}: use 1 to 128 letters, digits or _ . : @ / + = -")
+        raise ConfigError(f"bad queue name {shown(name)}: use 1 to 128 letters, digits or _ . : @ / + = -")
     return name
 
 WORKERS = "fq:workers"
@@ -230,7 +238,8 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]{}\\" else c for c in text)
 
 
-_LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "RETRY", "ENTRY_TASK",
+_LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE",
+              "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
               "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED")
 

@@ -13,6 +13,8 @@ Two ways to run it:
 
   ==================  =====================================================================
   ``server.json``     ``{pid, url, binary, started}`` of the running server (0600)
+  ``stopped.json``    the same plus ``stopped``: the last server :func:`stop_local_server`
+                      stopped (so ``forrestq server --info`` can say "stopped", not "never started")
   ``server.lock``     ``flock``-ed only while checking/starting, so concurrent first calls
                       end up sharing one server
   ``server.conf``     the server's config, rewritten at each start (0600: may hold a password)
@@ -28,10 +30,17 @@ Two ways to run it:
 A server.json is trusted only if the server answering at its URL reports the same process id
 (``INFO server``), so a dead pid, a hung server, or a pid reused by an unrelated process is detected.
 A process is killed only if it is a server binary running in that home, never on the pid alone.
+
+An *orphan* is a server of a home that can no longer be reached there: the directory was deleted
+(its working directory reads ``HOME (deleted)`` in ``/proc``) or moved while it ran, or its socket
+was removed. Its work is only in that process, so :func:`ensure_local_server` refuses to start a
+second server beside it (:class:`~forrestq.errors.OrphanedServer`, naming the pid and what to do)
+and :func:`stop_local_server` stops it; :func:`local_server_info` lists it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import importlib.util
@@ -46,7 +55,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -56,7 +65,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .errors import ConfigError, ServerStop, ServerUnreachable
+from . import schema
+from .errors import ConfigError, OrphanedServer, PortInUse, ServerStop, ServerUnreachable
 
 __all__ = ["data_dir", "server_binary", "ensure_local_server", "local_server_info",
            "stop_local_server", "ServerProcess", "serve_foreground"]
@@ -75,14 +85,16 @@ _spawned: set[int] = set()  # detached servers this process started: ours to rea
 
 def data_dir() -> Path:
     """The per-user data directory: ``$FORRESTQ_HOME``, else ``$XDG_DATA_HOME/forrestq``, else
-    ``~/.local/share/forrestq``. Created (mode 0700) if missing."""
+    ``~/.local/share/forrestq``. Created (mode 0700) if missing; a path that cannot be a writable
+    directory (a file, a path under a file, no permission) is a one-line ConfigError naming it."""
     env = os.environ.get("FORRESTQ_HOME")
     if env:
-        path = Path(env).expanduser()
+        path, source = Path(env).expanduser(), "FORRESTQ_HOME"
     else:
-        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base, source = (xdg, "XDG_DATA_HOME") if xdg else (Path.home() / ".local" / "share", "HOME")
         path = Path(base).expanduser() / "forrestq"
-    return _make_dir(path)
+    return _make_dir(path, f"forrestq's data directory (from ${source})")
 
 
 def server_binary() -> str:
@@ -107,10 +119,40 @@ def server_binary() -> str:
                       "or point FORRESTQ_URL at a Redis server")
 
 
-def _make_dir(path: Path) -> Path:
+def _make_dir(path: Path, what: str = "forrestq's data directory") -> Path:
+    """path (absolute), created with mode 0700 if missing, checked to be a directory we can write
+    in (a probe file: ``os.access`` says yes to root even where writing fails, e.g. in sysfs)."""
     path = path.absolute()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise ConfigError(f"cannot use {path} as {what}: {_why_no_dir(path, e)}") from None
+    probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot use {path} as {what}: cannot create files in it "
+                          f"({_strerror(e)})") from None
     return path
+
+
+def _why_no_dir(path: Path, error: OSError) -> str:
+    """Why mkdir of path failed, in words: which component is a file, or the OS's reason."""
+    for component in (path, *path.parents):
+        try:
+            if component.exists() and not component.is_dir():
+                return f"{component} is {'a file, ' if component.is_file() else ''}not a directory"
+        except OSError:  # cannot even look (permission): the OS's reason below says it
+            break
+    return _strerror(error)
+
+
+def _strerror(error: OSError) -> str:
+    if error.errno == errno.EROFS:
+        return "read-only file system"
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:]
 
 
 def _home(home: Path | str | None) -> Path:
@@ -135,6 +177,39 @@ def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def _check_port(bind: str, port: int) -> None:
+    """Raise PortInUse if something listens on bind:port already, ConfigError if this machine
+    cannot listen there at all (not one of its addresses, a port below 1024 without root).
+
+    Binds a socket the way the server will (SO_REUSEADDR, IPv6 only for an IPv6 address), so a
+    port merely in TIME_WAIT counts as free. A host name or several addresses are not checked here:
+    the server's own log is read if it fails (:meth:`ServerProcess.start`).
+    """
+    host = {"*": "0.0.0.0", "": "0.0.0.0"}.get(bind, bind)
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return
+    with socket.socket(socket.AF_INET6 if version == 6 else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if version == 6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise PortInUse(_port_in_use(bind, port), port, bind) from None
+            why = {errno.EACCES: "permission denied (ports below 1024 need root)",
+                   errno.EADDRNOTAVAIL: f"{host} is not an address of this machine"}
+            raise ConfigError(f"cannot listen on {_url_host(host)}:{port}: "
+                              f"{why.get(e.errno or 0) or _strerror(e)}") from None
+
+
+def _port_in_use(bind: str, port: int) -> str:
+    return (f"port {port} is already in use on {bind or '*'}: another process listens there; "
+            "choose another port (--port) or stop that process")
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,12 +416,117 @@ def _shutdown(url: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Orphans, and who is connected
+
+
+def _server_processes() -> Iterator[tuple[int, str, str]]:
+    """(pid, working directory as /proc shows it, binary) of every live server binary we may look at."""
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:  # no /proc: nothing to find
+        return
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{entry.name}/exe").removesuffix(" (deleted)")
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+        except OSError:  # gone, a zombie, or not ours to inspect
+            continue
+        if os.path.basename(exe) in SERVER_NAMES:
+            yield int(entry.name), cwd, exe
+
+
+def _names_home(pid: int, cwd: str, homes: Collection[str]) -> bool:
+    """Whether the server pid, now working in cwd, was started for one of homes: its process
+    title names home's socket, or the config file in its (moved) directory names home."""
+    with contextlib.suppress(OSError):
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        if any(f" unixsocket:{h}/server.sock " in f" {title} " for h in homes):
+            return True
+    with contextlib.suppress(OSError):
+        lines = (Path(cwd) / "server.conf").read_text(errors="replace").splitlines()
+        return any(f"dir {_conf_quote(h)}" in lines for h in homes)
+    return False
+
+
+def _orphans(home: Path, exclude: Collection[int] = ()) -> list[dict[str, Any]]:
+    """The servers of home other than ``exclude`` that cannot be reached there, each as
+    ``{pid, why, where, binary}``: why is ``deleted`` (home was deleted while it ran), ``moved`` (home
+    was moved to ``where``) or ``unreachable`` (it runs in home but not on home's socket)."""
+    real = os.path.realpath(home)
+    homes = {str(home), real}
+    found = []
+    for pid, cwd, binary in _server_processes():
+        if pid in exclude or pid == os.getpid():
+            continue
+        if cwd in homes:
+            why = "unreachable"
+        elif cwd.removesuffix(" (deleted)") in homes and cwd.endswith(" (deleted)"):
+            why = "deleted"
+        elif not cwd.endswith(" (deleted)") and _names_home(pid, cwd, homes):
+            why = "moved"
+        else:
+            continue
+        found.append({"pid": pid, "why": why, "where": cwd.removesuffix(" (deleted)"), "binary": binary})
+    return found
+
+
+def _orphan_message(home: Path, orphans: Sequence[dict[str, Any]]) -> str:
+    """One line: what happened to the first orphan, and what to do (for all of them)."""
+    first, pids = orphans[0], [o["pid"] for o in orphans]
+    more = f" (and {len(pids) - 1} more)" if len(pids) > 1 else ""
+    stop = f"`forrestq server --stop` or `kill {' '.join(map(str, pids))}`"
+    if first["why"] == "deleted":
+        return (f"the data directory {home} was deleted while its server (pid {first['pid']}){more} "
+                "was running: the work that server holds can no longer be reached, and a new server "
+                f"would hide it; stop it ({stop}; its data is lost) to start afresh")
+    if first["why"] == "moved":
+        return (f"the data directory {home} was moved to {first['where']} while its server "
+                f"(pid {first['pid']}){more} was running; move it back to {home}, or stop that server "
+                f"({stop}; its data stays in {first['where']}) to start afresh")
+    return (f"a server (pid {first['pid']}){more} runs in {home} but does not answer on "
+            f"{home / 'server.sock'} (was the socket deleted?); stop it ({stop}; its data stays "
+            f"in {home}), then try again")
+
+
+def _refuse_orphans(home: Path) -> None:
+    """Raise OrphanedServer if a server of home runs where nobody can reach it."""
+    orphans = _orphans(home)
+    if orphans:
+        raise OrphanedServer(_orphan_message(home, orphans), tuple(o["pid"] for o in orphans))
+
+
+def _connected(url: str) -> dict[str, Any]:
+    """Who else is connected to the server at url: ``clients`` (connections other than this
+    probe's, from CLIENT LIST) and ``workers`` (the live forrestq workers of ``fq:workers``, each
+    ``{id, host, pid, queues}``). Zero and none if it cannot be asked."""
+    client = _probe(url)
+    try:
+        me = client.client_id()
+        clients = sum(1 for c in client.client_list() if int(c.get("id", -1)) != me)
+        ids = client.zrange(schema.WORKERS, 0, -1)
+        pipe = client.pipeline(transaction=False)
+        for wid in ids:
+            pipe.hmget(schema.worker(wid.decode()), schema.WORKER_HOST, schema.WORKER_PID,
+                       schema.WORKER_QUEUES)
+        workers = [{"id": wid.decode(), "host": host.decode(), "pid": int(pid or 0),
+                    "queues": (queues or b"").decode().split(",")}
+                   for wid, (host, pid, queues) in zip(ids, pipe.execute()) if host is not None]
+        return {"clients": clients, "workers": workers}
+    except (redis.RedisError, OSError, ValueError):
+        return {"clients": 0, "workers": []}
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------------------------
 # The per-user background server
 
 
-def _read_record(home: Path) -> dict[str, Any] | None:
+def _read_record(home: Path, name: str = "server.json") -> dict[str, Any] | None:
     try:
-        record = json.loads((home / "server.json").read_text())
+        record = json.loads((home / name).read_text())
         int(record["pid"]), str(record["url"])
         return record
     except (OSError, ValueError, KeyError, TypeError):
@@ -437,6 +617,7 @@ def _start_background(home: Path, timeout: float) -> str:
         try:
             _wait_ready(url, functools.partial(_exited, pid), max(0.1, deadline - time.monotonic()),
                         home / "server.log")
+            (home / "stopped.json").unlink(missing_ok=True)
             return url
         except ServerUnreachable as e:
             _terminate(pid)
@@ -452,7 +633,9 @@ def ensure_local_server(home: Path | None = None, timeout: float = 15.0) -> str:
     Cheap when it runs (one INFO and one PING on the socket, no lock). Otherwise takes server.lock,
     checks again (another process may just have started it), replaces a stale record and starts a
     detached server that outlives this process. Raises ServerUnreachable (with the tail of
-    server.log) if it does not answer within timeout.
+    server.log) if it does not answer within timeout, OrphanedServer (one line, starting nothing)
+    if a server of home still runs where it cannot be reached (home deleted or moved under it),
+    ConfigError if home cannot be a writable directory.
     """
     home = _home(home)
     record = _find_running(home)
@@ -461,6 +644,7 @@ def ensure_local_server(home: Path | None = None, timeout: float = 15.0) -> str:
             record = _find_running(home) or _wait_silent(home, timeout)
             if record is None:
                 _clear_stale(home)
+                _refuse_orphans(home)  # a second server would hide the work the orphan holds
                 return _start_background(home, timeout)
             if _read_record(home) != record:  # adopted a server whose record was lost
                 _write_private(home / "server.json", json.dumps(record))
@@ -482,30 +666,105 @@ def _wait_silent(home: Path, timeout: float) -> dict[str, Any] | None:
 
 
 def local_server_info(home: Path | None = None) -> dict[str, Any] | None:
-    """What server.json says, plus ``data_dir``, ``log`` and ``running`` (whether it answers);
-    None if no background server was ever recorded in home."""
+    """What forrestq knows of home's background server; None if none was ever started there.
+
+    The record (``pid, url, binary, started``) plus ``data_dir``, ``log``, ``running`` (whether it
+    answers), ``state`` and ``note`` (one line saying it for people), ``orphans`` (see
+    :func:`_orphans`: servers of home that cannot be reached, e.g. home was deleted under them),
+    and, while it runs, ``clients`` (connections other than this call's) and ``workers`` (live
+    forrestq workers, ``{id, host, pid, queues}``). ``state`` is one of:
+
+    * ``running``;
+    * ``stopped`` -- by :func:`stop_local_server` (``forrestq server --stop``) at ``stopped``;
+    * ``not answering`` -- its process runs but does not answer (busy, loading, or hung);
+    * ``exited`` -- it ended without being stopped (killed, crashed, the machine restarted);
+    * ``orphaned`` -- not running here, but an orphan runs (the note says what to do).
+
+    Starting the server again is left to the next use (:func:`ensure_local_server`).
+    """
     home = _home(home)
     running = _find_running(home)
-    record = running or _read_record(home)
+    silent = None if running else _silent_server(home)  # recorded, alive, not answering: no orphan
+    known = running or silent
+    orphans = _orphans(home, exclude=[int(known["pid"])] if known else [])
+    record = running or _read_record(home) or _read_record(home, "stopped.json")
+    if record is None and orphans:
+        record = _orphan_record(home, orphans)
     if record is None:
         return None
-    return {**record, "data_dir": str(home), "log": str(home / "server.log"),
-            "running": running is not None}
+    state = _state(record, running is not None, silent is not None, orphans)
+    info = {**record, "data_dir": str(home), "log": str(home / "server.log"),
+            "running": running is not None, "state": state, "orphans": orphans}
+    if running is not None:
+        info.update(_connected(running["url"]))
+    return {**info, "note": _note(home, info)}
+
+
+def _orphan_record(home: Path, orphans: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A record for the first orphan, when server.json is gone with its directory."""
+    return {"pid": orphans[0]["pid"], "url": _unix_url(home / "server.sock"),
+            "binary": orphans[0]["binary"], "started": None}
+
+
+def _state(record: dict[str, Any], running: bool, silent: bool, orphans: list[dict[str, Any]]) -> str:
+    if running:
+        return "running"
+    if orphans:
+        return "orphaned"
+    if "stopped" in record:
+        return "stopped"
+    return "not answering" if silent else "exited"
+
+
+def _note(home: Path, info: dict[str, Any]) -> str:
+    """The state of the background server in one line, for ``forrestq server --info``."""
+    state = info["state"]
+    if state == "orphaned" or (state == "running" and info["orphans"]):
+        return _orphan_message(home, info["orphans"])
+    if state == "running":
+        return (f"running since {_when(info['started'])}; {info['clients']} other client connection(s), "
+                f"{len(info['workers'])} live worker(s)")
+    if state == "stopped":
+        return f"stopped at {_when(info['stopped'])} (forrestq server --stop); the next use starts it again"
+    if state == "not answering":
+        return (f"its process (pid {info['pid']}) runs but does not answer; the next use waits for it, "
+                "then replaces it")
+    return f"not running: it exited without being stopped (see {info['log']}); the next use starts it again"
+
+
+def _when(t: float | None) -> str:
+    return "?" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def stop_local_server(home: Path | None = None, timeout: float = 10.0) -> bool:
     """Stop the background server: SHUTDOWN (the AOF is flushed), wait for it to exit (SIGKILL
-    after timeout), remove server.json. False if no server was running."""
+    after timeout), remove server.json and note the stop in stopped.json. Orphans of home (see
+    :func:`_orphans`) are stopped too (SIGTERM: they flush what they can). False if nothing ran.
+
+    It does not ask who is still connected: :func:`local_server_info` says (``clients``,
+    ``workers``) for a caller that wants to warn first.
+    """
     home = _home(home)
     with _locked(home, timeout):
         record = _find_running(home)
         if record is None:
-            return _clear_stale(home)
-        pid = int(record["pid"])
-        if not (_shutdown(record["url"]) and _wait_gone(pid, timeout)):
-            _terminate(pid)
-        (home / "server.json").unlink(missing_ok=True)
-        return True
+            record = _silent_server(home)
+            stopped = _clear_stale(home)
+        else:
+            pid = int(record["pid"])
+            if not (_shutdown(record["url"]) and _wait_gone(pid, timeout)):
+                _terminate(pid)
+            (home / "server.json").unlink(missing_ok=True)
+            stopped = True
+        orphans = _orphans(home, exclude=[int(record["pid"])] if stopped and record else [])
+        for orphan in orphans:
+            _terminate(orphan["pid"], timeout)
+        if orphans and not stopped:
+            record = _orphan_record(home, orphans)
+        if record is not None and (stopped or orphans):
+            _write_private(home / "stopped.json", json.dumps(
+                {**record, "stopped": time.time(), "orphans": [o["pid"] for o in orphans]}))
+        return stopped or bool(orphans)
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,8 +820,10 @@ class ServerProcess:
         """Start the server and wait until it answers PING. Returns self."""
         if self.running:
             return self
-        _make_dir(self.data_dir)
+        _make_dir(self.data_dir, "the server's data directory")
         pick = self.port is None and self.unixsocket is None
+        if self.port and not pick:
+            _check_port(self.bind, self.port)  # one clear line rather than the server's log
         deadline = time.monotonic() + timeout
         for attempt in range(3):  # only a lost race for a picked port retries
             if pick:
@@ -572,10 +833,14 @@ class ServerProcess:
             try:
                 _wait_ready(self.url, self._proc.poll, max(0.1, deadline - time.monotonic()), self.log)
                 return self
-            except ServerUnreachable as e:
+            except ServerUnreachable:
                 self.kill()
-                if not pick or attempt == 2 or "already in use" not in str(e):
-                    raise
+                busy = "Address already in use" in _log_tail(self.log)
+                if pick and busy and attempt < 2:
+                    continue
+                if busy and self.port:  # taken between the check and the start, or a host name
+                    raise PortInUse(_port_in_use(self.bind, self.port), self.port, self.bind) from None
+                raise
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:

@@ -46,12 +46,13 @@ from typing import Any
 from .errors import ConfigError, SignatureMismatch
 
 __all__ = ["MAGIC", "HEADER", "FN", "ARGS", "VALUE", "Signer", "is_signed", "secret_from_env",
-           "set_secret", "use_environment", "check", "current", "sign"]
+           "set_secret", "use_environment", "check", "current", "sign", "fingerprint", "NO_SECRET"]
 
 MAGIC = b"FQS1"
 HEADER = len(MAGIC) + 32  # magic + SHA-256 MAC
 ENV_SECRET = "FORRESTQ_SECRET"
 ENV_SECRET_FILE = "FORRESTQ_SECRET_FILE"
+NO_SECRET = "none"  # the fingerprint of "no secret"
 
 # kinds of blob, each with its own MAC key
 FN, ARGS, VALUE = 0, 1, 2
@@ -66,7 +67,7 @@ class Signer:
     key (``K ^ ipad`` and ``K ^ opad``), which are copied per blob: the same bytes as
     ``hmac.digest(key, data, "sha256")`` at less than half its cost on small blobs."""
 
-    __slots__ = ("_pads",)
+    __slots__ = ("_pads", "fingerprint")
 
     def __init__(self, secret: str | bytes) -> None:
         key = _as_bytes(secret).strip()
@@ -80,6 +81,10 @@ class Signer:
             pads.append((hashlib.sha256(bytes(b ^ 0x36 for b in block)),
                          hashlib.sha256(bytes(b ^ 0x5C for b in block))))
         self._pads = tuple(pads)
+        # what hosts compare (`forrestq worker`'s startup line, `forrestq status`): a key derived for
+        # this purpose only, hashed, cut to 32 bits; it tells secrets apart and reveals nothing a
+        # signed blob in Redis would not (both can be checked against a guessed secret)
+        self.fingerprint = hashlib.sha256(hmac.digest(key, b"forrestq fingerprint v1", "sha256")).hexdigest()[:8]
 
     def mac(self, kind: int, data: Any) -> bytes:
         """HMAC-SHA256 of ``data`` (bytes-like) under the key of ``kind``."""
@@ -206,6 +211,14 @@ def use_environment() -> None:
     """Forget :func:`set_secret` (or an earlier reading): the environment is read again at the next
     use."""
     _use(UNRESOLVED)
+
+
+def fingerprint() -> str:
+    """A short fingerprint of the secret in use (8 hex digits; never the secret), or "none" without
+    one. Processes with the same secret show the same fingerprint; different secrets show different
+    ones (but for a chance of one in four billion)."""
+    s = current()
+    return NO_SECRET if s is None else s.fingerprint
 
 
 def check() -> bool:

@@ -72,9 +72,18 @@ class Task:
         if self.state != "failed":
             return None
         if self.upstream:
-            return UpstreamFailed(self.upstream, self.reason)
+            return UpstreamFailed(self.upstream, self.upstream_reason)
         blob = self._f.get(b"ev")
         return codec.loads(blob) if blob else None
+
+    @property
+    def upstream_reason(self) -> str:
+        """The reason of the failed input named by ``upstream`` (``reason`` reads "input task X
+        failed: " and then this); "" for a task that did not fail because of an input."""
+        if not self.upstream:
+            return ""
+        head = f"input task {self.upstream} failed: "
+        return self.reason[len(head):] if self.reason.startswith(head) else self.reason
 
     @cached_property
     def metadata(self) -> Any:

@@ -155,7 +155,7 @@ def test_chaos_2_hang_is_autokilled_and_grandchildren_are_gone(url, tmp_path):
         sleepers = [int(p) for p in text.split()]
         assert all(alive(p) for p in sleepers)
         task = q.wait(ref, timeout=20)
-        assert task.state == "failed" and task.reason == "killed after 1 s (autokill)"
+        assert task.state == "failed" and task.reason == "killed after 1 s (worker --autokill)"
         assert "TaskKilled" in type(task.errorvalue).__name__
         wait_for(lambda: not any(alive(p) for p in sleepers), timeout=5, what="the sleepers to be gone")
         gone_at = time.time()

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from forrestq import connection
 from forrestq.connection import connect, describe, mask, resolve_url
 from forrestq.errors import AuthFailed, ConfigError, ServerUnreachable
 from forrestq.server import ServerProcess, local_server_info, stop_local_server
-from helpers import free_port
 
 SECRET = "hunter2"
 
@@ -151,3 +151,13 @@ def test_no_url_starts_the_embedded_server(fq_home):
         assert resolve_url() == local_server_info(fq_home)["url"]
     finally:
         assert stop_local_server(fq_home)
+
+
+def test_no_url_and_a_home_that_is_a_file_is_one_config_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FORRESTQ_HOME", str(tmp_path / "file" / "forrestq"))
+    with pytest.raises(ConfigError) as info:
+        connect()
+    assert str(info.value) == (f"cannot use {tmp_path}/file/forrestq as forrestq's data directory "
+                               f"(from $FORRESTQ_HOME): {tmp_path}/file is a file, not a directory")
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -92,6 +92,7 @@ ARGUMENT_WORDS = {
     "3": "the default of TASK_MAX_ATTEMPTS (as ops.Node)",
     "?": "unknown host",
     "[^,]+": "pattern: one id of a comma-separated list",
+    ",": "separator of a comma-separated list (table.concat)",
     "input task ": "reason text of an upstream failure",
     " failed: ": "reason text of an upstream failure",
 }
@@ -106,7 +107,7 @@ def _rel(path: Path) -> str:
 
 
 def test_there_are_scripts_and_includes() -> None:
-    assert len(NAMES) == 12 and "claim" in NAMES and "complete" in NAMES
+    assert len(NAMES) >= 12 and "claim" in NAMES and "complete" in NAMES
     assert {"stream", "counts"} <= set(INCLUDES)
 
 
@@ -272,13 +273,14 @@ def test_dag_dependent_becomes_ready_when_its_input_is_done(r: redis.Redis, k: Q
     assert (b.id, b.inputs) == ("b", [b"RA"])
     assert done(s, k, b, result=b"RB") is True
     assert finished(r, k) == [("b", "0")]
-    assert counts(r, k) == {schema.DONE: 2}
+    assert counts(r, k) == {schema.DONE: 2, schema.COUNT_ROOTS_DONE: 1}  # two nodes, one root
     assert r.zcard(k.todo) == 0 and r.zrange(k.done, 0, -1) == [b"a", b"b"]
     assert r.xlen(k.stream) == 0 and r.xpending(k.stream, GROUP)["pending"] == 0  # entries acked + deleted
     # scheduling a finished node again leaves it; newly made a root, it is announced at once
     again = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a", root=True)]))
     assert again.states == [schema.DONE] and again.since == r.xrevrange(k.finished, count=1)[0][0].decode()
     assert finished(r, k) == [("b", "0"), ("a", "0")]
+    assert counts(r, k) == {schema.DONE: 2, schema.COUNT_ROOTS_DONE: 2}
 
 
 def test_a_stale_token_is_refused(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
@@ -310,14 +312,14 @@ def test_a_failure_fails_everything_downstream(r: redis.Redis, k: QueueKeys, s: 
         assert field(r, k, node, schema.TASK_REASON) == "input task a failed: boom"
     assert (field(r, k, "a", schema.TASK_ERROR), field(r, k, "a", schema.TASK_OUTPUT)) == ("E", "O")
     assert finished(r, k) == [("c", "0")]
-    assert counts(r, k) == {schema.FAILED: 3}
+    assert counts(r, k) == {schema.FAILED: 3, schema.COUNT_ROOTS_FAILED: 1}
     # a node scheduled after its input failed fails at once, into the failed zset (schedule's KEYS[5])
     late = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("d", inputs="a", root=True)]))
     assert late.states == [schema.FAILED]
     assert field(r, k, "d", schema.TASK_REASON) == "input task a failed: boom"
     assert r.zscore(k.failed, "d") is not None and r.zscore(k.todo, "d") is None
     assert finished(r, k) == [("c", "0"), ("d", "0")]
-    assert counts(r, k) == {schema.FAILED: 4}
+    assert counts(r, k) == {schema.FAILED: 4, schema.COUNT_ROOTS_FAILED: 2}
     # requeue_failed: a and its dependents that failed because of it run again (d, failed at schedule,
     # was never registered as a's dependent: it stays failed)
     assert sorted(ops.requeue(s, k, ops.RequeueArgs(schema.FOLLOW_FAILED, ["a"]))) == ["a", "b", "c"]
@@ -325,7 +327,8 @@ def test_a_failure_fails_everything_downstream(r: redis.Redis, k: QueueKeys, s: 
                                                                     schema.WAITING, schema.FAILED]
     assert [field(r, k, n, schema.TASK_GEN) for n in "abcd"] == ["1", "1", "1", "0"]
     assert field(r, k, "b", schema.TASK_UPSTREAM) is None and field(r, k, "b", schema.TASK_PENDING) == "1"
-    assert counts(r, k) == {schema.READY: 1, schema.WAITING: 2, schema.FAILED: 1, schema.COUNT_OPEN: 1}
+    assert counts(r, k) == {schema.READY: 1, schema.WAITING: 2, schema.FAILED: 1, schema.COUNT_OPEN: 1,
+                            schema.COUNT_ROOTS_FAILED: 1}
 
 
 def test_retry_waits_in_delayed_then_claim_brings_it_back(r: redis.Redis, k: QueueKeys,
@@ -402,3 +405,75 @@ def test_renew_extends_only_leases_still_held(r: redis.Redis, k: QueueKeys, s: o
     r.set(k.lease("b"), "X", px=1000)
     assert ops.renew(s, k, ops.RenewArgs(60_000, [(k.lease("a"), "T1"), (k.lease("b"), "T2")])) == [True, False]
     assert r.pttl(k.lease("a")) > 1000 >= r.pttl(k.lease("b"))
+
+
+def test_a_node_failing_after_a_dependent_failure_names_the_first_failure_once(
+        r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    """a fails; b (a's dependent) fails because of a; c, scheduled later on b, names a, not b, and
+    the reason says "input task ... failed: " once."""
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a"), ops.Node("b", inputs="a")]))
+    a = claim(s, k, "T1")
+    assert ops.complete(s, k, ops.Completion("a", a.token, schema.FAILED, reason="RuntimeError: x"))
+    assert field(r, k, "b", schema.TASK_REASON) == "input task a failed: RuntimeError: x"
+    late = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("c", inputs="b", root=True)]))
+    assert late.states == [schema.FAILED]
+    assert (field(r, k, "c", schema.TASK_UPSTREAM), field(r, k, "c", schema.TASK_REASON)) == (
+        "a", "input task a failed: RuntimeError: x")
+
+
+def test_root_counters_follow_every_script(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    """COUNT_OPEN, COUNT_ROOTS_DONE and COUNT_ROOTS_FAILED count roots (what users scheduled) through
+    schedule, complete, retry, release, requeue, takeover (cancel) and clean; nodes stay apart."""
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a"), ops.Node("b", inputs="a", root=True),
+                                         ops.Node("c", root=True)]))
+    assert counts(r, k) == {schema.READY: 2, schema.WAITING: 1, schema.COUNT_OPEN: 2}
+    a = claim(s, k, "T1", now=100.0)
+    assert a.id == "a" and ops.release(s, k, ops.ReleaseArgs("a", "T1"))  # handed back: nothing finished
+    c = claim(s, k, "T2", now=100.0)
+    assert c.id == "c"
+    assert ops.complete(s, k, ops.Completion("c", "T2", schema.RETRY, delay=0.0, now=100.0))  # no end
+    assert counts(r, k) == {schema.READY: 2, schema.WAITING: 1, schema.COUNT_OPEN: 2}
+    a = claim(s, k, "T3", now=100.0)
+    assert a.id == "a" and done(s, k, a)  # an inner node: no root counter moves
+    assert counts(r, k) == {schema.READY: 2, schema.DONE: 1, schema.COUNT_OPEN: 2}
+    c = claim(s, k, "T4", now=100.0)
+    assert c.id == "c" and ops.complete(s, k, ops.Completion("c", "T4", schema.FAILED, reason="E"))
+    assert counts(r, k) == {schema.READY: 1, schema.DONE: 1, schema.FAILED: 1, schema.COUNT_OPEN: 1,
+                            schema.COUNT_ROOTS_FAILED: 1}
+    b = claim(s, k, "T5", now=100.0)
+    assert b.id == "b"
+    assert done(s, k, b)
+    assert counts(r, k) == {schema.DONE: 2, schema.FAILED: 1, schema.COUNT_ROOTS_DONE: 1,
+                            schema.COUNT_ROOTS_FAILED: 1}
+    # requeue of the failed root, then a takeover + cancel of it
+    assert ops.requeue(s, k, ops.RequeueArgs(schema.FOLLOW_FAILED, ["c"])) == ["c"]
+    assert counts(r, k) == {schema.DONE: 2, schema.READY: 1, schema.COUNT_OPEN: 1, schema.COUNT_ROOTS_DONE: 1}
+    assert ops.takeover(s, k, ops.TakeoverArgs("CX", ["c"])) == ["c"]
+    assert ops.complete(s, k, ops.Completion("c", "CX", schema.FAILED, reason="cancelled"))
+    assert counts(r, k) == {schema.DONE: 2, schema.FAILED: 1, schema.COUNT_ROOTS_DONE: 1,
+                            schema.COUNT_ROOTS_FAILED: 1}
+    # a takeover of a finished root re-opens it (forrestq run --record)
+    assert ops.takeover(s, k, ops.TakeoverArgs("RX", ["b"], finished_too=True)) == ["b"]
+    assert counts(r, k) == {schema.DONE: 1, schema.RUNNING: 1, schema.FAILED: 1, schema.COUNT_OPEN: 1,
+                            schema.COUNT_ROOTS_FAILED: 1}
+    assert ops.complete(s, k, ops.Completion("b", "RX", schema.DONE, result=b"R"))
+    # clean: a done root and a failed root are counted out; the last clean leaves nothing
+    assert ops.clean(s, k, ["b", "c", "a"]) == 3
+    assert counts(r, k) == {}
+    # a root scheduled while unfinished is cleaned as unfinished
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("e", root=True)]))
+    assert ops.clean(s, k, ["e"]) == 1 and counts(r, k) == {}
+
+
+def test_cancelling_a_running_task_keeps_its_host(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a", root=True), ops.Node("b", root=True)]))
+    claim(s, k, "T1")  # host h1
+    assert ops.takeover(s, k, ops.TakeoverArgs("CX", ["a", "b"])) == ["a", "b"]
+    for tid in ("a", "b"):
+        assert ops.complete(s, k, ops.Completion(tid, "CX", schema.FAILED, reason="cancelled"))  # host ""
+    assert field(r, k, "a", schema.TASK_HOST) == "h1"  # the attempt that was running
+    assert field(r, k, "b", schema.TASK_HOST) is None  # never ran: no host
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("c", root=True)]))
+    c = claim(s, k, "T2")
+    assert ops.complete(s, k, ops.Completion(c.id, c.token, schema.DONE, host="h2"))
+    assert field(r, k, "c", schema.TASK_HOST) == "h2"  # a worker's completion still records its host

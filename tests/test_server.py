@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -18,12 +19,24 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from forrestq.connection import connect
-from forrestq.errors import AuthFailed, ConfigError, ServerUnreachable
-from forrestq.server import (ServerProcess, data_dir, ensure_local_server, local_server_info,
-                             serve_foreground, server_binary, stop_local_server)
 from helpers import free_port, wait_for
+from procs import worker, worker_env
+from tasks import add
+
+from forrestq import server as server_module
+from forrestq.connection import connect
+from forrestq.deferred import defer
+from forrestq.errors import AuthFailed, ConfigError, OrphanedServer, PortInUse, ServerUnreachable
+from forrestq.queue import Queue
+from forrestq.server import (
+    ServerProcess,
+    data_dir,
+    ensure_local_server,
+    local_server_info,
+    serve_foreground,
+    server_binary,
+    stop_local_server,
+)
 
 
 def alive(pid: int) -> bool:
@@ -36,7 +49,8 @@ def alive(pid: int) -> bool:
 
 
 def servers_in(home: Path) -> list[int]:
-    """Pids of the server processes whose working directory is home (they chdir to their data)."""
+    """Pids of the server processes whose working directory is home (they chdir to their data),
+    also once home was deleted under them (``/proc`` then shows ``HOME (deleted)``)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -45,9 +59,23 @@ def servers_in(home: Path) -> list[int]:
             exe, cwd = os.readlink(entry / "exe"), os.readlink(entry / "cwd")
         except OSError:
             continue
-        if os.path.basename(exe) in ("valkey-server", "redis-server") and Path(cwd) == home:
+        if os.path.basename(exe) in ("valkey-server", "redis-server") and \
+                Path(cwd.removesuffix(" (deleted)")) == home:
             pids.append(int(entry.name))
     return pids
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message, checked to be one readable line."""
+    text = str(error)
+    assert "\n" not in text and len(text) < 400, text
+    return text
+
+
+def fq(*args: str, env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m forrestq ARGS`` with env added to this environment."""
+    return subprocess.run([sys.executable, "-m", "forrestq", *args], capture_output=True, text=True,
+                          env=worker_env(env), timeout=timeout)
 
 
 def run_python(code: str, timeout: float = 30.0) -> str:
@@ -177,6 +205,8 @@ def test_hung_server_is_replaced(home):
     hung = local_server_info(home)["pid"]
     os.kill(hung, signal.SIGSTOP)
     try:
+        described = local_server_info(home)
+        assert described["state"] == "not answering" and described["orphans"] == []  # not an orphan
         ensure_local_server(home, timeout=2)
         info = local_server_info(home)
         assert info["running"] and info["pid"] != hung
@@ -203,7 +233,7 @@ def test_stop_leaves_no_process(home):
     assert not alive(pid)
     assert servers_in(home) == []
     assert not (home / "server.json").exists()
-    assert local_server_info(home) is None
+    assert local_server_info(home)["state"] == "stopped"
     assert stop_local_server(home) is False
 
 
@@ -308,3 +338,187 @@ def test_serve_foreground_prints_url_and_stops_on_sigterm(tmp_path):
         with contextlib.suppress(ProcessLookupError):  # a failed test must not leak a server
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+
+
+# --- the data directory deleted or moved under a running server (issue 12) ---------------------------
+
+
+def test_deleted_data_dir_is_refused_not_hidden_behind_a_second_server(home, monkeypatch):
+    url = ensure_local_server(home)
+    pid = local_server_info(home)["pid"]
+    q = Queue("orphan", url=url)
+    for i in range(5):
+        q.schedule(defer(add, i, 1))
+    shutil.rmtree(home)
+    with pytest.raises(OrphanedServer) as info:
+        ensure_local_server(home)
+    message = one_line(info.value)
+    assert f"{home} was deleted" in message and f"kill {pid}" in message, message
+    assert info.value.pids == (pid,) and isinstance(info.value, ConfigError)
+    monkeypatch.setenv("FORRESTQ_HOME", str(home))
+    with pytest.raises(OrphanedServer):
+        Queue("orphan")
+    out = fq("status", env={"FORRESTQ_HOME": str(home)})  # the next process, through the CLI
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and f"kill {pid}" in out.stderr, out.stderr
+    assert servers_in(home) == [pid], "no second server may be started beside the orphan"
+    described = local_server_info(home)
+    assert described["state"] == "orphaned" and not described["running"]
+    assert [o["pid"] for o in described["orphans"]] == [pid] and f"kill {pid}" in described["note"]
+    assert stop_local_server(home) is True  # forrestq server --stop stops the orphan
+    assert not alive(pid) and servers_in(home) == []
+    assert local_server_info(home)["state"] == "stopped"
+    assert Queue("orphan").counts()  # and the next use starts afresh
+    assert local_server_info(home)["pid"] != pid
+
+
+def test_moved_data_dir_is_refused_and_works_again_once_moved_back(home):
+    url = ensure_local_server(home)
+    redis.Redis.from_url(url).set("k", "v")
+    pid = local_server_info(home)["pid"]
+    moved = home.with_name(home.name + "-moved")
+    os.rename(home, moved)
+    try:
+        with pytest.raises(OrphanedServer) as info:
+            ensure_local_server(home)
+        assert f"moved to {moved}" in one_line(info.value) and info.value.pids == (pid,)
+        assert servers_in(home) == [] and servers_in(moved) == [pid]
+        shutil.rmtree(home)  # the empty directory the refused call made; then move it back
+        os.rename(moved, home)
+        assert ensure_local_server(home) == url and local_server_info(home)["pid"] == pid
+        assert redis.Redis.from_url(url).get("k") == b"v"
+        os.rename(home, moved)  # moved again, and stopped from the old path: the data stays
+        assert stop_local_server(home) is True and not alive(pid)
+        assert redis.Redis.from_url(ensure_local_server(moved)).get("k") == b"v"
+        assert stop_local_server(moved) is True
+    finally:
+        for leaked in servers_in(moved):
+            os.kill(leaked, signal.SIGKILL)
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+def test_server_whose_socket_was_removed_is_refused_and_stopped_with_its_data(home):
+    client = redis.Redis.from_url(ensure_local_server(home))
+    client.set("k", "v")
+    client.close()
+    pid = local_server_info(home)["pid"]
+    (home / "server.sock").unlink()
+    (home / "server.json").unlink()
+    with pytest.raises(OrphanedServer, match=f"pid {pid}.*does not answer") as info:
+        ensure_local_server(home, timeout=5)
+    one_line(info.value)
+    assert servers_in(home) == [pid]  # not a second server on the same append-only file
+    assert stop_local_server(home) is True and not alive(pid)
+    assert redis.Redis.from_url(ensure_local_server(home)).get("k") == b"v"
+
+
+# --- a taken port (issue 12) -----------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["listening", "bound"])
+def taken_port(request) -> Iterator[int]:
+    """A port on 127.0.0.1 held by a socket of this test (listening on it, or only bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        if request.param == "listening":
+            s.listen()
+        yield s.getsockname()[1]
+
+
+def test_taken_port_is_one_line_and_nothing_starts(tmp_path, taken_port):
+    with pytest.raises(PortInUse) as info:
+        ServerProcess(tmp_path, port=taken_port).start()
+    assert one_line(info.value).startswith(f"port {taken_port} is already in use on 127.0.0.1")
+    assert isinstance(info.value, ConfigError) and info.value.port == taken_port
+    assert not (tmp_path / "server.log").exists(), "the check comes before the server is spawned"
+    with pytest.raises(PortInUse, match=f"^port {taken_port} is already in use"):
+        serve_foreground(port=taken_port, data=tmp_path)
+    out = fq("server", "--port", str(taken_port), "--data", str(tmp_path), env={})
+    assert out.returncode == 2, out
+    assert out.stderr.count("\n") == 1 and f"port {taken_port} is already in use" in out.stderr, out.stderr
+
+
+def test_port_taken_after_the_check_is_read_from_the_server_log(tmp_path, taken_port, monkeypatch):
+    monkeypatch.setattr(server_module, "_check_port", lambda bind, port: None)  # as if it lost a race
+    with pytest.raises(PortInUse) as info:
+        ServerProcess(tmp_path, port=taken_port).start(timeout=10)
+    assert one_line(info.value).startswith(f"port {taken_port} is already in use")
+    assert "Address already in use" in (tmp_path / "server.log").read_text()
+
+
+# --- an unusable FORRESTQ_HOME (issue 12) -----------------------------------------------------------
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """An existing directory this process cannot create files in. Tests run as root, who can write
+    in a 0500 directory: then a sysfs directory (read-only, or refusing new files, also for root)."""
+    own = tmp_path / "read-only"
+    own.mkdir()
+    own.chmod(0o500)
+    for candidate in (own, Path("/sys/kernel"), Path("/proc/1")):
+        try:
+            (candidate / "probe").write_text("")
+        except OSError:
+            return candidate
+        (candidate / "probe").unlink()
+    pytest.skip("no directory here refuses files to this process")
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "unwritable"])
+def test_unusable_forrestq_home_is_one_config_error(tmp_path, monkeypatch, kind):
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    path = {"a file": file, "under a file": file / "sub", "unwritable": None}[kind] or unwritable_dir(tmp_path)
+    why = "cannot create files in it" if kind == "unwritable" else f"{file} is a file, not a directory"
+    monkeypatch.setenv("FORRESTQ_HOME", str(path))
+    for call in (data_dir, ensure_local_server, local_server_info, stop_local_server, connect):
+        with pytest.raises(ConfigError) as info:
+            call()
+        message = one_line(info.value)
+        assert message.startswith(f"cannot use {path} as forrestq's data directory (from $FORRESTQ_HOME)")
+        assert why in message, message
+    with pytest.raises(ConfigError, match=f"cannot use {path} as the server's data directory"):
+        ServerProcess(path).start()
+    for command in (["status"], ["server", "--info"]):
+        out = fq(*command, env={"FORRESTQ_HOME": str(path)})
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and str(path) in out.stderr, out.stderr
+    assert file.read_text() == "not a directory"
+
+
+# --- server --info after --stop, and who is connected (issue 12) ---------------------------------------
+
+
+def test_info_tells_stopped_from_never_started_and_from_exited(home):
+    assert local_server_info(home) is None  # never started here
+    ensure_local_server(home)
+    first = local_server_info(home)
+    assert first["state"] == "running" and first["running"]
+    assert stop_local_server(home) is True
+    info = local_server_info(home)
+    assert info["state"] == "stopped" and info["running"] is False and info["pid"] == first["pid"]
+    assert info["stopped"] >= first["started"] and info["note"].startswith("stopped at ")
+    ensure_local_server(home)
+    again = local_server_info(home)
+    assert again["state"] == "running" and not (home / "stopped.json").exists()
+    os.kill(again["pid"], signal.SIGKILL)
+    wait_for(lambda: not alive(again["pid"]), what="the killed server to exit")
+    crashed = local_server_info(home)
+    assert crashed["state"] == "exited" and "exited without being stopped" in crashed["note"]
+
+
+def test_info_counts_other_clients_and_live_workers(home):
+    url = ensure_local_server(home)
+    assert local_server_info(home)["clients"] == 0
+    clients = [redis.Redis.from_url(url) for _ in range(2)]
+    try:
+        for c in clients:
+            c.ping()
+        assert local_server_info(home)["clients"] == 2
+        with worker(url, "q", 1) as proc:
+            info = wait_for(lambda: (i := local_server_info(home))["workers"] and i, timeout=30,
+                            what="the worker to register")
+            assert [w["pid"] for w in info["workers"]] == [proc.pid] and info["workers"][0]["queues"] == ["q"]
+            assert info["clients"] >= 3 and "1 live worker(s)" in info["note"]
+        assert local_server_info(home)["workers"] == []  # a worker that stopped deregisters
+    finally:
+        for c in clients:
+            c.close()

@@ -43,7 +43,7 @@ def test_task_timeout_kills_grandchildren_even_in_their_own_session(url, tmp_pat
         sleepers = read_pids(pidfile)
         assert all(alive(p) for p in sleepers)
         task = q.wait(hang, timeout=20)
-        assert task.state == "failed" and task.reason == "killed after 1 s (autokill)"
+        assert task.state == "failed" and task.reason == "killed after 1 s (timeout of this task)"
         wait_for(lambda: all_gone(sleepers), timeout=5, what="the grandchildren to be killed")
         after = q.schedule(defer(tasks.identity, "next"))
         assert q.wait(after, timeout=20).returnvalue == "next"

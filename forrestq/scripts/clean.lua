@@ -5,6 +5,7 @@
 -- When the queue is left with no task at all, its finished stream is reset too.
 -- Returns the number of tasks deleted.
 --- @include stream
+--- @include counts
 local prefix, group = ARGV[1], ARGV[2]
 local deleted = 0
 for i = 3, #ARGV do
@@ -21,7 +22,9 @@ for i = 3, #ARGV do
   end
   if not keep then
     drop_entry(KEYS[1], group, f[2])
-    if f[3] == '1' and st ~= DONE and st ~= FAILED then redis.call('HINCRBY', KEYS[2], COUNT_OPEN, -1) end
+    if f[3] == '1' then  -- a root: one less unfinished, done or failed
+      redis.call('HINCRBY', KEYS[2], (st == DONE or st == FAILED) and root_count(st) or COUNT_OPEN, -1)
+    end
     if f[4] then
       for dep in string.gmatch(f[4], '[^,]+') do redis.call('SREM', prefix .. SUFFIX_DEPENDENTS .. dep, id) end
     end

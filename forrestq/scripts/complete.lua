@@ -6,7 +6,8 @@
 -- ARGV[5] DONE | FAILED | RETRY (back to ready after ARGV[14] s; the error is kept for show)
 -- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail
--- ARGV[13] host   ARGV[14] retry delay (s), with RETRY
+-- ARGV[13] host of the attempt ("" = unknown: the host recorded at claim stays, e.g. for a cancel)
+-- ARGV[14] retry delay (s), with RETRY
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
 --- @include stream
 --- @include counts
@@ -24,8 +25,8 @@ elseif f[2] ~= token then
 end
 if outcome == RETRY then
   redis.call('HSET', t, TASK_STATE, READY, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
-             TASK_RUNTIME, ARGV[10], TASK_HOST, ARGV[13])  -- TASK_TOKEN stays until the next claim: the
-                                                           -- worker knows its own attempt
+             TASK_RUNTIME, ARGV[10])  -- TASK_TOKEN stays until the next claim: the worker knows its own attempt
+  if ARGV[13] ~= '' then redis.call('HSET', t, TASK_HOST, ARGV[13]) end
   redis.call('HINCRBY', t, TASK_RETRIES_USED, 1)
   redis.call('HDEL', t, TASK_STREAM_ID)
   redis.call('DEL', lease)
@@ -39,9 +40,13 @@ local function finish(node, from, to, root, gen)
   move_count(KEYS[2], from, to)
   redis.call('ZREM', KEYS[3], node)
   redis.call('ZADD', to == DONE and KEYS[4] or KEYS[5], now, node)
-  if root == '1' then close_root(KEYS[6], KEYS[2], node, gen) end
+  if root == '1' then
+    announce(KEYS[6], node, gen)
+    root_finished(KEYS[2], to)
+  end
 end
-local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[10], TASK_HOST, ARGV[13]}
+local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[10]}
+if ARGV[13] ~= '' then fields[#fields+1] = TASK_HOST; fields[#fields+1] = ARGV[13] end
 if outcome == DONE then
   fields[#fields+1] = TASK_RESULT; fields[#fields+1] = ARGV[6]
 else

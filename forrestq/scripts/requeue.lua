@@ -10,6 +10,7 @@
 -- it goes on the stream if all its inputs are done, else it waits. A running node loses its attempt
 -- (the lease is dropped, so the old worker's completion is refused). Returns the ids in the set.
 --- @include stream
+--- @include counts
 local prefix, group, now, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local set, index = {}, {}
 for i = 5, #ARGV do
@@ -35,7 +36,7 @@ for _, id in ipairs(set) do
   local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID, TASK_ROOT)
   redis.call('HINCRBY', KEYS[2], f[1], -1)
   drop_entry(KEYS[1], group, f[2])
-  if f[3] == '1' and (f[1] == DONE or f[1] == FAILED) then redis.call('HINCRBY', KEYS[2], COUNT_OPEN, 1) end
+  if f[3] == '1' and (f[1] == DONE or f[1] == FAILED) then root_reopened(KEYS[2], f[1]) end
   redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
   redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT,
              TASK_STREAM_ID, TASK_TOKEN, TASK_STARTED, TASK_FINISHED, TASK_RUNTIME, TASK_LOST_ON)

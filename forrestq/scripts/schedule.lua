@@ -1,6 +1,7 @@
 -- schedule: create DAG nodes (inputs before dependents) and push the ready ones onto the stream.
 -- KEYS[1] stream   (stream)  ready task ids
--- KEYS[2] counts   (hash)    state -> number, COUNT_OPEN -> unfinished roots
+-- KEYS[2] counts   (hash)    state -> number of nodes; roots: COUNT_OPEN unfinished, COUNT_ROOTS_DONE,
+--                            COUNT_ROOTS_FAILED
 -- KEYS[3] todo     (zset)    unfinished task ids by creation time
 -- KEYS[4] finished (stream)  finished roots
 -- KEYS[5] failed   (zset)    failed task ids by finish time: a node whose input failed before it was
@@ -12,6 +13,7 @@
 --   node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
 --- @include stream
+--- @include counts
 --- @include finished
 --- @include upstream
 local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -30,6 +32,7 @@ for i = 0, n - 1 do
       if ARGV[b+6] ~= '' then redis.call('HSET', t, TASK_META, ARGV[b+6]) end
       if st == DONE or st == FAILED then
         announce(KEYS[4], id, redis.call('HGET', t, TASK_GEN))
+        bump(root_count(st), 1)
       else
         bump(COUNT_OPEN, 1)
       end
@@ -58,13 +61,14 @@ for i = 0, n - 1 do
     if ARGV[b+10] ~= '' then fields[#fields+1] = TASK_RETRY_POLICY; fields[#fields+1] = ARGV[b+10] end
     if failed_input then
       -- an input failed before this node was scheduled: fail it the way complete.lua would
-      -- (an input failed without a reason reads "failed": the state's name)
-      local why = redis.call('HGET', prefix .. SUFFIX_TASK .. failed_input, TASK_REASON) or FAILED
-      for _, v in ipairs(upstream_failure(failed_input, why, now)) do fields[#fields+1] = v end
+      for _, v in ipairs(failure_after(prefix, failed_input, now)) do fields[#fields+1] = v end
       redis.call('HSET', t, unpack(fields))
       redis.call('ZADD', KEYS[5], now, id)
       bump(FAILED, 1)
-      if root == '1' then announce(KEYS[4], id, '0') end
+      if root == '1' then
+        announce(KEYS[4], id, '0')
+        bump(COUNT_ROOTS_FAILED, 1)
+      end
       out[#out + 1] = FAILED
     else
       -- waiting for inputs, or ready at once (on the stream)

@@ -21,7 +21,7 @@ for i = 6, #ARGV do
       redis.call('ZREM', KEYS[5], id)
       redis.call('ZADD', KEYS[3], now, id)
       redis.call('HINCRBY', t, TASK_GEN, 1)
-      if f[2] == '1' then redis.call('HINCRBY', KEYS[2], COUNT_OPEN, 1) end
+      if f[2] == '1' then root_reopened(KEYS[2], st) end
     end
     redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
     redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token)

@@ -17,6 +17,7 @@ import redis
 from .. import codec, lease, log, ops, schema
 from ..errors import TaskLost, is_transient
 from ..schema import GROUP, QueueKeys
+from .peers import loss_reason
 from .slots import SlotView
 
 logger = log.get("worker")
@@ -97,21 +98,23 @@ class Bookkeeper:
         While the task still carries our token it is ours: it either only saw its lease expire
         (Redis was away, or this worker was paused) and is still running, so the lease is set again,
         or our child has just recorded its end (the heartbeat came between the record and the slot's
-        update), so nothing is to be done. A task carrying another token was taken over, cancelled or
-        re-run: this attempt is pointless (its result would be refused)."""
+        update), so nothing is to be done. A task carrying another token (or none: its record is gone)
+        was taken over, cancelled, re-run or deleted: this attempt is pointless (its result would be
+        refused); the log line says which."""
         pipe = self.r.pipeline(transaction=False)
         for v in lost:
-            pipe.hmget(k.task(v.task), schema.TASK_STATE, schema.TASK_TOKEN)
+            pipe.hmget(k.task(v.task), schema.TASK_STATE, schema.TASK_TOKEN, schema.TASK_REASON, schema.TASK_HOST)
         gone = []
-        for v, (state, token) in zip(lost, pipe.execute()):
-            if token == v.token.encode():
-                if state == schema.RUNNING.encode():
+        for v, fields in zip(lost, pipe.execute()):
+            state, token, reason, host = (f.decode(errors="replace") if f else "" for f in fields)
+            if token == v.token:
+                if state == schema.RUNNING:
                     self.r.set(k.lease(v.task), v.token, nx=True, px=self.lease_ms)
                     logger.warning("lease of %s %s had expired; nobody took the task over: set again",
                                    k.name, v.task)
             else:
-                logger.warning("lease lost %s %s: the task was taken over or cancelled; killing this attempt",
-                               k.name, v.task)
+                logger.warning("lease lost %s %s: %s; killing this attempt", k.name, v.task,
+                               loss_reason(state, token, reason, host, v.token))
                 gone.append(v)
         return gone
 
@@ -135,8 +138,8 @@ class Bookkeeper:
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
-                logger.warning("the consumer group of %s is gone (Redis lost its data?); creating it again",
-                               k.name)
+                # its stream was deleted: `clean(all=True)`, or the server lost its data
+                logger.debug("the consumer group of %s is gone; creating it again", k.name)
                 self.ensure_groups()
                 continue
             if pending:

@@ -35,9 +35,11 @@ from .. import log, ops, shared
 from ..connection import connect
 from ..errors import is_transient
 from ..lease import new_token
-from ..runner import RELEASE, Outcome, Runner, completion, one_line, unrecordable
+from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, one_line, unrecordable
 from ..schema import DONE, GROUP, QueueKeys
+from .peers import what_became_of
 from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Backoff, Capture, kill_tree, live_children, prctl, rss
+from .refusals import Refuser
 from .slots import Slot
 
 logger = log.get("child")
@@ -88,6 +90,7 @@ class Child:
         self.pending: tuple[int, ops.Completion] | None = None
         self.backoff = Backoff()
         self.claim_args = ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host, cfg.worker_id)
+        self.refuser = Refuser(self.r, self.scripts, cfg.host, slot)
 
     # --- Redis side -------------------------------------------------------------------------
     def _claim_args(self, token: str, sid: str = "") -> ops.ClaimArgs:
@@ -113,8 +116,8 @@ class Child:
             self.pending = (qi, c)
             kept = ops.complete(self.scripts, self.keys[qi], c)
         if not kept:
-            logger.warning("child %d: result of task %s refused: this attempt no longer holds the task (its "
-                           "lease was lost and another attempt took it over)", self.pid, c.task_id)
+            logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
+                           c.task_id, what_became_of(self.r, self.keys[qi], c.task_id, c.token))
         self.pending = None
         self.slot.end(c.outcome == DONE)
         self.wake()
@@ -166,15 +169,18 @@ class Child:
                 return qi, got
         return None
 
-    def recreate_groups(self, error: Exception) -> None:
-        """After NOGROUP (the stream was deleted, e.g. by a clean or FLUSHALL): create the groups again."""
-        if "NOGROUP" not in str(error):
-            return
+    def recreate_groups(self, error: Exception) -> bool:
+        """After NOGROUP (the stream was deleted while this child read it, e.g. by ``clean(all=True)``
+        or a FLUSHALL): create the groups again, quietly; True if that was the trouble."""
+        if not isinstance(error, redis.ResponseError) or not str(error).startswith(("NOGROUP", "UNBLOCKED")):
+            return False
         for k in self.keys:
             try:
                 self.r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
             except redis.RedisError:
                 pass  # BUSYGROUP, or Redis away: the next round tries again
+        logger.debug("child %d: a queue's stream was deleted; its consumer group is created again", self.pid)
+        return True
 
     def _release(self, k: QueueKeys, task_id: str, token: str) -> None:
         """Hand a task claimed by this call back at once (its attempt is not counted)."""
@@ -207,9 +213,10 @@ class Child:
         return blob
 
     def redis_trouble(self, e: redis.RedisError) -> None:
-        """A claim failed: say so, mend what can be mended, and pause before the next try."""
+        """A claim failed: mend what can be mended; else say so, and pause before the next try."""
+        if self.recreate_groups(e):
+            return
         logger.warning("child %d: Redis unreachable or refusing (%s); retrying", self.pid, one_line(e))
-        self.recreate_groups(e)
         self.backoff.pause()
 
     # --- running ----------------------------------------------------------------------------
@@ -233,9 +240,10 @@ class Child:
         try:
             loaded = self.runner.load(k, c)
             if isinstance(loaded, Outcome):
-                outcome = loaded
+                outcome = self.refused(k, c, loaded)
             else:
-                self.slot.arm(c.timeout or cfg.autokill)
+                self.refuser.loaded()
+                self.slot.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
                 outcome = self.runner.call(c, loaded)
         finally:
             if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
@@ -244,9 +252,10 @@ class Child:
             size = self.capture.stop()
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
             self._patiently(lambda: self._release(k, c.id, c.token))
+            logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id, outcome.reason)
+        if outcome.state in (RELEASE, REFUSED):
             self.slot.end(None)
             self.wake()
-            logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id, outcome.reason)
             return outcome
         out = self.capture.tail(size)
         if cfg.logfile:
@@ -261,16 +270,30 @@ class Child:
         async lanes record each task at once; output is not captured per task there.)"""
         lane.disarm()
         k = self.keys[qi]
+        outcome = self.refused(k, c, outcome)
         record = completion(c, outcome, b"", self.cfg.host)
-        if outcome.state == RELEASE:
+        if outcome.state == REFUSED:
+            pass
+        elif outcome.state == RELEASE:
             self._patiently(lambda: self._release(k, c.id, c.token))
         elif not self._patiently(lambda: ops.complete(self.scripts, k, record)):
-            logger.warning("child %d: result of task %s refused: this attempt no longer holds it", self.pid, c.id)
-        lane.end(None if outcome.state == RELEASE else outcome.state == DONE)
+            logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
+                           c.id, what_became_of(self.r, k, c.id, c.token))
+        lane.end(None if outcome.state in (RELEASE, REFUSED) else outcome.state == DONE)
         self.wake()
+        if outcome.state == REFUSED:
+            return lane
         self.log_end(k, c.id, outcome)
         self.tasks_run += 1
         return lane
+
+    def refused(self, k: QueueKeys, c: ops.Claimed, outcome: Outcome) -> Outcome:
+        """``outcome`` of failing to load ``c``, unless it may be this host's fault: then the task is
+        handed to another host (:mod:`forrestq.worker.refusals`), and the outcome says REFUSED, or
+        the failure names every host that refused it."""
+        if not outcome.refusal:
+            return outcome
+        return self._patiently(lambda: self.refuser.refuse(k, c, outcome))
 
     def log_end(self, k: QueueKeys, task_id: str, outcome: Outcome) -> None:
         """The task-end line (INFO: ``--quiet`` hides it)."""
@@ -294,6 +317,7 @@ class Child:
                 if why:
                     logger.debug("child %d: replaced: %s", self.pid, why)
                     break
+                self.refuser.pause(self.slot)  # after a refusal: not straight back to the queue
         self.flush()
 
     def retire_reason(self, outcome: Outcome) -> str:
@@ -341,7 +365,9 @@ class AsyncLanes:
 
     def claim_while_free(self) -> None:
         child = self.child
-        while self.free and not child.slot.stop:
+        if not self.running:
+            child.refuser.pause(child.slot)  # after a refusal, and nothing else to do: wait a little
+        while self.free and not child.slot.stop and time.monotonic() >= child.refuser.ready_at:
             try:
                 claimed = child.next_task(block=not self.running)
                 child.backoff.reset()
@@ -361,7 +387,8 @@ class AsyncLanes:
         if isinstance(loaded, Outcome):
             self.free.append(child.record(lane, qi, c, loaded))
             return
-        lane.arm(c.timeout or child.cfg.autokill)
+        child.refuser.loaded()
+        lane.arm(c.timeout or child.cfg.autokill, own=c.timeout > 0)
         t0 = time.perf_counter()
         try:
             value = loaded.fn(*loaded.args, **loaded.kwargs)

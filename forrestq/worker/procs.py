@@ -90,11 +90,11 @@ def signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def signal_reason(status: int, autokill: float | None = None) -> str:
-    """Why a child ended (its wait status), in words a person can act on; ``autokill``: the time
-    limit the worker killed it for."""
-    if autokill is not None:
-        return f"killed after {autokill:g} s (autokill)"
+def signal_reason(status: int, limit: float | None = None, own: bool = False) -> str:
+    """Why a child ended (its wait status), in words a person can act on; ``limit``: the time limit
+    the worker killed it for, ``own``: the task's own timeout (else the worker's --autokill)."""
+    if limit is not None:
+        return f"killed after {limit:g} s ({'timeout of this task' if own else 'worker --autokill'})"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         hint = " (out of memory?)" if sig == signal.SIGKILL else ""

@@ -26,6 +26,7 @@ class SlotView(NamedTuple):
     max_attempts: int
     started: float  # time.monotonic() when the user's code started (the clock is system-wide)
     timeout: float  # seconds allowed from ``started``, 0 = no limit (loading, recording, none set)
+    own_limit: bool  # the limit is the task's own ``timeout`` (else the worker's --autokill)
 
 
 class Slot(ctypes.Structure):
@@ -35,6 +36,7 @@ class Slot(ctypes.Structure):
         ("seq", ctypes.c_uint64),
         ("busy", ctypes.c_uint8),
         ("stop", ctypes.c_uint8),  # set by the parent: finish the current task, then exit
+        ("own_limit", ctypes.c_uint8),  # the time limit is the task's own timeout, not --autokill
         ("queue", ctypes.c_uint16),
         ("attempts", ctypes.c_uint16),
         ("max_attempts", ctypes.c_uint16),
@@ -42,6 +44,9 @@ class Slot(ctypes.Structure):
         ("timeout", ctypes.c_double),
         ("done", ctypes.c_uint64),
         ("failed", ctypes.c_uint64),
+        # signature hand-backs in a row (forrestq.worker.refusals), written by the child only; outside
+        # the seqlock: a lone counter, read on its own
+        ("refused", ctypes.c_uint32),
         ("task", ctypes.c_char * 64),
         ("token", ctypes.c_char * 24),
     ]
@@ -54,10 +59,11 @@ class Slot(ctypes.Structure):
         self.timeout, self.started, self.busy = 0.0, time.monotonic(), 1
         self.seq += 1
 
-    def arm(self, timeout: float) -> None:
-        """The user's code starts now, with this time limit (0 = none)."""
+    def arm(self, timeout: float, own: bool = False) -> None:
+        """The user's code starts now, with this time limit (0 = none); ``own``: the limit is the
+        task's own timeout rather than the worker's --autokill."""
         self.seq += 1
-        self.started, self.timeout = time.monotonic(), timeout
+        self.started, self.timeout, self.own_limit = time.monotonic(), timeout, own
         self.seq += 1
 
     def disarm(self) -> None:
@@ -83,7 +89,7 @@ class Slot(ctypes.Structure):
             s1 = self.seq
             if s1 % 2 == 0:
                 got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
-                               self.attempts, self.max_attempts, self.started, self.timeout)
+                               self.attempts, self.max_attempts, self.started, self.timeout, bool(self.own_limit))
                 if self.seq == s1:
                     return got
 

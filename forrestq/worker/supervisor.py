@@ -15,13 +15,19 @@ as a signal or a child wakes the worker: ``reap`` (collect dead children, settle
 
 What becomes of a task whose child died:
 
-* killed by the worker for its time limit: failed, "killed after N s (autokill)";
+* killed by the worker for its time limit: failed, "killed after N s (timeout of this task)" for the
+  task's own ``timeout``, "killed after N s (worker --autokill)" for the worker's default;
 * killed by the worker because it is stopping: handed back, the attempt not counted;
 * killed by the worker because its lease was lost (the task was taken over or cancelled): nothing
   to record, the task is someone else's;
 * SIGKILLed by someone else (the OOM killer, an operator): handed back, the attempt counted; failed
   once it has used up its attempts;
 * any other death (a segfault, ``os._exit``, an abort): failed, with the signal or the exit code.
+
+A task a child cannot load for a reason of this host (a missing module, another secret) is handed
+to another host (:mod:`forrestq.worker.refusals`); a worker whose children keep refusing payloads
+for their signature stops claiming (:meth:`Worker.check_refusals`), says why in one line, and shows it
+in ``forrestq status`` until it is restarted with the right secret.
 
 Redis may be away for a while: writes the worker owes (a failure, a hand-back) wait in an outbox
 (:class:`~forrestq.worker.bookkeeping.Bookkeeper`) and are retried every round; the supervision
@@ -33,6 +39,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
@@ -44,11 +51,12 @@ from redis.retry import Retry
 
 from .. import log, schema, signing
 from ..connection import connect, resolve_url
-from ..errors import ConfigError, TaskKilled
+from ..errors import ConfigError, TaskKilled, shown
 from ..schema import QueueKeys
 from .bookkeeping import Bookkeeper
 from .child import ChildConfig, child_main
 from .procs import PR_SET_CHILD_SUBREAPER, kill_tree, killpg, own_children, prctl, rss, signal_reason
+from .refusals import SIGNATURE_LIMIT, stop_claiming_words
 from .slots import SlotTable, SlotView
 
 logger = log.get("worker")
@@ -81,6 +89,9 @@ class WorkerConfig:
     sweep_interval: float | None = None  # default: lease / 3, at most 5 s
     heartbeat: float | None = None  # default: lease / 3
     async_concurrency: int = 1  # coroutine tasks one child may run at once (IO-bound work)
+    # directories put in front of the import path of the children (``--path``), before the working
+    # directory, which is always put there (as ``python -m`` does, and RQ and Celery)
+    paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.procs < 1:
@@ -91,14 +102,23 @@ class WorkerConfig:
             raise ConfigError("at least one queue is needed")
         if not 1 <= self.async_concurrency <= 64:
             raise ConfigError(f"--async-concurrency must be from 1 to 64, not {self.async_concurrency}")
+        for path in self.paths:
+            if not isinstance(path, str) or not os.path.isdir(path):
+                raise ConfigError(f"--path {shown(path)}: no such directory")
+
+    def import_paths(self) -> list[str]:
+        """What the children find modules in, before the rest of ``sys.path``: ``paths``, then the
+        working directory (absolute: a task may change directory)."""
+        return [os.path.abspath(p) for p in (*self.paths, os.getcwd())]
 
 
 class Kill(NamedTuple):
     """A child this worker killed: why, and the token of the task it held then."""
 
-    why: str  # "autokill" | "stop" | "lost" (the task was taken over)
+    why: str  # "autokill" (a time limit) | "stop" | "lost" (the task was taken over)
     token: str
     limit: float = 0.0
+    own: bool = False  # with "autokill": the limit is the task's own timeout, not --autokill
 
 
 class Worker:
@@ -123,6 +143,7 @@ class Worker:
         self.killed: dict[int, Kill] = {}  # pid -> why this worker killed it
         self.crashes: list[list[float]] = [[] for _ in range(cfg.procs)]  # per child index, monotonic times
         self.stopping = 0.0  # monotonic time the stop began, 0 = running
+        self.refusing = ""  # why this worker stopped claiming tasks ("": it claims)
         self.stop_announced = False
         self.hard_stop = False
         self.retired_done = 0
@@ -141,6 +162,7 @@ class Worker:
             while self.pids or not self.stopping:
                 self.sleep()
                 self.reap()
+                self.check_refusals()
                 self.enforce_timeouts()
                 self.stop_round()
                 self.redis_round()
@@ -152,6 +174,10 @@ class Worker:
 
     def setup(self) -> None:
         self.books.ensure_groups()
+        # the children import tasks' modules from the working directory and --path, whether this
+        # process was started as `python -m forrestq` (which puts the working directory there) or
+        # as the `forrestq` console script (which does not)
+        sys.path[0:0] = [p for p in dict.fromkeys(self.cfg.import_paths()) if p not in sys.path]
         # A task's orphans (e.g. started in a new session, so out of reach of killpg) come to this
         # process, which kills them once the child that ran the task is gone.
         self.foreign = set(own_children())
@@ -195,7 +221,7 @@ class Worker:
         now = time.monotonic()
         lanes = self.slots.lanes(index)
         for slot in lanes:
-            slot.busy, slot.stop = 0, 0
+            slot.busy, slot.stop, slot.refused = 0, 0, 0
         cfg = self.child_config(index)
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
@@ -229,7 +255,7 @@ class Worker:
     def fill_vacant(self) -> None:
         now = time.monotonic()
         for index, when in list(self.vacant.items()):
-            if when <= now and not self.stopping:
+            if when <= now and not self.stopping and not self.refusing:
                 del self.vacant[index]
                 self.spawn(index)
 
@@ -257,7 +283,7 @@ class Worker:
                 if view.busy:
                     held = True
                     self.settle(view, status, kill)
-            if not self.stopping:
+            if not self.stopping and not self.refusing:
                 crashed = not held and kill is None and status != 0  # a retiring child exits 0
                 self.vacant[index] = self.respawn_at(index, crashed)
 
@@ -271,7 +297,7 @@ class Worker:
         elif kill is not None and kill.why == "lost":
             pass  # the task is someone else's now
         elif kill is not None:
-            self.fail(k, view, signal_reason(status, kill.limit))
+            self.fail(k, view, signal_reason(status, kill.limit, kill.own))
         elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
             if view.attempts >= view.max_attempts:
                 self.fail(k, view, f"{signal_reason(status)}; attempt {view.attempts} of {view.max_attempts}")
@@ -291,7 +317,23 @@ class Worker:
                     break
                 view = slot.read()
                 if view.busy and view.timeout > 0 and now - view.started > view.timeout:
-                    self.kill(pid, Kill("autokill", view.token, view.timeout))
+                    self.kill(pid, Kill("autokill", view.token, view.timeout, view.own_limit))
+
+    def check_refusals(self) -> None:
+        """Stop claiming once the children handed back SIGNATURE_LIMIT payloads in a row for their
+        signature (each while a worker with another secret served the queue): this worker's secret is
+        not the producers'. Said once (ERROR) and published; the worker stays up, idle, until stopped."""
+        if self.refusing or self.stopping:
+            return
+        refused = sum(self.slots.first(i).refused for i in self.pids.values())
+        if refused < SIGNATURE_LIMIT:
+            return
+        line, self.refusing = stop_claiming_words(self.r, self.id, self.cfg.queues, refused)
+        logger.error("%s", line)
+        self.vacant.clear()
+        for slot in self.slots.all:
+            slot.stop = 1  # each child finishes what it holds and leaves; none is started again
+        self.next_beat = 0.0  # `forrestq status` shows it at once
 
     def kill(self, pid: int, why: Kill) -> None:
         self.killed[pid] = why
@@ -338,7 +380,8 @@ class Worker:
                 schema.WORKER_BUSY: busy, schema.WORKER_DONE: done, schema.WORKER_FAILED: failed,
                 schema.WORKER_RSS: rss([os.getpid(), *self.pids]), schema.WORKER_QUEUES: ",".join(c.queues),
                 schema.WORKER_STARTED: self.started, schema.WORKER_BEAT: time.time(),
-                schema.WORKER_STOPPING: 1 if self.stopping else 0}
+                schema.WORKER_STOPPING: 1 if self.stopping else 0,
+                schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing}
         self.books.publish(info, max(3, int(self.beat_every * 3) + 1))
         self.reported, self.reported_at = self.tally(), time.monotonic()
 

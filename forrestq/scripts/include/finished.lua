@@ -3,7 +3,3 @@
 local function announce(finished, id, gen)  -- gen: the task's TASK_GEN (nil: '0')
   redis.call('XADD', finished, '*', ENTRY_TASK, id, ENTRY_GEN, gen or '0')
 end
-local function close_root(finished, counts, id, gen)  -- a root just finished: announce it, one less open
-  announce(finished, id, gen)
-  redis.call('HINCRBY', counts, COUNT_OPEN, -1)
-end
