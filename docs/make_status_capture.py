@@ -80,7 +80,7 @@ def capture(out_dir: Path) -> str:
                      and any(w["busy"] == 4 for w in gather(r)["workers"]), what="busy workers")
             data = gather(r)
             with open(os.devnull, "w") as devnull:
-                console = Console(record=True, width=100, force_terminal=True, color_system="truecolor",
+                console = Console(record=True, width=120, force_terminal=True, color_system="truecolor",
                                   file=devnull, markup=False, emoji=False)
                 console.print(render_status(data, describe(server.url)))
             out_dir.mkdir(parents=True, exist_ok=True)

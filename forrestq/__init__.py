@@ -6,10 +6,10 @@ from .errors import (AuthFailed, Cancelled, ConfigError, ForrestqError, GraphErr
 from .plan import evaluate
 from .queue import Queue
 from .task import Task, TaskRef
+from .version import __version__
 
 __all__ = ["Queue", "Task", "TaskRef", "defer", "evaluate",
            "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "LeaseLostWarning",
            "NotClaimed", "RemoteError", "SerializationError", "ServerUnreachable", "SignatureMismatch",
            "TaskFailed", "TaskKilled", "TaskLost", "UnknownQueue", "UnknownTask", "UpstreamFailed",
            "WorkerImportError"]
-__version__ = "0.1.0"

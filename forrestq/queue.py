@@ -134,7 +134,8 @@ class Queue:
     def results(self, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
         """Yield each root task of the queue once it has finished, on whichever machine; return when no
         root task is left unfinished. Blocks on Redis (no polling). ``timeout``: seconds without
-        progress before ``TimeoutError``. In debug mode the tasks run here."""
+        progress before ``TimeoutError``. While nothing finishes, the bar (and the TimeoutError) says
+        when no live worker serves the queue. In debug mode the tasks run here."""
         reading.check_timeout(timeout)
         if self.local:
             return run_inline(self.core, progress=progress, timeout=timeout)

@@ -3,18 +3,29 @@
 Everything here is read from counters and sorted sets, never from a scan of a queue's tasks, so
 ``forrestq status`` answers in a few round trips whatever the size of the queue:
 
-* counts per state come from ``fq:{q}:counts`` (what :meth:`forrestq.Queue.counts` reads),
+* counts per state come from ``fq:{q}:counts`` (what :meth:`forrestq.Queue.counts` reads): they
+  count DAG nodes (one per deferred call); the same hash counts the roots, the tasks users scheduled
+  (:func:`forrestq.reading.roots_of`), shown apart,
 * rates (tasks per minute over the last minute) are ``ZCOUNT`` on ``fq:{q}:done`` / ``fq:{q}:failed``,
   which are scored by finish time (O(log n)),
 * workers are the ``fq:workers`` zset (id -> last heartbeat) plus one ``fq:w:<id>`` hash each; the
   hash has a TTL of three heartbeats, so a worker whose hash is gone stopped beating: it is shown
   as ``lost``, and dropped from the zset once its last heartbeat is :data:`DROP_AFTER` seconds old.
+  A live worker serves its queues unless it stops or refuses tasks (the rule of
+  :func:`forrestq.reading.worker_serves`); a queue with unfinished tasks and no worker serving it is
+  listed as ``unserved``.
+
+Listing tasks in a state of the todo zset (waiting, ready, running) reads the states of the whole
+zset in pipelined batches, oldest first, and stops once the counters say every task in that state
+was found (or ``limit`` were), or after :data:`SCAN_SECONDS` (the listing is then marked partial).
 
 All functions take a plain ``redis.Redis`` (bytes responses) and return plain data (dicts, lists,
 :class:`~forrestq.task.Task`), so the same data feeds the rich tables and ``--json``.
 """
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
@@ -24,17 +35,21 @@ import redis
 from . import schema
 from .codec import load_args
 from .errors import UnknownQueue, UnknownTask
+from .reading import fetch_records, roots_of
 from .schema import QueueKeys, check_name
 from .task import Task
 
 __all__ = ["RATE_WINDOW", "DROP_AFTER", "queue_names", "resolve_queues", "queue_status", "worker_status", "gather",
-           "find_task", "queues_of", "list_tasks", "list_tasks_of", "summarize_call", "task_history", "short_repr",
+           "serves", "find_task", "queues_of", "records", "list_tasks", "list_tasks_of", "why_not_cancelled",
+           "why_not_requeued", "summarize_call", "task_history", "short_repr", "short_error", "json_value",
            "human_bytes", "human_age", "human_duration"]
 
 RATE_WINDOW = 60.0  # seconds: rates are tasks finished in the last minute
 DROP_AFTER = 300.0  # seconds since the last heartbeat after which a lost worker is removed
-TODO_SCAN_LIMIT = 20_000  # unfinished tasks examined at most when filtering them by state
+SCAN_BATCH = 2_000  # unfinished tasks whose state is read per round trip when filtering by state
+SCAN_SECONDS = 30.0  # longest time spent filtering unfinished tasks by state
 LISTED_STATES = ("waiting", "ready", "running", "done", "failed")
+UNFINISHED = (schema.WAITING, schema.READY, schema.RUNNING)
 
 
 def _s(value: bytes | str | None, default: str = "") -> str:
@@ -77,9 +92,10 @@ def resolve_queues(r: redis.Redis, queue: str | None) -> list[str]:
 
 
 def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None) -> dict[str, dict[str, Any]]:
-    """Per queue: the counts of :meth:`Queue.counts` (waiting, ready, running, done, failed) plus
-    ``done_per_min`` and ``failed_per_min`` over the last :data:`RATE_WINDOW` seconds, and ``retrying``:
-    how many of the ``ready`` ones wait out a retry backoff (``fq:{q}:delayed``). One round trip."""
+    """Per queue: the counts of :meth:`Queue.counts` (waiting, ready, running, done, failed: DAG
+    nodes) plus ``done_per_min`` and ``failed_per_min`` over the last :data:`RATE_WINDOW` seconds,
+    ``retrying``: how many of the ``ready`` ones wait out a retry backoff (``fq:{q}:delayed``), and
+    ``roots``: the tasks users scheduled, ``{"unfinished", "done", "failed"}``. One round trip."""
     now = time.time() if now is None else now
     pipe = r.pipeline(transaction=False)
     for name in names:
@@ -98,6 +114,7 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
         row["done_per_min"] = round(done_n * scale, 1)
         row["failed_per_min"] = round(failed_n * scale, 1)
         row["retrying"] = delayed_n  # of ``ready``: waiting out a retry backoff
+        row["roots"] = roots_of(raw)
         out[name] = row
     return out
 
@@ -112,9 +129,10 @@ _INT_FIELDS = (schema.WORKER_PID, schema.WORKER_PROCS, schema.WORKER_BUSY, schem
 def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = DROP_AFTER,
                   prune: bool = True) -> list[dict[str, Any]]:
     """Every worker in ``fq:workers``, sorted by host then pid, as dicts with the fields of its hash
-    (host, pid, procs, busy, done, failed, rss, queues, started, beat, stopping) plus ``id``,
-    ``age`` (seconds since the last heartbeat) and ``state``: ``running``, ``stopping`` or ``lost``
-    (its hash expired: no heartbeat for three heartbeat intervals).
+    (host, pid, procs, busy, done, failed, rss, queues, started, beat, stopping, fingerprint of its
+    secret, refusing: why it stopped claiming, "" while it claims) plus ``id``, ``age`` (seconds since
+    the last heartbeat) and ``state``: ``running``, ``stopping``, ``refusing`` or ``lost`` (its hash
+    expired: no heartbeat for three heartbeat intervals).
 
     With ``prune``, lost workers whose last heartbeat is older than ``drop_after`` are removed from
     ``fq:workers`` (ZREM only if the score did not change meanwhile) and not returned."""
@@ -150,14 +168,16 @@ def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
             info[name] = _num(f.get(name), int, 0)
         info["started"] = _num(f.get(schema.WORKER_STARTED), float)
         info["queues"] = [q for q in _s(f.get(schema.WORKER_QUEUES)).split(",") if q]
-        info["state"] = "stopping" if info["stopping"] else "running"
+        info["fingerprint"] = _s(f.get(schema.WORKER_FINGERPRINT))
+        info["refusing"] = _s(f.get(schema.WORKER_REFUSING))
+        info["state"] = "stopping" if info["stopping"] else "refusing" if info["refusing"] else "running"
     else:  # the hash expired: only the id (host:pid:nonce) and the last beat are left
         parts = wid.rsplit(":", 2)  # worker ids are host:pid:nonce
         host = parts[0] if len(parts) == 3 else wid
         pid_text = parts[1] if len(parts) == 3 else ""
         info.update(host=host or wid, pid=int(pid_text) if pid_text.isdigit() else None,
                     procs=None, busy=None, done=None, failed=None, rss=None, queues=[],
-                    started=None, stopping=0, state="lost")
+                    started=None, stopping=0, fingerprint="", refusing="", state="lost")
     info["beat"] = _num(f.get(schema.WORKER_BEAT), float, score)
     return info
 
@@ -171,17 +191,29 @@ def _drop_worker(r: redis.Redis, wid: bytes, score: float) -> None:
 # ------------------------------------------------------------------------------------------ gather
 
 
+def serves(worker: dict[str, Any], queue: str) -> bool:
+    """Whether a worker of :func:`worker_status` is live and serves ``queue``: the rule of
+    :func:`forrestq.reading.worker_serves` (not lost, not stopping, not refusing tasks)."""
+    return worker["state"] == "running" and queue in worker["queues"]
+
+
 def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
            prune: bool = True) -> dict[str, Any]:
-    """Everything ``forrestq status`` shows: ``{"time", "queues": {name: counts + rates},
-    "workers": [...]}``. With ``queue``, only that queue (UnknownQueue if there is none) and the
-    workers serving it."""
+    """Everything ``forrestq status`` shows: ``{"time", "queues": {name: counts + rates + roots +
+    workers}, "workers": [...], "unserved": [...]}``. Each queue's ``workers`` is the number of live
+    workers serving it (:func:`serves`); ``unserved`` names the queues with unfinished tasks and no
+    such worker (nothing will run them). With ``queue``, only that queue (UnknownQueue if there is
+    none) and the workers serving it (and the lost ones)."""
     now = time.time() if now is None else now
     names = resolve_queues(r, queue)
     workers = worker_status(r, now, prune=prune)
+    queues = queue_status(r, names, now)
+    for name, row in queues.items():
+        row["workers"] = sum(1 for w in workers if serves(w, name))
+    unserved = [name for name, row in queues.items() if not row["workers"] and sum(row[s] for s in UNFINISHED)]
     if queue is not None:
         workers = [w for w in workers if queue in w["queues"] or w["state"] == "lost"]
-    return {"time": now, "queues": queue_status(r, names, now), "workers": workers}
+    return {"time": now, "queues": queues, "workers": workers, "unserved": unserved}
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -209,49 +241,59 @@ def queues_of(r: redis.Redis, ids: Iterable[str], queue: str | None = None) -> d
     return out
 
 
-def _fetch(r: redis.Redis, name: str, ids: Iterable[bytes | str]) -> list[Task]:
-    k = QueueKeys(name)
-    task_ids = [_s(i) for i in ids]
-    pipe = r.pipeline(transaction=False)
-    for i in task_ids:
-        pipe.hgetall(k.task(i))
-    return [Task(name, i, f) for i, f in zip(task_ids, pipe.execute()) if f]
+def records(r: redis.Redis, name: str, ids: Iterable[bytes | str]) -> list[Task]:
+    """The records of ``ids`` in queue ``name`` (without their argument payloads), in order;
+    missing ones left out."""
+    return fetch_records(r, QueueKeys(name), [_s(i) for i in ids])
+
 
 
 def list_tasks(r: redis.Redis, name: str, state: str | None = None, limit: int = 20,
-               scan_limit: int = TODO_SCAN_LIMIT) -> tuple[list[Task], bool]:
+               seconds: float = SCAN_SECONDS) -> tuple[list[Task], bool]:
     """Up to ``limit`` tasks of queue ``name``, and whether the listing may be incomplete.
 
     ``state`` done/failed: the most recent first (from the finish-time zsets). waiting/ready/running:
-    unfinished tasks oldest first, filtered by state from at most ``scan_limit`` of them (the todo
-    zset is ordered by creation, not by state). None: unfinished, then failed, then done."""
+    unfinished tasks oldest first, filtered by state (see :func:`_scan_todo`; incomplete only if it
+    ran out of ``seconds``). None: unfinished, then failed, then done."""
     k = QueueKeys(name)
     if limit <= 0:
         return [], False
-    if state in ("done", "failed"):
-        ids = _members(r.zrevrange(k.done if state == "done" else k.failed, 0, limit - 1))
-        return _fetch(r, name, ids), False
+    if state in schema.FINISHED_STATES:
+        ids = _members(r.zrevrange(k.done if state == schema.DONE else k.failed, 0, limit - 1))
+        return records(r, name, ids), False
     if state is None:
-        out = _fetch(r, name, _members(r.zrange(k.todo, 0, limit - 1)))
+        out = records(r, name, _members(r.zrange(k.todo, 0, limit - 1)))
         for key in (k.failed, k.done):
             if len(out) < limit:
-                out += _fetch(r, name, _members(r.zrevrange(key, 0, limit - len(out) - 1)))
+                out += records(r, name, _members(r.zrevrange(key, 0, limit - len(out) - 1)))
         return out[:limit], False
-    return _scan_todo(r, name, state, limit, scan_limit)
+    return _scan_todo(r, name, state, limit, seconds)
 
 
-def _scan_todo(r: redis.Redis, name: str, state: str, limit: int, scan_limit: int) -> tuple[list[Task], bool]:
-    """Unfinished tasks in ``state``, oldest first, from at most ``scan_limit`` of the todo zset."""
-    todo = QueueKeys(name).todo
-    out: list[Task] = []
-    start, page = 0, 500
-    while len(out) < limit and start < scan_limit:
-        ids = _members(r.zrange(todo, start, start + page - 1))
+def _scan_todo(r: redis.Redis, name: str, state: str, limit: int, seconds: float) -> tuple[list[Task], bool]:
+    """Unfinished tasks in ``state``, oldest first. The todo zset is ordered by creation, not by
+    state, so the states of its members are read in pipelined batches of :data:`SCAN_BATCH` (the
+    state field only) until ``limit`` are found, or as many as the counters say there are (a task
+    may change state meanwhile, so the counters only tell when to stop), or the zset ends; and
+    whether the search ran out of ``seconds`` first."""
+    k = QueueKeys(name)
+    expected = int(_s(cast("bytes | None", r.hget(k.counts, state)), "0") or 0)
+    wanted = min(limit, expected)
+    found: list[str] = []
+    deadline = time.monotonic() + seconds
+    start = 0
+    while len(found) < wanted:
+        if time.monotonic() > deadline:
+            return records(r, name, found), True
+        ids = [_s(i) for i in _members(r.zrange(k.todo, start, start + SCAN_BATCH - 1))]
         if not ids:
-            return out, False
-        out += [t for t in _fetch(r, name, ids) if t.state == state]
-        start += page
-    return out[:limit], len(out) < limit and start >= scan_limit
+            break
+        pipe = r.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hget(k.task(tid), schema.TASK_STATE)
+        found += [tid for tid, st in zip(ids, pipe.execute()) if _s(st) == state]
+        start += len(ids)
+    return records(r, name, found[:limit]), False
 
 
 def list_tasks_of(r: redis.Redis, names: Iterable[str], state: str | None = None,
@@ -267,6 +309,33 @@ def list_tasks_of(r: redis.Redis, names: Iterable[str], state: str | None = None
         if len(found) >= limit:
             break
     return found, partial
+
+
+# ------------------------------------------------------------------------- why nothing happened
+
+
+def why_not_cancelled(task: Task) -> str:
+    """Why ``cancel`` left ``task`` alone (it had finished already), for a person."""
+    if task.state == schema.DONE:
+        return f"task {task.id} is done already: nothing to cancel"
+    if task.state == schema.FAILED:
+        if task.reason == "cancelled":
+            return f"task {task.id} was cancelled already: nothing to cancel"
+        return f"task {task.id} failed already ({short_error(task.reason, 80)}): nothing to cancel"
+    return f"task {task.id} was not cancelled (state {task.state}): it may have just finished; try again"
+
+
+def why_not_requeued(task: Task, error_type: str | None, type_of: str) -> str:
+    """Why ``requeue --failed`` left ``task`` alone, for a person; ``type_of``: the name of its
+    exception type (the ``--error-type`` it would match)."""
+    if task.state != schema.FAILED:
+        return f"task {task.id} is not failed (state {task.state}): nothing to requeue"
+    if task.upstream:
+        return (f"task {task.id} failed because its input {task.upstream} failed: requeue that one "
+                f"(forrestq requeue --failed --id {task.upstream}), its dependents follow")
+    if error_type is not None and type_of != error_type:
+        return f"task {task.id} failed with {type_of}, not {error_type}: not requeued"
+    return f"task {task.id} was not requeued: it may have been requeued meanwhile"
 
 
 # ---------------------------------------------------------------------------------- one task's call
@@ -298,6 +367,50 @@ def short_repr(obj: Any, width: int = 60) -> str:
         text = f"<{type(obj).__name__} (repr failed: {type(exc).__name__})>"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# the exception type that opens a failure reason ("ValueError: ...", "could not load task
+# payload: WorkerImportError: ...", "input task X failed: KeyError: ...")
+_ERROR_TYPE = re.compile(r"(?<![\w.])((?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Warning|Exit|Interrupt|"
+                         r"Failed|Mismatch|Killed|Lost|Cancelled|Timeout)): ")
+_ADVICE = re.compile(r" \([^()]*\)$")
+
+
+def short_error(reason: str, width: int = 120) -> str:
+    """A failure reason on one line in at most ``width`` characters, keeping what a listing needs:
+    the text up to the exception type (which says what failed) and the *end* of the message (which
+    usually names the missing thing, the value or the host); the middle gives way, marked ``…``."""
+    text = " ".join(reason.split())
+    if len(text) <= width:
+        return text
+    advice = _ADVICE.search(text)  # a closing "(install it on the worker ...)": `show` has it
+    body, end = (text[: advice.start()], " (…)") if advice else (text, "")
+    if len(body) + len(end) <= width:
+        return body + end
+    m = _ERROR_TYPE.search(body)
+    head = ""
+    if m:  # what precedes the type too, if there is room for it
+        head = body[: m.end()] if m.end() <= width // 2 else m.group(0) if len(m.group(0)) <= width // 2 else ""
+    room = max(1, width - len(head) - len(end) - 1)
+    tail = body[-room:]
+    first, space, rest = tail.partition(" ")
+    if space and len(first) < 20 and body[-room - 1] != " ":  # start the tail at a word
+        tail = rest
+    return f"{head}…{tail}{end}"
+
+
+def json_value(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is: None, bool, int, finite float, str, and lists, tuples
+    and dicts with string keys of such (a tuple becomes a list; anything else is shown as its repr)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and json_value(v) for k, v in value.items())
+    return False
 
 
 def summarize_call(r: redis.Redis, task: Task, width: int = 60) -> str:

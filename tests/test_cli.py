@@ -94,6 +94,7 @@ def test_status_counts_and_workers_after_a_real_worker(url):
         text = cli("status").stdout
         assert row_of(text, "stat")[1:6] == ["0", "0", "0", "6", "1"]
         assert row_of(text, "stat")[6:8] == ["6", "1"]  # all finished within the last minute
+        assert row_of(text, "stat")[8:] == ["1", "7 (6 done, 1 failed)"]  # live workers; roots
         host, pid, queues, busy, done, failed, memory, beat, state = row_of(text, "hostS")
         assert (queues, busy, state) == ("stat", "0/2", "running")
         assert "MiB" in memory and beat.endswith("ago")
@@ -229,6 +230,8 @@ def _bad_inputs(url: str, password_server: ServerProcess) -> list[tuple[list[str
         (["tasks", "--state", "sleeping"], EXIT_USAGE, "bad --state 'sleeping'"),
         (["clean", "--yes"], EXIT_USAGE, "say what to delete"),
         (["requeue"], EXIT_USAGE, "--failed"),
+        (["worker", "--queue", "a b"], EXIT_USAGE, "bad queue name 'a b'"),
+        (["status", "--url", url.replace("redis://", "redis://nobody:pw@")], EXIT_AUTH, "refused the password"),
     ]
 
 
@@ -292,7 +295,7 @@ def test_tasks_lists_and_filters(url):
     (row,) = json.loads(cli("tasks", "--state", "failed", "--json").stdout)
     assert (row["id"], row["queue"], row["state"], row["function"]) == (bad.id, "lst", "failed", "tasks.crash")
     assert row["reason"] == "ValueError: listing failure" and row["host"] == "hostT"
-    assert row["metadata"] == "{'item': 7}" and row["runtime"] >= 0 and row["attempts"] == 1
+    assert row["metadata"] == {"item": 7} and row["runtime"] >= 0 and row["attempts"] == 1
     done = json.loads(cli("tasks", "-q", "lst", "-s", "done", "--json").stdout)
     assert sorted(t["id"] for t in done) == sorted(g.id for g in good)
     assert len(json.loads(cli("tasks", "--json", "--limit", "2").stdout)) == 2
@@ -367,7 +370,7 @@ def test_requeue_by_id(url, tmp_path):
     with worker(url, "rqid", 1):
         finished(q, 2)
     out = json.loads(cli("requeue", "--failed", "--id", b.id, "--json").stdout)
-    assert out == {"dry_run": False, "count": 1, "queues": {"rqid": [b.id]}}
+    assert out == {"dry_run": False, "count": 1, "queues": {"rqid": [b.id]}, "skipped": [], "reason": None}
     assert q.get(a).state == "failed" and q.get(b).state == "ready"
 
 
@@ -454,7 +457,8 @@ def test_clean_done_deletes_done_tasks_only(url, r):
         finished(q, 4)
     waiting = q.schedule(defer(tasks.identity, defer(tasks.identity, 1)))
     out = cli("clean", "--done", input="n\n")  # asks first; "no" deletes nothing
-    assert out.exit_code == EXIT_FAILURE and "delete done tasks (3) from 1 queue(s)?" in out.stderr
+    assert out.exit_code == 0 and "delete done tasks (3) from 1 queue(s)?" in out.stderr
+    assert out.stdout.strip() == "nothing deleted"
     assert q.counts()["done"] == 3
     out = cli("clean", "--done", "--yes")
     assert out.exit_code == 0 and out.stdout.strip() == "deleted 3 task(s) from 1 queue(s)"
@@ -471,7 +475,7 @@ def test_clean_done_deletes_done_tasks_only(url, r):
 
 def test_server_info_and_stop(fq_home):
     data = json.loads(cli("server", "--info", "--json").stdout)
-    assert data == {"running": False, "data_dir": str(fq_home)}
+    assert data == {"running": False, "state": "never started", "data_dir": str(fq_home)}
     ensure_local_server()
     data = json.loads(cli("server", "--info", "--json").stdout)
     assert data["running"] is True and data["data_dir"] == str(fq_home) and data["pid"] > 0

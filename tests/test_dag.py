@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-
 import tasks
-from forrestq import GraphError, Queue, UpstreamFailed, defer, evaluate
 from procs import worker
+
+from forrestq import GraphError, Queue, UpstreamFailed, defer, evaluate
 
 
 def lines(path):
@@ -228,7 +228,8 @@ def test_rerun_executes_the_code_as_it_is_now(url, tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("userlib_stale", None)
-    with worker(url, "stale", 1, env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}):
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    with worker(url, "stale", 1, env={"PYTHONPATH": path}):
         assert q.wait(ref, timeout=60).returnvalue == 1
         mod.write_text("def version():\n    return 2\n")
         st = mod.stat()

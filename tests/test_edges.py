@@ -48,15 +48,24 @@ def test_root_counts_count_what_was_scheduled_nodes_stay_apart(url: str) -> None
 # ---------------------------------------------------------------------- no live worker serves it
 
 
-def test_live_workers_counts_the_workers_serving_a_queue(url: str, r: redis.Redis) -> None:
+def heartbeat(r: redis.Redis, queue: str, log) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a live worker serving ``queue``; on failure say what the worker logged."""
+    try:
+        wait_for(lambda: reading.live_workers(r, queue) == 1, 30, what="the worker's first heartbeat")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; fq:workers {r.zrange(schema.WORKERS, 0, -1)}; log: {log.read_text()[-3000:]}")
+
+
+def test_live_workers_counts_the_workers_serving_a_queue(url: str, r: redis.Redis, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert reading.live_workers(r, "served") == 0
-    with worker(url, ["other", "served"], 1):
-        wait_for(lambda: reading.live_workers(r, "served") == 1, 30, what="the worker's first heartbeat")
+    log = tmp_path / "worker.log"
+    with worker(url, ["other", "served"], 1, log=log):
+        heartbeat(r, "served", log)
         assert reading.live_workers(r, "other") == 1 and reading.live_workers(r, "nobody") == 0
     assert reading.live_workers(r, "served") == 0  # a stopped worker deletes its hash
 
 
-def test_a_timeout_says_when_no_live_worker_serves_the_queue(url: str) -> None:
+def test_a_timeout_says_when_no_live_worker_serves_the_queue(url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     q = Queue("lonely")
     ref = q.schedule(defer(tasks.identity, 1))
     hint = "and no live worker serves queue 'lonely'; start one with: forrestq worker --queue lonely"
@@ -69,8 +78,9 @@ def test_a_timeout_says_when_no_live_worker_serves_the_queue(url: str) -> None:
     with pytest.raises(TimeoutError, match=hint):
         q.map(tasks.identity, [1, 2], timeout=0.3, progress=False)
     assert time.monotonic() - t0 < 20
-    with worker(url, "lonely", 1):  # once one serves it, a timeout says nothing of workers
-        wait_for(lambda: reading.live_workers(q.r, "lonely"), 30, what="the worker's heartbeat")
+    log = tmp_path / "worker.log"
+    with worker(url, "lonely", 1, log=log):  # once one serves it, a timeout says nothing of workers
+        heartbeat(q.r, "lonely", log)
         slow = q.schedule(defer(tasks.sleep_then, 30))
         with pytest.raises(TimeoutError) as got:
             q.wait(slow, timeout=0.5)
@@ -302,9 +312,10 @@ def test_a_main_function_that_uses_forrestq_runs_on_a_worker(url: str, tmp_path)
                           timeout=60)
     assert made.returncode == 0, made.stderr
     q = Queue("usesfq")
-    with worker(url, "usesfq", 1):
+    log = tmp_path / "worker.log"
+    with worker(url, "usesfq", 1, log=log):
         task = q.wait(made.stdout.strip(), timeout=60)
-    assert task.state == "done", task.reason
+    assert task.state == "done", (task.reason, log.read_text()[-3000:])
     assert task.returnvalue == (forrestq.__version__, "done", "defer")
 
 

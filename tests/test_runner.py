@@ -1,20 +1,25 @@
 """The runner (load, call, judge) without Redis: outcomes, retries, stale code, serialisation failures,
-the completion it makes; and the shared-memory slots' seqlock. Fast unit tests."""
+refusals, the completion it makes; the shared-memory slots' seqlock; and the worker's words for a
+time limit and a lost attempt, and its import paths. Fast unit tests."""
 from __future__ import annotations
 
 import asyncio
 import os
 import pickle
+import signal
 import sys
 import time
 import types
 
 import pytest
 
-from forrestq import codec, ops, runner
-from forrestq.errors import StaleCode
+from forrestq import codec, ops, runner, signing
+from forrestq.errors import ConfigError, StaleCode
 from forrestq.runner import RELEASE, Outcome, Runner, completion, invoke, unrecordable
-from forrestq.schema import DONE, FAILED, RETRY, QueueKeys
+from forrestq.schema import DONE, FAILED, READY, RETRY, RUNNING, QueueKeys
+from forrestq.worker import WorkerConfig
+from forrestq.worker.peers import loss_reason
+from forrestq.worker.procs import signal_reason
 from forrestq.worker.slots import Slot, SlotTable
 
 K = QueueKeys("unit")
@@ -157,3 +162,67 @@ def test_slot_seqlock_round_trip():
     slot.end(False)
     assert not slot.read().busy and (slot.done, slot.failed) == (1, 1) and slot.seq % 2 == 0
     assert isinstance(Slot(), Slot)
+
+
+def test_a_load_failure_of_this_host_is_marked_as_a_refusal(tmp_path, monkeypatch):
+    """A missing module or a bad signature may be this host's fault: the outcome says which, so a
+    worker child can hand the task to another host; debug mode records the failure as it is."""
+    (tmp_path / "fq_gone_mod.py").write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fq_gone_mod
+
+    c, blobs = make_claimed(fq_gone_mod.f)
+    monkeypatch.delitem(sys.modules, "fq_gone_mod")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    o = Runner(blobs.get, "h").run(K, c)
+    assert o.state == FAILED and o.refusal == runner.MISSING_IMPORT
+    assert o.reason.startswith("could not load task payload: WorkerImportError: cannot import module 'fq_gone_mod'")
+    try:
+        signing.set_secret("one secret")
+        c, blobs = make_claimed(add, 1)
+        signing.set_secret("another secret")
+        o = Runner(blobs.get, "h").run(K, c)
+        assert o.state == FAILED and o.refusal == runner.BAD_SIGNATURE and "SignatureMismatch" in o.reason
+    finally:
+        signing.use_environment()
+    c, blobs = make_claimed(add, 1)
+    c.args = b"\x00garbage"
+    assert Runner(blobs.get, "h").run(K, c).refusal == ""  # the payload's own fault: no refusal
+    assert run(boom, "x").refusal == ""
+
+
+def test_slot_carries_whose_time_limit_and_the_refusal_count():
+    slot = SlotTable(1, 1).first(0)
+    slot.begin(0, "t", "k", 1, 3)
+    slot.arm(2.0, own=True)
+    assert slot.read().own_limit and slot.read().timeout == 2.0
+    slot.arm(5.0)
+    assert not slot.read().own_limit
+    slot.refused += 1
+    assert slot.refused == 1 and slot.seq % 2 == 0
+
+
+def test_time_limit_reasons_say_whose_limit_it_was():
+    status = signal.SIGKILL  # a wait status: killed by SIGKILL
+    assert signal_reason(status, 2.0, own=True) == "killed after 2 s (timeout of this task)"
+    assert signal_reason(status, 300.0) == "killed after 300 s (worker --autokill)"
+    assert signal_reason(status) == "killed by signal 9 (SIGKILL) (out of memory?)"
+
+
+def test_a_lost_attempt_is_told_what_became_of_its_task():
+    assert loss_reason("", "", "", "", "mine").startswith("the task record is gone (deleted by a clean, or the "
+                                                          "server lost its data)")
+    assert loss_reason(FAILED, "cancel-x", "cancelled", "h", "mine") == "the task was cancelled"
+    assert loss_reason(RUNNING, "other", "", "h2", "mine").startswith("another attempt on host h2 took it over")
+    assert loss_reason(DONE, "other", "", "h2", "mine").startswith("another attempt on host h2 recorded it as done")
+    assert loss_reason(READY, "", "", "", "mine").startswith("it was requeued or handed back meanwhile")
+    assert "another attempt" not in loss_reason(FAILED, "cancel-x", "cancelled", "h", "mine")
+
+
+def test_worker_paths_must_exist_and_come_before_the_working_directory(tmp_path):
+    with pytest.raises(ConfigError, match="--path '/no/such/dir': no such directory"):
+        WorkerConfig(paths=["/no/such/dir"])
+    with pytest.raises(ConfigError, match=r"\.\.\.: no such directory"):
+        WorkerConfig(paths=["x" * 500])  # echoed, cut to a readable length
+    cfg = WorkerConfig(paths=[str(tmp_path), "."])
+    assert cfg.import_paths() == [str(tmp_path), os.getcwd(), os.getcwd()]

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
 import ssl
 import subprocess
@@ -28,16 +30,16 @@ from urllib.parse import quote
 
 import pytest
 import redis
-
 import tasks
-from forrestq import ConfigError, Queue, codec, defer, signing
+from helpers import free_port
+from procs import worker, worker_env
+
+from forrestq import ConfigError, Queue, codec, defer, schema, signing
 from forrestq.connection import connect
 from forrestq.errors import AuthFailed, SerializationError, ServerUnreachable, SignatureMismatch
 from forrestq.plan import evaluate
 from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess, server_binary
-from helpers import free_port
-from procs import worker, worker_env
 
 SECRET = "correct horse battery staple"
 
@@ -268,9 +270,10 @@ def test_producer_and_worker_sharing_the_secret(url, r, tmp_path):
     # the CLI reads the signed arguments and metadata with the secret, and says why it cannot without
     shown = json.loads(fq("show", plain.id, "--json", "--url", url, env={"FORRESTQ_SECRET": SECRET}).stdout)
     assert shown["call"].endswith("add(2, 3)")
-    assert shown["metadata"] == "{'item': 1}"
+    assert shown["metadata"] == {"item": 1}  # JSON where the value is JSON-representable
     shown = json.loads(fq("show", plain.id, "--json", "--url", url).stdout)
-    assert "SignatureMismatch" in shown["call"] and "no secret" in shown["metadata"]
+    assert "SignatureMismatch" in shown["call"] and "no secret" in shown["call"]
+    assert "SignatureMismatch" in str(shown["metadata"])
 
 
 def test_payload_written_by_hand_with_a_wrong_signature_never_runs(url, r, tmp_path):
@@ -319,7 +322,7 @@ def test_worker_without_the_secret_refuses_signed_payloads(url, r, tmp_path):
     assert not ran.exists()
     # what that worker wrote is unsigned: a reader with the secret does not trust it either
     with pytest.raises(SignatureMismatch, match="came unsigned"):
-        task.errorvalue
+        _ = task.errorvalue
 
 
 def test_worker_with_a_secret_refuses_unsigned_payloads(url, r, tmp_path):
@@ -333,7 +336,7 @@ def test_worker_with_a_secret_refuses_unsigned_payloads(url, r, tmp_path):
                                   "the task's function came unsigned, and this process has a secret")
     assert not ran.exists()
     with pytest.raises(SignatureMismatch, match="came signed, but this process has no secret"):
-        task.errorvalue
+        _ = task.errorvalue
 
 
 # ------------------------------------------------------------------------------------ Redis AUTH
@@ -543,7 +546,7 @@ def test_tls_native(tmp_path):
         proc.stop()
 
 
-def test_worker_secret_file_option(url, tmp_path):
+def test_worker_secret_file_option(url, r, tmp_path):
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
     signing.set_secret(SECRET)  # the producer signs
@@ -552,5 +555,22 @@ def test_worker_secret_file_option(url, tmp_path):
     log = tmp_path / "worker.log"
     with worker(url, "secret-file", 1, "--secret-file", str(secret_file), log=log):
         task = q.wait(ref, timeout=60)
+        (wid,) = r.zrange(schema.WORKERS, 0, -1)
+        published = r.hmget(schema.worker(wid.decode()), schema.WORKER_FINGERPRINT, schema.WORKER_REFUSING)
     assert task.state == "done" and task.returnvalue == 5
     assert "payloads signed" in log.read_text()
+    assert published == [signing.fingerprint().encode(), b""]  # what `forrestq status` compares
+
+
+def test_fingerprint_tells_secrets_apart_without_showing_them(monkeypatch):
+    assert signing.fingerprint() == signing.NO_SECRET == "none"
+    signing.set_secret(SECRET)
+    fp = signing.fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{8}", fp)
+    assert fp not in SECRET.encode().hex() and fp not in hashlib.sha256(SECRET.encode()).hexdigest()
+    assert signing.Signer("  " + SECRET + "\n").fingerprint == fp  # surrounding whitespace ignored, as read
+    assert signing.Signer(SECRET + "!").fingerprint != fp
+    monkeypatch.setenv("FORRESTQ_SECRET", SECRET)
+    signing.use_environment()
+    assert signing.fingerprint() == fp  # the same secret from the environment
+    assert repr(signing.current()) == "<Signer>"

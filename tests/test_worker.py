@@ -1,18 +1,23 @@
 """The worker and its children: time and memory limits, crashes, output, child replacement, leases,
-fencing and stopping. Real server, real worker processes, real signals; every wait bounded."""
+fencing and stopping, what its log says when it loses a task, and its import path. Real server, real
+worker processes, real signals; every wait bounded."""
 from __future__ import annotations
 
+import importlib
+import operator
 import os
 import pickle
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import tasks
 from helpers import wait_for
-from procs import alive, spawn_worker, worker
+from procs import alive, spawn_worker, stop, worker, worker_env
 
 from forrestq import Queue, defer, ops
 from forrestq.schema import QueueKeys
@@ -345,3 +350,120 @@ def test_heartbeat_racing_a_completion_never_kills_the_child(url, tmp_path):
     assert len(got) == 3000 and all(t.state == "done" for t in got)
     assert "killing this attempt" not in log.read_text()
     assert max(t.attempts for t in got) == 1
+
+
+# --- what the worker says (issue 12) ------------------------------------------------------------------
+def test_lease_lost_to_a_cancel_says_it_was_cancelled(url, tmp_path):
+    log = tmp_path / "worker.log"
+    q = Queue("cancel-log")
+    ref = q.schedule(defer(tasks.wait_for_file, str(tmp_path / "never"), 60))
+    with worker(url, "cancel-log", 1, *FAST, log=log):
+        wait_for(lambda: running(q, ref), timeout=20, what="the task to start")
+        assert q.cancel([ref]) == [ref.id]
+        wait_for(lambda: "killing this attempt" in log.read_text(), timeout=20, what="the worker to notice")
+    text = log.read_text()
+    assert f"lease lost cancel-log {ref.id}: the task was cancelled; killing this attempt" in text
+    assert "another attempt" not in text and "taken over" not in text
+    assert q.get(ref).reason == "cancelled"
+
+
+def test_lease_lost_to_a_flushall_says_the_record_is_gone(url, r, tmp_path):
+    log = tmp_path / "worker.log"
+    q = Queue("flush-log")
+    ref = q.schedule(defer(tasks.wait_for_file, str(tmp_path / "never"), 60))
+    with worker(url, "flush-log", 1, *FAST, log=log):
+        wait_for(lambda: running(q, ref), timeout=20, what="the task to start")
+        r.flushall()
+        wait_for(lambda: "killing this attempt" in log.read_text(), timeout=20, what="the worker to notice")
+        after = q.schedule(defer(tasks.identity, "after"))  # and it goes on serving the queue
+        assert q.wait(after, timeout=20).returnvalue == "after"
+    text = log.read_text()
+    assert f"lease lost flush-log {ref.id}: the task record is gone (deleted by a clean, or the server lost " \
+           "its data); killing this attempt" in text
+    assert "another attempt" not in text and "NOGROUP" not in text
+
+
+def test_a_result_refused_for_a_deleted_record_says_so(url, r, tmp_path):
+    log = tmp_path / "worker.log"
+    gate = tmp_path / "gate"
+    q, k = Queue("gone-log"), QueueKeys("gone-log")
+    ref = q.schedule(defer(tasks.wait_for_file, str(gate), 60))
+    with worker(url, "gone-log", 1, *FAST, log=log):
+        wait_for(lambda: running(q, ref), timeout=20, what="the task to start")
+        r.delete(k.task(ref.id))  # the record goes, its lease stays: the result is what gets refused
+        gate.touch()
+        wait_for(lambda: "refused" in log.read_text(), timeout=20, what="the result to be refused")
+    assert f"result of task {ref.id} refused: this attempt no longer holds it: the task record is gone" \
+        in log.read_text()
+    assert "another attempt" not in log.read_text()
+
+
+def test_clean_all_while_workers_run_recreates_the_group_quietly(url, r, tmp_path):
+    log = tmp_path / "worker.log"
+    q, k = Queue("regroup"), QueueKeys("regroup")
+    with worker(url, "regroup", 2, *FAST, log=log):
+        assert q.wait(q.schedule(defer(tasks.identity, 1)), timeout=20).state == "done"
+        wait_for(lambda: len(r.xinfo_consumers(k.stream, "workers")) == 2, timeout=20,
+                 what="both children to read the stream")
+        assert q.clean(all=True) == 1  # deletes the stream, and its consumer group with it
+        # nothing here makes the stream again: the worker does, once its children meet NOGROUP
+        wait_for(lambda: r.exists(k.stream) and len(r.xinfo_consumers(k.stream, "workers")) == 2, timeout=20,
+                 what="both children to read the stream again")
+        assert q.wait(q.schedule(defer(tasks.identity, 2)), timeout=20).returnvalue == 2
+    text = log.read_text()
+    assert "NOGROUP" not in text and "retrying" not in text and "gone" not in text, text
+
+
+def test_q_run_prints_nothing_of_the_worker_on_stderr(url, capfd):
+    """q.run() starts `forrestq worker --quiet`: no startup line, no task lines, no stopping line."""
+    q = Queue("quiet-run")
+    q.schedule_many(defer(operator.add, i, 1) for i in range(3))
+    got = sorted(t.returnvalue for t in q.run(procs=1, timeout=60))
+    assert got == [1, 2, 3]
+    out, err = capfd.readouterr()
+    assert "stopping" not in err and "Ctrl-C" not in err and "forrestq." not in err, err
+    assert out == ""
+
+
+# --- the import path (issue 12) ------------------------------------------------------------------------
+def task_module(where: Path, monkeypatch: pytest.MonkeyPatch):
+    """A module in ``where`` (a fresh name), imported here (its functions travel by reference)."""
+    name = f"fq_cwd_mod_{uuid.uuid4().hex[:8]}"
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{name}.py").write_text("import os\n\ndef where():\n    return os.getcwd()\n")
+    monkeypatch.syspath_prepend(str(where))
+    return importlib.import_module(name)
+
+
+def test_the_console_script_worker_imports_task_modules_from_its_working_directory(url, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    mod = task_module(project, monkeypatch)
+    q = Queue("cwd")
+    ref = q.schedule(defer(mod.where))
+    script = Path(sys.executable).parent / "forrestq"  # the console script, not `python -m forrestq`
+    proc = subprocess.Popen([str(script), "worker", "--procs", "1", "--queue", "cwd", "--url", url, *FAST],
+                            cwd=project, env=worker_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        task = q.wait(ref, timeout=30)
+    finally:
+        stop(proc)
+    assert task.state == "done" and task.returnvalue == str(project), task.reason
+
+
+def test_worker_config_paths_are_on_the_childrens_import_path(url, tmp_path, monkeypatch):
+    mod = task_module(tmp_path / "lib", monkeypatch)
+    q = Queue("paths")
+    ref = q.schedule(defer(mod.where))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import sys; from forrestq.worker import Worker, WorkerConfig; "
+            f"sys.exit(Worker(WorkerConfig(url={url!r}, queues=['paths'], procs=1, lease=1, "
+            f"paths=[{str(tmp_path / 'lib')!r}])).run())")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=elsewhere, env=worker_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        task = q.wait(ref, timeout=30)
+    finally:
+        stop(proc)
+    assert task.state == "done" and task.returnvalue == str(elsewhere), task.reason

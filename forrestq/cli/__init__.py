@@ -20,25 +20,41 @@ from typing import Any
 
 import redis
 import typer
-from typer.core import TyperGroup
 
 from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
+from ..version import __version__
 from . import inspect, manage, work
-from .common import EXIT_AUTH, EXIT_FAILURE, EXIT_OK, EXIT_UNKNOWN, EXIT_UNREACHABLE, EXIT_USAGE, STATE
+from .common import (
+    EXIT_AUTH,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    STATE,
+    Command,
+    PlainHelp,
+)
 from .render import render_status
 from .work import parse_size
 
 __all__ = ["app", "main", "exit_code", "parse_size", "render_status", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE",
            "EXIT_UNREACHABLE", "EXIT_AUTH", "EXIT_UNKNOWN"]
 
-# the errors a command ends with as one line (a connection lost mid-command included)
-REPORTED = (ForrestqError, redis.ConnectionError, redis.TimeoutError)
+# the errors a command ends with as one line (a connection lost mid-command, and a command the
+# Redis user's ACL does not allow, included)
+REPORTED = (ForrestqError, redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoPermissionError)
 
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ServerUnreachable, EXIT_UNREACHABLE), (AuthFailed, EXIT_AUTH), (UnknownQueue, EXIT_UNKNOWN),
     (UnknownTask, EXIT_UNKNOWN), (ConfigError, EXIT_USAGE),
     (redis.ConnectionError, EXIT_UNREACHABLE), (redis.TimeoutError, EXIT_UNREACHABLE),
-    (redis.AuthenticationError, EXIT_AUTH))
+    (redis.AuthenticationError, EXIT_AUTH), (redis.exceptions.NoPermissionError, EXIT_AUTH))
+
+# what a refused permission was about -> what the user's ACL must allow
+_ACL_HINTS = (("key", "forrestq's keys, fq:*"), ("command", "the commands forrestq uses"),
+              ("channel", "forrestq's channels"))
+MESSAGE_LIMIT = 400  # characters of an error line (a message may echo a long input)
 
 
 def exit_code(error: BaseException) -> int:
@@ -46,15 +62,33 @@ def exit_code(error: BaseException) -> int:
     return next((c for t, c in _EXIT_CODES if isinstance(error, t)), EXIT_FAILURE)
 
 
+def _no_permission(error: redis.exceptions.NoPermissionError) -> str:
+    """'NOPERM No permissions to access a key (HGETALL fq:{q}:counts)' and what the ACL must allow."""
+    text = str(error)
+    command, sep, said = text.partition(" of pipeline caused error: ")
+    if sep:  # redis-py names the pipelined command: 'Command # 1 (HGETALL fq:{q}:counts)'
+        text = f"{said} ({command.split('(', 1)[-1].rstrip(')')})"
+    allow = next((what for word, what in _ACL_HINTS if word in said or word in text), "what forrestq needs")
+    return f"Redis refused: NOPERM {text} (the Redis user's ACL must allow {allow})"
+
+
 def _message(error: BaseException) -> str:
+    """The one line that reports ``error``: its first line (the rest is for ``-v``), cut to
+    :data:`MESSAGE_LIMIT` characters."""
     if isinstance(error, ForrestqError):
-        return str(error)
-    if isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
-        return f"lost the connection to Redis: {error}"
-    return f"{type(error).__name__}: {error}"
+        text = str(error)
+    elif isinstance(error, redis.exceptions.NoPermissionError):
+        text = _no_permission(error)
+    elif isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+        text = f"lost the connection to Redis: {error}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    lines = text.strip().splitlines() or [type(error).__name__]
+    line = lines[0] + (" (more with -v)" if len(lines) > 1 else "")
+    return line if len(line) <= MESSAGE_LIMIT else line[:MESSAGE_LIMIT - 3] + "..."
 
 
-class _Group(TyperGroup):
+class _Group(PlainHelp):
     """Turns forrestq errors (and a connection lost mid-command) into one line on stderr and the
     exit code of :func:`exit_code`, also under typer's CliRunner. With ``-v`` the error propagates
     and its traceback is shown."""
@@ -70,17 +104,31 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode="rich",
-                  pretty_exceptions_show_locals=False,  # locals may hold a URL with a password
-                  help="forrestq: a Redis worker pool for slow, crashy Python work.")
+                  pretty_exceptions_show_locals=False)  # locals may hold a URL with a password
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"forrestq {__version__}")
+        raise typer.Exit(EXIT_OK)
 
 
 @app.callback(epilog="Exit codes: 0 ok, 1 failure reported by the command, 2 bad usage, "
-                     "3 server unreachable, 4 wrong password, 5 unknown queue or task.")
-def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
-                                      help="Show tracebacks of errors.")) -> None:
+                     "3 server unreachable, 4 authentication or permission refused, 5 unknown queue or task.")
+def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Show tracebacks of errors."),
+          version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
     """forrestq: a Redis worker pool for slow, crashy Python work.
 
     Every command takes [bold]--url[/bold]; without it, [bold]$FORRESTQ_URL[/bold], else the embedded local server.
+    [bold]forrestq COMMAND --help[/bold] shows a command's options and examples.
+
+    Examples:
+      [bold]forrestq worker --procs 8 --queue fits[/bold]     run tasks of queue fits on 8 cores
+      [bold]forrestq status[/bold]                            queues, their tasks and the live workers
+      [bold]forrestq tasks --state failed[/bold]              the failed tasks, with their errors
+      [bold]forrestq show TASK_ID[/bold]                      everything about one task
+      [bold]forrestq requeue --failed[/bold]                  run the failed tasks again
     """
     STATE.verbose = verbose  # runs first in every invocation: resets what an earlier one set
 
@@ -88,7 +136,7 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True,
 # the commands, in the order of --help
 for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, work.server, manage.requeue,
                  manage.run, manage.clean, manage.cancel):
-    app.command()(_command)
+    app.command(cls=Command)(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,14 +7,18 @@ without importing the package that registers it; :mod:`forrestq.cli` re-exports 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..connection import connect, describe, resolve_url
+from ..schema import check_name
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_AUTH", "EXIT_UNKNOWN", "STATE",
-           "set_verbose", "URL", "VERBOSE", "JSON", "QUEUE", "client", "where"]
+           "set_verbose", "URL", "VERBOSE", "JSON", "QUEUE", "queue_option", "queue_name", "queue_names",
+           "PlainHelp", "Command", "client", "where"]
 
 # exit codes (distinct per kind of failure, for scripts)
 EXIT_OK = 0
@@ -43,11 +47,71 @@ def set_verbose(level: int) -> None:
     STATE.verbose = max(STATE.verbose, level or 0)
 
 
-URL = typer.Option(None, "--url", envvar="FORRESTQ_URL", show_envvar=True,
+# ------------------------------------------------------------------------------------------ options
+
+
+def queue_name(value: str | None) -> str | None:
+    """A ``--queue`` value checked like the library checks a queue name (ConfigError: exit 2)."""
+    return None if value is None else check_name(value)
+
+
+def queue_names(values: list[str] | None) -> list[str] | None:
+    """Every value of a repeatable ``--queue``, checked as :func:`queue_name`."""
+    for value in values or []:
+        check_name(value)
+    return values
+
+
+def queue_option(help: str) -> Any:
+    """A ``--queue NAME`` (``-q``) option, checked as the library checks queue names."""
+    return typer.Option(None, "--queue", "-q", metavar="NAME", callback=queue_name, help=help)
+
+
+URL = typer.Option(None, "--url", envvar="FORRESTQ_URL", show_envvar=True, metavar="URL",
                    help="Redis URL; default: $FORRESTQ_URL, else the embedded local server.")
 VERBOSE = typer.Option(0, "--verbose", "-v", count=True, help="Show tracebacks of errors.")
 JSON = typer.Option(False, "--json", help="Print JSON for scripts instead of tables.")
-QUEUE = typer.Option(None, "--queue", "-q", help="Only this queue (default: every queue).")
+QUEUE = queue_option("Only this queue (default: every queue).")
+
+
+# --------------------------------------------------------------------------------------------- help
+
+
+class _Argument(TyperArgument):
+    """An argument whose help shows its name only (``TASK_ID``), not typer's ``<str>``."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _plain(params: list[Any]) -> list[Any]:
+    """typer shows every parameter's Python type (``--json <bool>``, ``-v <int>``, ``--queue
+    <list[str]>``), which reads as if ``--json true`` were the syntax. Here flags and counts show
+    nothing, options a plain metavar (``--queue NAME``; the upper-cased name unless one was given),
+    arguments their upper-cased name."""
+    for p in params:
+        if isinstance(p, TyperArgument):
+            p.metavar = p.metavar or (p.name or "").upper()
+            p.__class__ = _Argument
+        elif getattr(p, "is_flag", False) or getattr(p, "count", False):
+            p.metavar = ""
+        elif p.metavar is None:
+            p.metavar = (p.name or "").upper()
+    return params
+
+
+class PlainHelp(TyperGroup):
+    """The root group's help as :func:`_plain` shows it."""
+
+    def get_params(self, ctx: Any) -> list[Any]:  # a click Context (typer vendors click privately)
+        return _plain(super().get_params(ctx))
+
+
+class Command(TyperCommand):
+    """Every command's help as :func:`_plain` shows it."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain(super().get_params(ctx))
 
 
 def client(url: str | None) -> redis.Redis:

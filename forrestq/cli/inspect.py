@@ -25,7 +25,7 @@ from ..status import (
     task_history,
 )
 from ..task import Task
-from .common import JSON, QUEUE, URL, VERBOSE, client, set_verbose, where
+from .common import JSON, QUEUE, URL, VERBOSE, client, queue_option, set_verbose, where
 from .render import (
     make_console,
     print_json,
@@ -69,16 +69,21 @@ def _watch_live(r: redis.Redis, queue: str | None, data: dict[str, Any], interva
 def status(
     queue: str | None = QUEUE,
     watch: bool = typer.Option(False, "--watch", "-w", help="Refresh in place until Ctrl-C."),
-    interval: float = typer.Option(2.0, "--interval", "-n", help="Seconds between refreshes with --watch."),
-    count: int = typer.Option(0, "--count", help="With --watch, stop after this many refreshes (0 = until Ctrl-C)."),
+    interval: float = typer.Option(2.0, "--interval", "-n", metavar="SECONDS",
+                                   help="Seconds between refreshes with --watch."),
+    count: int = typer.Option(0, "--count", metavar="N",
+                              help="With --watch, stop after this many refreshes (0 = until Ctrl-C)."),
     as_json: bool = JSON,
     url: str | None = URL,
     verbose: int = VERBOSE,
 ) -> None:
     """Tasks per state and per minute for each queue, and the live workers.
 
-    Counts come from counters, so this answers at once with millions of tasks. Workers whose
-    heartbeat stopped are shown as [red]lost[/red], and dropped after 5 minutes.
+    Counts come from counters, so this answers at once with millions of tasks. The state columns
+    count DAG nodes (one per deferred call), [bold]scheduled[/bold] the tasks users scheduled (roots).
+    A queue with unfinished tasks and no live worker serving it is flagged. Workers whose heartbeat
+    stopped are shown as [red]lost[/red], and dropped after 5 minutes; a worker that stopped claiming
+    (its secret differs) as [red]refusing[/red], with its reason.
 
     Examples: [bold]forrestq status[/bold], [bold]forrestq status -q fits --watch[/bold],
     [bold]forrestq status --json | jq .queues.fits.failed[/bold]
@@ -111,9 +116,9 @@ def status(
 
 def tasks(
     queue: str | None = QUEUE,
-    state: str | None = typer.Option(None, "--state", "-s",
-                                        help="waiting, ready, running, done or failed (default: all)."),
-    limit: int = typer.Option(20, "--limit", "-n", help="Show at most this many tasks."),
+    state: str | None = typer.Option(None, "--state", "-s", metavar="STATE",
+                                     help="waiting, ready, running, done or failed (default: all)."),
+    limit: int = typer.Option(20, "--limit", "-n", metavar="N", help="Show at most this many tasks."),
     as_json: bool = JSON,
     url: str | None = URL,
     verbose: int = VERBOSE,
@@ -149,8 +154,8 @@ def _metadata(task: Task) -> str:
 
 def show(
     task_id: str = typer.Argument(..., help="The task's id (from `forrestq tasks`, or TaskRef.id)."),
-    queue: str | None = typer.Option(None, "--queue", "-q", help="The task's queue (default: search every queue)."),
-    lines: int = typer.Option(40, "--lines", "-n", help="Lines of captured output to show."),
+    queue: str | None = queue_option("The task's queue (default: search every queue)."),
+    lines: int = typer.Option(40, "--lines", "-n", metavar="N", help="Lines of captured output to show."),
     as_json: bool = JSON,
     url: str | None = URL,
     verbose: int = VERBOSE,
@@ -167,6 +172,6 @@ def show(
     metadata = _metadata(task)
     output_lines = task.output.splitlines()[-lines:] if lines > 0 else []
     if as_json:
-        print_json(show_json(task, call, history, metadata, output_lines))
+        print_json(show_json(task, call, history, output_lines))
     else:
         make_console().print(task_detail(task, call, history, metadata, output_lines))

@@ -1,23 +1,49 @@
 """The commands that change tasks: ``requeue``, ``clean`` and ``cancel``, and ``run`` (one task in
-this terminal, to debug it). Each checks every id it was given before it changes anything."""
+this terminal, to debug it). Each checks every id it was given before it changes anything, and says
+why nothing happened to a task it was given but left alone (``--json``: ``skipped``), or why it
+found nothing to do at all (``--json``: ``reason``)."""
 from __future__ import annotations
 
 import pdb as pdb_module
+import sys
 import traceback
+from typing import Any
 
+import redis
 import typer
 from rich.console import Console
 
 from ..errors import ConfigError
+from ..producer import error_type as error_type_of
 from ..queue import Queue
-from ..status import find_task, queue_status, queues_of, resolve_queues
-from .common import EXIT_FAILURE, JSON, QUEUE, STATE, URL, VERBOSE, client, set_verbose
+from ..status import find_task, queue_status, queues_of, records, resolve_queues, why_not_cancelled, why_not_requeued
+from .common import EXIT_FAILURE, JSON, QUEUE, STATE, URL, VERBOSE, client, queue_option, set_verbose
 from .render import make_console, print_json, traceback_view, value_view
 
 __all__ = ["cancel", "clean", "requeue", "run"]
 
-_IDS = typer.Option(None, "--id", help="Only this task (repeatable).")
-_TASK_IDS = typer.Argument(None, help="Tasks to cancel.")
+_IDS = typer.Option(None, "--id", metavar="ID", help="Only this task (repeatable).")
+_TASK_IDS = typer.Argument(None, metavar="TASK_ID...", help="Tasks to cancel.")
+
+
+def _skipped(r: redis.Redis, plan: dict[str, list[str]], changed: dict[str, list[str]],
+             why: Any) -> list[dict[str, str]]:
+    """The ids of ``plan`` (queue -> ids given) that are not in ``changed``, each with its state and
+    ``why(task)``: what a person reads for a task the command left alone."""
+    out: list[dict[str, str]] = []
+    for name, ids in plan.items():
+        left = [i for i in dict.fromkeys(ids) if i not in set(changed.get(name, []))]
+        out += [{"id": t.id, "queue": name, "state": t.state, "reason": why(t)} for t in records(r, name, left)]
+    return out
+
+
+def _report(summary: str, skipped: list[dict[str, str]], reason: str | None) -> None:
+    """The summary line, then one line per task left alone, or why there was nothing to do."""
+    print(summary)
+    for s in skipped:
+        print(s["reason"])
+    if reason:
+        print(reason)
 
 # ------------------------------------------------------------------------------------------ requeue
 
@@ -42,19 +68,29 @@ def requeue(
     if not failed:
         raise ConfigError("say what to requeue: --failed (only failed tasks can be requeued)")
     r = client(url)
-    if ids:
-        plan: dict[str, list[str] | None] = dict(queues_of(r, list(ids), queue))
-    else:
-        plan = {name: None for name in resolve_queues(r, queue)}
+    given = queues_of(r, list(ids), queue) if ids else {}
+    plan: dict[str, list[str] | None] = dict(given) if ids else {name: None for name in resolve_queues(r, queue)}
     done = {name: list(Queue(name, url).requeue_failed(ids=only, error_type=error_type, dry_run=dry_run))
             for name, only in plan.items()}
     total = sum(len(v) for v in done.values())
+    skipped = _skipped(r, given, done, lambda t: why_not_requeued(t, error_type, error_type_of(t)))
+    reason = None if total or ids else _nothing_to_requeue(r, list(plan), error_type)
     if as_json:
-        print_json({"dry_run": dry_run, "count": total, "queues": done})
+        print_json({"dry_run": dry_run, "count": total, "queues": done, "skipped": skipped, "reason": reason})
         return
     verb = "would requeue" if dry_run else "requeued"
     detail = ", ".join(f"{len(v)} in {k}" for k, v in done.items() if v)
-    print(f"{verb} {total} task(s)" + (f" ({detail})" if detail else ""))
+    _report(f"{verb} {total} task(s)" + (f" ({detail})" if detail else ""), skipped, reason)
+
+
+def _nothing_to_requeue(r: redis.Redis, names: list[str], error_type: str | None) -> str:
+    """Why a requeue of whole queues found nothing (from the counters)."""
+    failed = sum(c["failed"] for c in queue_status(r, names).values())
+    where = f"queue {names[0]!r}" if len(names) == 1 else f"{len(names)} queue(s)"
+    if not failed:
+        return f"nothing to requeue: no task of {where} is failed"
+    return (f"nothing to requeue: none of the {failed:,} failed task(s) of {where} failed with {error_type} "
+            "(forrestq tasks --state failed shows their errors)")
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -69,7 +105,7 @@ def _post_mortem(exc: BaseException, err: Console) -> None:
 
 def run(
     task_id: str = typer.Argument(..., help="The task to run here."),
-    queue: str | None = typer.Option(None, "--queue", "-q", help="The task's queue (default: search every queue)."),
+    queue: str | None = queue_option("The task's queue (default: search every queue)."),
     raise_: bool = typer.Option(False, "--raise", "-r",
                                 help="Re-raise the task's exception here (exit non-zero with its traceback)."),
     pdb: bool = typer.Option(False, "--pdb", help="Start pdb post-mortem where the task failed."),
@@ -135,14 +171,28 @@ def clean(
     planned = sum(c[s] for c in counts.values() for s in states)
     what = "every task that is not running" if all_ else " and ".join(f"{s} tasks" for s in states)
     where = f"queue {queue}" if queue else f"{len(names)} queue(s)"
-    if not yes and planned:
-        typer.confirm(f"delete {what} ({planned:,}) from {where}?", abort=True, err=True)
+    if not yes and planned and not _confirmed(f"delete {what} ({planned:,}) from {where}?"):
+        if as_json:
+            print_json({"deleted": 0, "queues": {name: 0 for name in names}})
+        else:
+            print("nothing deleted")
+        return
     deleted = {name: int(Queue(name, url).clean(done=done, failed=failed, all=all_)) for name in names}
     total = sum(deleted.values())
     if as_json:
         print_json({"deleted": total, "queues": deleted})
     else:
         print(f"deleted {total:,} task(s) from {where}")
+
+
+def _confirmed(question: str) -> bool:
+    """Ask on stderr; an answer of no is False. No answer at all (stdin closed, Ctrl-C) ends the
+    command: one line, exit 1, nothing deleted."""
+    try:
+        return typer.confirm(question, err=True)
+    except typer.Abort:
+        print("\nforrestq: no answer: nothing deleted (pass --yes to delete without asking)", file=sys.stderr)
+        raise typer.Exit(EXIT_FAILURE) from None
 
 
 # ------------------------------------------------------------------------------------------- cancel
@@ -159,7 +209,7 @@ def _check_cancel(task_ids: list[str] | None, queue: str | None, all_: bool) -> 
 
 def cancel(
     task_ids: list[str] | None = _TASK_IDS,
-    queue: str | None = typer.Option(None, "--queue", "-q", help="The tasks' queue (needed with --all)."),
+    queue: str | None = queue_option("The tasks' queue (needed with --all)."),
     all_: bool = typer.Option(False, "--all", help="Cancel every unfinished task of --queue."),
     as_json: bool = JSON,
     url: str | None = URL,
@@ -172,6 +222,7 @@ def cancel(
     set_verbose(verbose)
     _check_cancel(task_ids, queue, all_)
     r = client(url)
+    plan: dict[str, list[str]] = {}
     if all_ and queue is not None:
         resolve_queues(r, queue)
         cancelled = {queue: list(Queue(queue, url).cancel(all=True))}
@@ -179,7 +230,9 @@ def cancel(
         plan = queues_of(r, list(task_ids or []), queue)
         cancelled = {name: list(Queue(name, url).cancel(ids=only)) for name, only in plan.items()}
     total = sum(len(v) for v in cancelled.values())
+    skipped = _skipped(r, plan, cancelled, why_not_cancelled)
+    reason = f"nothing to cancel: queue {queue!r} has no unfinished task" if all_ and not total else None
     if as_json:
-        print_json({"cancelled": total, "queues": cancelled})
+        print_json({"cancelled": total, "queues": cancelled, "skipped": skipped, "reason": reason})
     else:
-        print(f"cancelled {total} task(s)")
+        _report(f"cancelled {total} task(s)", skipped, reason)

@@ -9,6 +9,10 @@ styles, never with markup strings, and the consoles are created with markup and 
 (:func:`make_console`), so that nothing printed here is read as markup.
 
 Consoles: colour is off when stdout is not a terminal or ``NO_COLOR`` is set (rich does both).
+
+Narrow terminals: the status tables (:class:`Fitted`) leave out their least important columns to
+fit the width and say which; they never cut a number (``167…``) and fold user text onto more lines
+rather than cutting it.
 """
 from __future__ import annotations
 
@@ -16,27 +20,33 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.pretty import Pretty
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from ..status import human_age, human_bytes, human_duration, short_repr
+from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
 from ..task import Task
 
 __all__ = ["make_console", "literal", "when", "state_style", "print_json", "print_json_line", "metadata_text",
-           "render_status", "task_json", "tasks_view", "show_json", "task_detail", "traceback_view", "value_view"]
+           "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json", "task_detail",
+           "traceback_view", "value_view"]
 
 History = Sequence[tuple[float, str, str]]
 
 PIPED_WIDTH = 160  # columns of a console that is not a terminal (unless $COLUMNS says otherwise)
 
 _STATE_STYLES = {"done": "green", "failed": "red", "running": "cyan", "ready": "yellow",
-                 "waiting": "magenta", "lost": "red", "stopping": "yellow"}
+                 "waiting": "magenta", "lost": "red", "stopping": "yellow", "refusing": "red"}
+NAME_MIN = 24  # columns a name column (queue, host) keeps before its names fold onto more lines
+ERROR_WIDTH = 120  # characters of a failure reason in the task listing (two lines of its column)
+UNSERVED_SHOWN = 5  # queues named one per line under the status table when no worker serves them
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -84,37 +94,144 @@ def metadata_text(task: Task, width: int = 40) -> str:
     return "" if md is None else short_repr(md, width)
 
 
+def metadata_json(task: Task, width: int = 200) -> Any:
+    """A task's metadata for ``--json``: the value itself when it is JSON (see
+    :func:`forrestq.status.json_value`), else its repr cut to ``width``; never raises."""
+    try:
+        md = task.metadata
+    except Exception as e:  # any unpickling failure (a class not importable here)
+        return f"<could not load: {type(e).__name__}>"
+    return md if json_value(md) else short_repr(md, width)
+
+
+# ----------------------------------------------------------------------------------- fitted tables
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column of a :class:`Fitted` table: ``priority`` 1 is left out last; ``wrap``: its text
+    may wrap onto more lines at its spaces (never inside a word), and ``keep`` columns of it are kept
+    before other columns are left out (names: a long one folds); a column that does not wrap keeps
+    its full width."""
+
+    header: str
+    priority: int
+    justify: JustifyMethod = "right"
+    style: str = ""
+    wrap: bool = False
+    keep: int = 0
+
+
+def _width(text: Text | str) -> int:
+    return max((cell_len(line) for line in str(text).split("\n")), default=0)
+
+
+def _longest_word(text: Text | str) -> int:
+    return max((cell_len(word) for word in str(text).split()), default=0)
+
+
+def _fit(natural: list[int], minimum: list[int], cols: Sequence[Col], width: int) -> dict[int, int]:
+    """The columns kept (index -> width) so that the table fits ``width``: the least important are
+    left out until the kept ones fit, the text columns (widest first) giving way down to ``minimum``."""
+    keep = list(range(len(cols)))
+    while True:
+        excess = sum(natural[i] for i in keep) + 3 * len(keep) + 1 - width  # borders and padding
+        give = sum(natural[i] - minimum[i] for i in keep if cols[i].wrap)
+        if excess <= give or len(keep) == 1:
+            widths = {i: natural[i] for i in keep}
+            while excess > 0:
+                shrinkable = [i for i in keep if cols[i].wrap and widths[i] > minimum[i]]
+                if not shrinkable:
+                    break
+                widths[max(shrinkable, key=lambda i: widths[i])] -= 1
+                excess -= 1
+            return widths
+        keep.remove(max(keep, key=lambda i: cols[i].priority))
+
+
+class Fitted:
+    """A table that fits the console's width by leaving out its least important columns (named in a
+    line under it), never by cutting a number; text columns fold onto more lines."""
+
+    def __init__(self, title: str, cols: Sequence[Col], rows: Sequence[Sequence[Text]], caption: str = "") -> None:
+        self.title, self.cols, self.rows, self.caption = title, list(cols), [list(r) for r in rows], caption
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        natural = [max([_width(c.header)] + [_width(row[i]) for row in self.rows]) for i, c in enumerate(self.cols)]
+        minimum = [min(n, max([min(n, c.keep), _longest_word(c.header)] + [_longest_word(row[i]) for row in self.rows]))
+                   if c.wrap else n for i, (n, c) in enumerate(zip(natural, self.cols))]
+        widths = _fit(natural, minimum, self.cols, options.max_width)
+        table = Table(title=self.title, title_justify="left", title_style="bold", caption=self.caption or None,
+                      caption_justify="left", caption_style="dim")
+        for i in sorted(widths):
+            c = self.cols[i]
+            table.add_column(c.header, justify=c.justify, style=c.style, width=widths[i], no_wrap=not c.wrap,
+                             overflow="fold")
+        for row in self.rows:
+            table.add_row(*(row[i] for i in sorted(widths)))
+        yield table
+        left_out = [c.header for i, c in enumerate(self.cols) if i not in widths]
+        if left_out:
+            yield Text(f"left out to fit {options.max_width} columns: {', '.join(left_out)} "
+                       "(a wider terminal, or --json, shows them)", style="dim")
+
+
 # ------------------------------------------------------------------------------------------- status
 
-
-def _queue_table(queues: dict[str, dict[str, Any]]) -> Table:
-    table = Table(title="queues", title_justify="left", title_style="bold")
-    table.add_column("queue", style="bold")
-    for col, style in (("waiting", "magenta"), ("ready", "yellow"), ("running", "cyan"),
-                       ("done", "green"), ("failed", "red")):
-        table.add_column(col, justify="right", style=style)
-    table.add_column("done/min", justify="right")
-    table.add_column("failed/min", justify="right")
-    for name, c in queues.items():
-        ready = f"{c['ready']:,}" + (f" ({c['retrying']:,} retrying)" if c.get("retrying") else "")
-        table.add_row(literal(name), f"{c['waiting']:,}", ready,
-                      *(f"{c[s]:,}" for s in ("running", "done", "failed")),
-                      f"{c['done_per_min']:g}", f"{c['failed_per_min']:g}")
-    return table
+# (new columns go last: scripts that read the table by position keep working)
+_QUEUE_COLS = (Col("queue", 1, "left", "bold", wrap=True, keep=NAME_MIN), Col("waiting", 8, style="magenta"),
+               Col("ready", 2, style="yellow"), Col("running", 3, style="cyan"), Col("done", 5, style="green"),
+               Col("failed", 4, style="red"), Col("done/min", 9), Col("failed/min", 10), Col("workers", 7),
+               Col("scheduled", 6, "left", wrap=True))
+_WORKER_COLS = (Col("host", 1, "left", wrap=True, keep=NAME_MIN), Col("pid", 2), Col("queues", 5, "left", wrap=True),
+                Col("busy", 4), Col("done", 8), Col("failed", 9), Col("memory", 7), Col("heartbeat", 6),
+                Col("state", 3, "left", wrap=True))
+_NODES_CAPTION = ("waiting to failed count DAG nodes (one per deferred call); "
+                  "scheduled: the tasks users scheduled (roots), open, done and failed")
 
 
-def _worker_table(workers: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="workers", title_justify="left", title_style="bold")
-    for col in ("host", "pid", "queues", "busy", "done", "failed", "memory", "heartbeat", "state"):
-        table.add_column(col, justify="left" if col in ("host", "queues", "state") else "right")
-    for w in workers:
-        lost = w["state"] == "lost"
-        table.add_row(literal(w["host"]), str(w["pid"] or "-"), literal(",".join(w["queues"]) or "-"),
-                      "-" if lost else f"{w['busy']}/{w['procs']}",
-                      "-" if lost else f"{w['done']:,}", "-" if lost else f"{w['failed']:,}",
-                      "-" if lost else human_bytes(w["rss"]), human_age(w["age"]),
-                      literal(w["state"], style=state_style(w["state"])))
-    return table
+def _roots_text(roots: dict[str, int]) -> Text:
+    parts = [f"{roots[k]:,} {label}" for k, label in (("unfinished", "open"), ("done", "done"), ("failed", "failed"))
+             if roots.get(k)]
+    total = sum(roots.get(k, 0) for k in ("unfinished", "done", "failed"))
+    return Text(f"{total:,}" + (f" ({', '.join(parts)})" if parts else ""))
+
+
+def _queue_row(name: str, c: dict[str, Any], unserved: bool) -> list[Text]:
+    ready = f"{c['ready']:,}" + (f" ({c['retrying']:,} retrying)" if c.get("retrying") else "")
+    workers = Text("no worker", style="bold red") if unserved else Text(f"{c.get('workers', 0):,}")
+    return [literal(name), Text(f"{c['waiting']:,}"), Text(ready),
+            *(Text(f"{c[s]:,}") for s in ("running", "done", "failed")),
+            Text(f"{c['done_per_min']:g}"), Text(f"{c['failed_per_min']:g}"), workers, _roots_text(c.get("roots", {}))]
+
+
+def _worker_row(w: dict[str, Any]) -> list[Text]:
+    lost = w["state"] == "lost"
+    state = literal(w["state"], style=state_style(w["state"]))
+    return [literal(w["host"]), Text(str(w["pid"] or "-")), literal(",".join(w["queues"]) or "-"),
+            Text("-" if lost else f"{w['busy']}/{w['procs']}"),
+            Text("-" if lost else f"{w['done']:,}"), Text("-" if lost else f"{w['failed']:,}"),
+            Text("-" if lost else human_bytes(w["rss"])), Text(human_age(w["age"])), state]
+
+
+def _unserved_lines(queues: dict[str, dict[str, Any]], unserved: Sequence[str]) -> list[Text]:
+    """One warning line per queue that has unfinished tasks and no live worker serving it."""
+    lines = []
+    for name in unserved[:UNSERVED_SHOWN]:
+        n = sum(queues[name][s] for s in UNFINISHED)
+        lines.append(Text.assemble(("warning: ", "bold red"), "queue ", literal(name),
+                                   f" has {n:,} unfinished task(s) and no live worker serves it; start one: ",
+                                   ("forrestq worker --queue ", "bold"), literal(name, style="bold")))
+    if len(unserved) > UNSERVED_SHOWN:
+        lines.append(Text(f"warning: and {len(unserved) - UNSERVED_SHOWN} more queue(s) with unfinished tasks "
+                          "and no live worker (forrestq status --json: unserved)", style="bold red"))
+    return lines
+
+
+def _refusing_lines(workers: Sequence[dict[str, Any]]) -> list[Text]:
+    """Why each refusing worker stopped claiming tasks, as it said it (literally)."""
+    return [Text.assemble(("refusing: ", "bold red"), "worker on ", literal(w["host"]), f" (pid {w['pid']}) ",
+                          "claims no tasks: ", literal(w["refusing"])) for w in workers if w.get("refusing")]
 
 
 def render_status(data: dict[str, Any], where: str = "") -> Group:
@@ -122,12 +239,16 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
     head = Text.assemble(("forrestq status", "bold"), f"  {where}  " if where else "  ",
                          (when(data.get("time")), "dim"))
     parts: list[RenderableType] = [head]
-    if data["queues"]:
-        parts.append(_queue_table(data["queues"]))
+    queues, unserved = data["queues"], data.get("unserved", [])
+    if queues:
+        rows = [_queue_row(name, c, name in unserved) for name, c in queues.items()]
+        parts.append(Fitted("queues", _QUEUE_COLS, rows, caption=_NODES_CAPTION))
+        parts += _unserved_lines(queues, unserved)
     else:
         parts.append(Text("no queues yet: schedule tasks with Queue(name).schedule(...)", style="dim"))
     if data["workers"]:
-        parts.append(_worker_table(data["workers"]))
+        parts.append(Fitted("workers", _WORKER_COLS, [_worker_row(w) for w in data["workers"]]))
+        parts += _refusing_lines(data["workers"])
     else:
         parts.append(Text("no workers: start one with `forrestq worker --procs N --queue Q`", style="dim"))
     return Group(*parts)
@@ -136,10 +257,11 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
 # -------------------------------------------------------------------------------------------- tasks
 
 
-def task_json(task: Task) -> dict[str, Any]:
-    """One task of ``forrestq tasks --json`` (and the base of ``show --json``)."""
+def task_json(task: Task, width: int = 200) -> dict[str, Any]:
+    """One task of ``forrestq tasks --json`` (and the base of ``show --json``); metadata as JSON
+    where it is JSON (:func:`metadata_json`; else a repr cut to ``width``)."""
     return {"id": task.id, "queue": task.queue, "state": task.state, "function": task.name,
-            "metadata": metadata_text(task, 200), "runtime": task.runtime, "host": task.host,
+            "metadata": metadata_json(task, width), "runtime": task.runtime, "host": task.host,
             "attempts": task.attempts, "reason": task.reason, "upstream": task.upstream,
             "created": task.created, "started": task.started, "finished": task.finished}
 
@@ -154,14 +276,14 @@ def _task_table(found: Sequence[Task], show_queue: bool) -> Table:
     table.add_column("metadata", max_width=40)
     table.add_column("runtime", justify="right")
     table.add_column("host")
-    table.add_column("error", overflow="ellipsis", no_wrap=True, max_width=60)
+    table.add_column("error", overflow="fold", max_width=ERROR_WIDTH // 2)
     for t in found:
         row: list[Text | str] = [literal(t.id)]
         if show_queue:
             row.append(literal(t.queue))
         row += [literal(t.state, style=state_style(t.state)), literal(t.name), literal(metadata_text(t)),
                 human_duration(t.runtime), literal(t.host or "-"),
-                literal(t.reason.splitlines()[0] if t.reason else "", style="red")]
+                literal(short_error(t.reason, ERROR_WIDTH), style="red")]
         table.add_row(*row)
     return table
 
@@ -173,16 +295,17 @@ def tasks_view(found: Sequence[Task], queue: str | None, state: str | None, part
         return Group(literal(f"no {state + ' ' if state else ''}tasks" + (f" in queue {queue!r}" if queue else "")))
     parts: list[RenderableType] = [_task_table(found, show_queue=queue is None)]
     if partial:
-        parts.append(literal(f"only the oldest unfinished tasks were searched for state {state!r}", style="dim"))
+        parts.append(literal(f"the search for {state} tasks ran out of time before it read every unfinished "
+                             "task: there may be more", style="dim"))
     return Group(*parts)
 
 
 # --------------------------------------------------------------------------------------------- show
 
 
-def show_json(task: Task, call: str, history: History, metadata: str, output_lines: Sequence[str]) -> dict[str, Any]:
+def show_json(task: Task, call: str, history: History, output_lines: Sequence[str]) -> dict[str, Any]:
     """``forrestq show --json``."""
-    return {**task_json(task), "metadata": metadata, "call": call, "inputs": task.inputs,
+    return {**task_json(task, 400), "call": call, "inputs": task.inputs,
             "history": [{"time": t, "state": s, "host": h} for t, s, h in history],
             "output": "\n".join(output_lines), "traceback": task.traceback}
 

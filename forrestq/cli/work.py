@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,22 @@ from ..log import get as get_logger
 from ..log import setup as setup_logging
 from ..server import data_dir, local_server_info, serve_foreground, stop_local_server
 from ..signing import check as payloads_signed
+from ..signing import fingerprint
 from ..signing import use_environment as use_secret_from_environment
 from ..worker import Worker, WorkerConfig
-from .common import URL, VERBOSE, set_verbose
+from .common import URL, VERBOSE, queue_names, set_verbose
 from .render import print_json
 
 __all__ = ["parse_size", "server", "worker"]
 
 _log = get_logger("worker")
 
-_SERVED = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable; first has priority).")
-_PASSWORD_FILE = typer.Option(None, "--password-file", help="File holding the password (first line).")
-_DATA = typer.Option(None, "--data", help="Data directory (default: DATA_DIR/server-PORT).")
+_SERVED = typer.Option(["default"], "--queue", "-q", metavar="NAME", callback=queue_names,
+                       help="Queue to serve (repeatable; first has priority).")
+_PATHS = typer.Option(None, "--path", metavar="DIR",
+                      help="Directory to import task modules from, before the working directory (repeatable).")
+_PASSWORD_FILE = typer.Option(None, "--password-file", metavar="FILE", help="File holding the password (first line).")
+_DATA = typer.Option(None, "--data", metavar="DIR", help="Data directory (default: DATA_DIR/server-PORT).")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -58,25 +63,31 @@ def _use_secret_file(secret_file: str) -> None:
 
 
 def worker(
-    procs: int = typer.Option(os.cpu_count() or 1, "--procs", "-p", help="Child processes running tasks."),
+    procs: int = typer.Option(os.cpu_count() or 1, "--procs", "-p", metavar="N", help="Child processes running tasks."),
     queue: list[str] = _SERVED,
     url: str | None = URL,
-    autokill: float = typer.Option(0, help="Kill a task's process group after this many seconds (0 = never)."),
-    max_memory: str | None = typer.Option(None, help="Address-space limit per child, e.g. 2G."),
-    lease: float = typer.Option(30, help="Seconds a claim lives without a heartbeat."),
-    grace: float = typer.Option(30, help="On SIGTERM/SIGINT, seconds running tasks may finish."),
-    max_tasks_per_child: int = typer.Option(0, help="Replace a child after this many tasks (0 = never)."),
-    max_child_rss: str | None = typer.Option(None, help="Replace a child that grew past this RSS, e.g. 1G."),
-    logfile: str | None = typer.Option(None, help="Append every task's output here, tagged with its id."),
-    async_concurrency: int = typer.Option(1, help="Coroutine (IO-bound) tasks one child runs at once."),
-    secret_file: str | None = typer.Option(None, help="File holding the secret that signs payloads "
+    autokill: float = typer.Option(0, metavar="SECONDS",
+                                   help="Kill a task's process group after this many seconds (0 = never)."),
+    max_memory: str | None = typer.Option(None, metavar="SIZE", help="Address-space limit per child, e.g. 2G."),
+    lease: float = typer.Option(30, metavar="SECONDS", help="Seconds a claim lives without a heartbeat."),
+    grace: float = typer.Option(30, metavar="SECONDS", help="On SIGTERM/SIGINT, seconds running tasks may finish."),
+    max_tasks_per_child: int = typer.Option(0, metavar="N", help="Replace a child after this many tasks (0 = never)."),
+    max_child_rss: str | None = typer.Option(None, metavar="SIZE",
+                                             help="Replace a child that grew past this RSS, e.g. 1G."),
+    logfile: str | None = typer.Option(None, metavar="FILE",
+                                       help="Append every task's output here, tagged with its id."),
+    async_concurrency: int = typer.Option(1, metavar="N", help="Coroutine (IO-bound) tasks one child runs at once."),
+    secret_file: str | None = typer.Option(None, metavar="FILE", help="File holding the secret that signs payloads "
                                               "(as $FORRESTQ_SECRET_FILE)."),
+    path: list[str] | None = _PATHS,
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output."),
     quiet: bool = typer.Option(False, "--quiet", help="Log nothing per task."),
 ) -> None:
-    """Run tasks of QUEUE(s) in PROCS child processes until SIGTERM/SIGINT.
+    """Run tasks of the queues (--queue; default: [bold]default[/bold]) in N child processes until SIGTERM/SIGINT.
 
-    Prints one startup line (host, pid, procs, queues, server) and one line per finished task.
+    Prints one startup line (host, pid, procs, the queues it serves, server, whether payloads are
+    signed and the fingerprint of the secret, to compare hosts) and one line per finished task.
+    Task modules are imported from the directories of [bold]--path[/bold], then the working directory.
 
     Example: [bold]forrestq worker --procs 8 --queue fits --autokill 600 --max-memory 4G[/bold]
     """
@@ -90,22 +101,38 @@ def worker(
                        max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
                        max_tasks_per_child=max_tasks_per_child,
                        max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,
-                       logfile=logfile, verbose=level, async_concurrency=async_concurrency)
+                       logfile=logfile, verbose=level, async_concurrency=async_concurrency,
+                       paths=list(path or []))
     w = Worker(cfg)
     if _log.isEnabledFor(logging.INFO):  # not with --quiet
+        signed = f"signed (secret fingerprint {fingerprint()})" if payloads_signed() else "unsigned"
         _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s, payloads %s",
-                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)),
-                  "signed" if payloads_signed() else "unsigned")
+                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)), signed)
     raise typer.Exit(w.run())
 
 
 # ------------------------------------------------------------------------------------------- server
 
 
+def _connected_warning(info: dict[str, Any] | None) -> str:
+    """One line warning that live workers are connected to the server about to stop ("" if none)."""
+    workers = (info or {}).get("workers") or []
+    if not workers:
+        return ""
+    shown = ", ".join(f"{w['host']} (pid {w['pid']})" for w in workers[:3]) + (" ..." if len(workers) > 3 else "")
+    return (f"forrestq: warning: {len(workers)} live worker(s) still connected: {shown}; they keep retrying "
+            "until a server is back")
+
+
 def _stop(as_json: bool) -> None:
+    before = local_server_info()
+    warning = _connected_warning(before) if before and before.get("running") else ""
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     stopped = stop_local_server()
+    workers = len((before or {}).get("workers") or []) if warning else 0
     if as_json:
-        print_json({"stopped": stopped, "data_dir": str(data_dir())})
+        print_json({"stopped": stopped, "data_dir": str(data_dir()), "workers_connected": workers})
     else:
         print("stopped the local server" if stopped else f"no local server was running (data in {data_dir()})")
 
@@ -115,12 +142,13 @@ def _info(as_json: bool) -> None:
     if record is not None:
         record = {**record, "url": mask(record["url"])}
     if as_json:
-        print_json(record or {"running": False, "data_dir": str(data_dir())})
+        print_json(record or {"running": False, "state": "never started", "data_dir": str(data_dir())})
     elif record is None:
         print(f"no local server was started yet; it will keep its data in {data_dir()}")
     else:
-        state = "running" if record["running"] else "not running"
-        print(f"local server: {state}, pid {record['pid']}, url {record['url']}\n"
+        state = record.get("state") or ("running" if record["running"] else "not running")
+        where = f", pid {record['pid']}, url {record['url']}" if record["running"] else f" (last pid {record['pid']})"
+        print(f"local server: {state}{where}\n{record.get('note') or state}\n"
               f"data in {record['data_dir']}\nlog {record['log']}\nbinary {record.get('binary', '-')}")
 
 
@@ -136,8 +164,8 @@ def _read_password(password_file: Path) -> str:
 
 
 def server(
-    port: int = typer.Option(6379, "--port", help="TCP port to listen on."),
-    bind: str = typer.Option("127.0.0.1", "--bind",
+    port: int = typer.Option(6379, "--port", metavar="PORT", help="TCP port to listen on."),
+    bind: str = typer.Option("127.0.0.1", "--bind", metavar="ADDR",
                              help="Address to listen on; 0.0.0.0 for other machines (needs a password)."),
     password_file: Path | None = _PASSWORD_FILE,
     data: Path | None = _DATA,

@@ -62,11 +62,12 @@ def loss_reason(state: str, token: str, reason: str, host: str, ours: str) -> st
         return "the task was cancelled"
     if token == ours:
         return f"the task is {state} and still carries this attempt's token"
+    where = f" on host {host}" if host else ""
     if state == schema.RUNNING:
-        where = f" on host {host}" if host else ""
         return f"another attempt{where} took it over (this attempt's lease had expired, or the task was re-run)"
     if state in schema.FINISHED_STATES:
-        return f"it was recorded as {state} by another attempt or by hand"
+        return f"another attempt{where} recorded it as {state} (after this one's lease had expired), or it was " \
+            "recorded by hand"
     return f"it was requeued or handed back meanwhile (it is {state} now)"
 
 

@@ -37,8 +37,8 @@ __all__ = ["MAX_HOSTS", "PAUSE_CAP", "PAUSE_FIRST", "SIGNATURE_LIMIT", "Refuser"
 logger = log.get("child")
 
 MAX_HOSTS = 3  # distinct refusing hosts after which a task fails, whoever else lives
-PAUSE_FIRST = 0.2  # seconds a child pauses after a refusal; doubled at each refusal in a row
-PAUSE_CAP = 2.0  # seconds: longest pause of a child between claims while it keeps refusing
+PAUSE_FIRST = 0.2  # seconds a child pauses after a hand-back; doubled at each hand-back in a row
+PAUSE_CAP = 2.0  # seconds: longest pause of a child between claims while it keeps handing back
 SIGNATURE_LIMIT = 3  # signature hand-backs in a row after which a worker stops claiming
 PEERS_TTL = 1.0  # seconds the list of live workers is reused
 
@@ -51,12 +51,12 @@ class Refuser:
         self.scripts = scripts
         self.host = host
         self.slot = slot
-        self.in_row = 0  # refusals since this child last loaded a task
+        self.in_row = 0  # hand-backs since this child last loaded a task
         self.ready_at = 0.0  # monotonic time before which this child should not claim
         self._peers: tuple[float, list[Peer]] = (-PEERS_TTL, [])  # (when read, the live workers)
 
     def loaded(self) -> None:
-        """A task loaded fine here: whatever this child refused before was not this host's fault alone."""
+        """A task loaded fine here: the hand-backs in a row (and their pauses) end."""
         if self.in_row:
             self.in_row = 0
         if self.slot.refused:
@@ -83,14 +83,14 @@ class Refuser:
         to record, its reason naming the hosts that refused it."""
         hosts = self.hosts_that_might(k, outcome.refusal)
         verdict = ops.refuse(self.scripts, k, ops.RefuseArgs(c.id, c.token, self.host, hosts, MAX_HOSTS))
-        self.in_row += 1
-        self.ready_at = time.monotonic() + min(PAUSE_CAP, PAUSE_FIRST * 2 ** (self.in_row - 1))
-        if verdict.must_fail:
+        if verdict.must_fail:  # recorded as failed: nothing comes back to spin on
             which = f"{len(verdict.hosts)} hosts" if len(verdict.hosts) >= MAX_HOSTS else \
                 f"every live worker host of queue {k.name}"
             outcome.reason = f"{outcome.reason}; refused by {which}: {', '.join(verdict.hosts)}"
             return outcome
         if verdict.handed_back:
+            self.in_row += 1
+            self.ready_at = time.monotonic() + min(PAUSE_CAP, PAUSE_FIRST * 2 ** (self.in_row - 1))
             if outcome.refusal == BAD_SIGNATURE:
                 self.slot.refused += 1
             logger.info("refused %s %s: %s; handed back for another host (refused so far on %s)", k.name, c.id,

@@ -9,9 +9,10 @@ period before handing them back.
 
 The supervision loop (:meth:`Worker.run`) is a list of named steps, run every tick (50 ms) or as soon
 as a signal or a child wakes the worker: ``reap`` (collect dead children, settle their tasks),
+``check_refusals`` (stop claiming when this worker's secret is not the producers'),
 ``enforce_timeouts``, ``stop_round`` (while stopping), ``redis_round`` (outbox, heartbeat, sweep) and
-``fill_vacant`` (start children). Set-up and tear-down sit outside the loop; all state is made in
-``__init__``.
+``fill_vacant`` (start children). Set-up (which puts the working directory and ``paths`` on the
+children's import path) and tear-down sit outside the loop; all state is made in ``__init__``.
 
 What becomes of a task whose child died:
 
@@ -108,8 +109,12 @@ class WorkerConfig:
 
     def import_paths(self) -> list[str]:
         """What the children find modules in, before the rest of ``sys.path``: ``paths``, then the
-        working directory (absolute: a task may change directory)."""
-        return [os.path.abspath(p) for p in (*self.paths, os.getcwd())]
+        working directory (absolute: a task may change directory; none if it was deleted)."""
+        try:
+            cwd = [os.getcwd()]
+        except OSError:
+            cwd = []
+        return [os.path.abspath(p) for p in (*self.paths, *cwd)]
 
 
 class Kill(NamedTuple):
