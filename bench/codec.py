@@ -10,8 +10,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from forrestq.plan import Planner
 from forrestq.deferred import defer
+from forrestq.plan import Planner
 
 N = 100_000
 RUNS = 5

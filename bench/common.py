@@ -25,8 +25,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository root (holds the `bench` package)
 BENCH = ROOT / "bench"
@@ -90,7 +91,7 @@ class Server:
         self.version = ""
         self.args = ["--save", "", "--appendonly", "no"]
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         import redis
 
         out = subprocess.run([str(self.binary), "--version"], capture_output=True, text=True, timeout=10)
@@ -260,7 +261,7 @@ class RssSampler:
             self.sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 

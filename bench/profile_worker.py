@@ -51,10 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import ROOT, Bench, children_of, context, median, print_context, server_cpu, tree_cpu, wait_quiet
 from forrestq import Queue, defer
-
-from bench.harness import (ROOT, Bench, children_of, context, median, print_context, server_cpu, tree_cpu,
-                           wait_quiet)
 
 MIN_IDLE = [1.6, 120.0]  # --min-idle, --quiet-timeout
 from bench.tasks import noop
@@ -302,7 +300,7 @@ def part_variants(n: int, procs: int, reps: int) -> None:
                 b.flush()
                 Queue(QUEUE, url=b.url).schedule_many([defer(noop) for _ in range(n)])
                 orig = b.worker_cmd
-                b.worker_cmd = lambda q, p, *x: [sys.executable, "-c", WORKER_CODE, *orig(q, p, *x)[3:]]
+                b.worker_cmd = lambda q, p, *x, orig=orig: [sys.executable, "-c", WORKER_CODE, *orig(q, p, *x)[3:]]
                 os.environ["FQ_BENCH_VARIANT"] = "" if variant == "baseline" else variant
                 try:
                     proc = b.start_worker(QUEUE, procs)

@@ -27,11 +27,10 @@ import subprocess
 import sys
 import time
 
-from forrestq import Queue, defer
-from forrestq.status import gather
-
 from bench.harness import ROOT, Bench, context, median, print_context, server_cpu, tree_cpu, wait_quiet
 from bench.tasks import noop
+from forrestq import Queue, defer
+from forrestq.status import gather
 
 QUEUE = "scale"
 

@@ -7,7 +7,8 @@
 Both modes run the same code: schedule ``defer(touch, X, i)`` 100 times with ``q.schedule`` and follow
 those tasks to the end as ``q.map`` does; X is the array itself ("direct") or the reference
 ``q.put(arr)`` returned ("shared", the ``put`` included in the time). (Not ``q.results()``: it reads
-whole task records, arguments included, 1000 at a time: 100 GB replies for 100 MB arguments.) Measured per repetition, on a private server without
+whole task records, arguments included, 1000 at a time: 100 GB replies for 100 MB arguments.)
+Measured per repetition, on a private server without
 persistence (``bench.common.Server``), each run on a fresh queue served by its own
 ``forrestq worker --procs P`` started (and registered) before the clock starts; the queue's keys are
 deleted after each run:
@@ -48,8 +49,8 @@ def _info(r: Any) -> dict[str, int]:
 
 
 def run_once(url: str, mode: str, arr: Any, tasks: int, queue: str) -> dict[str, float]:
-    from forrestq import Queue, defer, mapping
     import bench.shared as me  # by reference, so workers import it rather than unpickling a copy
+    from forrestq import Queue, defer, mapping
 
     q = Queue(queue, url)
     before = _info(q.r)
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     reps = a.reps or (1 if a.quick else 3)
 
     import numpy as np
+
     from bench.common import ROOT, Server, Workers, wait_until
 
     arr = np.random.default_rng(0).random(int(mb * 1e6 / 8))

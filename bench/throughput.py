@@ -34,12 +34,10 @@ import sys
 import time
 from typing import Any
 
+from bench.harness import Bench, context, median, percentile, print_context, server_cpu, tree_cpu, wait_quiet
+from bench.tasks import noop, sleep10
 from forrestq import Queue, defer
 from forrestq.schema import QueueKeys
-
-from bench.harness import (Bench, context, median, percentile, print_context, server_cpu, tree_cpu,
-                           wait_quiet)
-from bench.tasks import noop, sleep10
 
 
 def enqueue(b: Bench, queue: str, n: int) -> dict[str, float]:

@@ -46,7 +46,7 @@ from typing import Any
 from . import log as logs
 from . import ops
 from .core import QueueCore
-from .errors import ConfigError, LeaseLostWarning, NotClaimed
+from .errors import ConfigError, LeaseLostWarning, NotClaimed, shown
 from .lease import Lease, Renewer, new_token
 from .schema import glob_escape
 
@@ -78,27 +78,27 @@ def lease_key(q: QueueCore, key: str, version: int = 0) -> str:
 
 def _check_lease(lease: float) -> int:
     if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
-        raise ConfigError(f"lease must be a positive number of seconds, not {lease!r} (a lease that "
+        raise ConfigError(f"lease must be a positive number of seconds, not {shown(lease)} (a lease that "
                           "never expires would leave a dead process's key claimed forever)")
     return max(1, int(lease * 1000))
 
 
 def _check_version(version: int) -> int:
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ConfigError(f"version must be a non-negative integer, not {version!r}")
+        raise ConfigError(f"version must be a non-negative integer, not {shown(version)}")
     return version
 
 
 def _key_str(key: Any) -> str:
     if isinstance(key, bool) or not isinstance(key, (str, int)):
-        raise TypeError(f"a once key must be a str or an int, not {type(key).__name__}: {key!r}")
+        raise TypeError(f"a once key must be a str or an int, not {type(key).__name__}: {shown(key)}")
     s = key if isinstance(key, str) else str(key)
     if not s:
         raise ConfigError("a once key must not be empty")
     try:
         s.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ConfigError(f"once key {key!r} is not valid UTF-8 text: {exc}") from None
+        raise ConfigError(f"once key {shown(key)} is not valid UTF-8 text: {exc}") from None
     return s
 
 
@@ -223,7 +223,7 @@ def iterate(q: QueueCore, keys: Iterable[Any], lease: float = 60, version: int =
     lease_ms = _check_lease(lease)
     version = _check_version(version)
     if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"batch must be a positive integer, not {batch!r}")
+        raise ConfigError(f"batch must be a positive integer, not {shown(batch)}")
     items = [(k, _key_str(k)) for k in keys]
     if shuffle:
         random.Random(seed).shuffle(items)
@@ -278,10 +278,10 @@ def notify_success(q: QueueCore, key: Any, version: int = 0) -> None:
     claim = _registry.pop(ident)
     if claim is None:
         if q.r.sismember(done_key(q, ident[2]), ident[3]):
-            raise ValueError(f"completed more than once: {key!r}")
-        raise NotClaimed(f"once key {key!r} (version {ident[2]}) is not held by this process")
+            raise ValueError(f"completed more than once: {shown(key)}")
+        raise NotClaimed(f"once key {shown(key)} (version {ident[2]}) is not held by this process")
     if _confirm(claim) == 0:
-        raise ValueError(f"completed more than once: {key!r}")
+        raise ValueError(f"completed more than once: {shown(key)}")
 
 
 def notify_failure(q: QueueCore, key: Any, version: int = 0) -> bool:

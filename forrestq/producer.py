@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from . import codec, ops, schema
+from . import codec, ops, schema, signing
 from .core import QueueCore
 from .deferred import Call, _identity
 from .errors import Cancelled, ConfigError, shown
@@ -132,6 +132,7 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     before the first chunk (where a waiter may start to block)."""
     pipe = q.r.pipeline(transaction=False)
     ensure_group(q, pipe)
+    pipe.set(q.keys.signer, signing.fingerprint())  # workers compare their secret's with it
     for sha, blob in fns.items():
         pipe.set(q.keys.fn(sha), blob, nx=True)
     now = time.time()

@@ -38,6 +38,11 @@ key                        type    what                                written b
                                    holds the task; expires (PX)        complete (DEL)
 ``fq:{q}:fn:<sha1>``       string  a serialised function,              schedule (SET NX)
                                    content-addressed
+``fq:{q}:signer``          string  fingerprint of the secret the       schedule (SET)
+                                   producers sign payloads with
+                                   (``signing.fingerprint()``):
+                                   a worker with another one knows
+                                   it is the misconfigured host
 ``fq:{q}:sweep``           string  guard: one reclaim sweep per        worker (SET NX PX)
                                    interval per queue
 ``fq:{q}:once:<v>:done``   set     exactly-once keys whose body        once_confirm.lua
@@ -189,7 +194,7 @@ class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed")
+                 "delayed", "signer")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -203,6 +208,7 @@ class QueueKeys:
         self.finished = p + "finished"
         self.sweep = p + "sweep"
         self.delayed = p + "delayed"
+        self.signer = p + "signer"
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import wait_for
 
 from forrestq.server import ServerProcess, stop_local_server
-from helpers import wait_for
 
 __all__ = ["wait_for"]
 

@@ -47,7 +47,7 @@ def unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed: apt-get install -y iproute2"
     if os.geteuid() != 0:
-        return "network namespaces need root (this runs as uid %d)" % os.geteuid()
+        return f"network namespaces need root (this runs as uid {os.geteuid()})"
     probe = f"{PREFIX}-probe-{os.getpid()}"
     try:
         made = ip("netns", "add", probe, check=False)
@@ -106,7 +106,7 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
 
     # --- building ---------------------------------------------------------------------------
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         try:
             remove_stale()
             self._netns(self.switch)

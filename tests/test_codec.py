@@ -15,10 +15,9 @@ import pytest
 
 from forrestq import codec
 from forrestq.codec import dump_args, dump_exception, dump_fn, dumps, load_args, load_fn, loads
-from forrestq.errors import WorkerImportError
-from forrestq.plan import NodeSpec, Planner, evaluate
 from forrestq.deferred import _identity, defer
-from forrestq.errors import GraphError, RemoteError, SerializationError
+from forrestq.errors import GraphError, RemoteError, SerializationError, WorkerImportError
+from forrestq.plan import NodeSpec, Planner, evaluate
 
 SCALE = 2
 CALLS: list = []

@@ -7,10 +7,10 @@ import textwrap
 import threading
 
 import pytest
-
 import tasks
-from forrestq import Queue, SerializationError, Task, defer
 from procs import ROOT, worker, worker_env
+
+from forrestq import Queue, SerializationError, Task, defer
 
 
 def executions(path) -> list[str]:

@@ -9,9 +9,8 @@ import re
 
 import pytest
 
+from forrestq.deferred import Call, Deferred, Part, _apply, _identity, apply_path, base_and_path, defer, new_id
 from forrestq.plan import evaluate
-from forrestq.deferred import (Call, Deferred, Part, _apply, _identity, apply_path, base_and_path,
-                               defer, new_id)
 
 
 def load(path):

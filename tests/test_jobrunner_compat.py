@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 import pytest
+from procs import worker
 from rich.console import Console
 from rich.progress import Progress, track
 
 from forrestq import Queue
-from procs import worker
-
 
 # --- task functions (importable by the workers: tests/ is on their PYTHONPATH) ------------------
 

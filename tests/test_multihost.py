@@ -25,13 +25,13 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
-
 import netns
-from forrestq import Queue, Task, defer
-from forrestq.schema import WORKERS
+import pytest
 from helpers import wait_for
 from procs import stop, worker_env
+
+from forrestq import Queue, Task, defer
+from forrestq.schema import WORKERS
 
 LEASE = 2.0  # seconds: the workers' --lease
 SWEEP = min(LEASE / 3, 5.0)  # the workers' reclaim sweep interval (forrestq.worker)
@@ -170,7 +170,7 @@ def test_host_loss(cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixtu
         deadline = time.monotonic() + 60
         while True:  # watch the lost tasks come back, until every task has finished
             now = states(q, ids)
-            for i, (st, host, lost) in now.items():
+            for i, (_st, _host, lost) in now.items():
                 if lost == "host-a" and i not in requeued:
                     requeued[i] = time.time() - t_kill
             if all(st in ("done", "failed") for st, _, _ in now.values()):

@@ -210,6 +210,31 @@ def test_a_worker_with_another_secret_hands_tasks_back_then_stops_claiming_and_s
     assert good_fp in lines[0] and SECRET not in log.read_text() and OTHER not in log.read_text()
 
 
+def test_a_lone_worker_with_another_secret_fails_nothing_and_the_right_one_runs_everything_later(
+        url, r, tmp_path):
+    """The overnight case: the misconfigured host starts first and alone. The producers say which
+    secret they sign with (fq:{q}:signer), so that worker knows the fault is its own: it hands every
+    task back unrun, stops claiming after a few, and a worker with the right secret started later
+    runs them all."""
+    signing.set_secret(SECRET)
+    q, k = Queue("secret-alone"), QueueKeys("secret-alone")
+    refs = q.schedule_many(defer(tasks.identity, i) for i in range(6))
+    assert r.get(k.signer).decode() == signing.Signer(SECRET).fingerprint
+    log = tmp_path / "bad.log"
+    with worker(url, "secret-alone", 2, *FAST, env={"FORRESTQ_HOST": "bad", "FORRESTQ_SECRET": OTHER},
+                log=log):
+        wait_for(lambda: hosts_live(r, "bad"), timeout=30, what="the bad worker to be live")
+        (peer,) = [p for p in live_peers(r) if p.host == "bad"]
+        wait_for(lambda: r.hget(schema.worker(peer.id), schema.WORKER_REFUSING), timeout=60,
+                 what="the lone bad worker to stop claiming")
+        assert q.counts()["failed"] == 0 and q.counts()["done"] == 0
+        with worker(url, "secret-alone", 1, *FAST, env={"FORRESTQ_HOST": "good", "FORRESTQ_SECRET": SECRET}):
+            got = [q.wait(ref, timeout=60) for ref in refs]
+    assert [t.returnvalue for t in got] == list(range(6)) and {t.host for t in got} == {"good"}
+    line = next(x for x in log.read_text().splitlines() if "stopped claiming tasks" in x)
+    assert "the producers sign with " + signing.Signer(SECRET).fingerprint in line
+
+
 def test_a_payload_forged_by_hand_fails_at_once_among_workers_with_the_same_secret(url, r, tmp_path):
     """Two workers with the right secret: a forged payload would fail on either, so it is not handed
     around; it fails at its first refusal, and neither worker stops claiming."""

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-
 import tasks
-from forrestq import ConfigError, Queue, defer
 from procs import worker
+
+from forrestq import ConfigError, Queue, defer
 
 
 def test_retry_until_success_with_backoff(url, tmp_path):

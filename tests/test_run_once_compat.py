@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import worker_env
 
 from forrestq import Queue, once
 from forrestq.once import NotClaimed, Status
-from procs import worker_env
 
 
 def keys_of(n: int) -> list[str]:

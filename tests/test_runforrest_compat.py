@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-
 import tasks
-from forrestq import Queue, defer, evaluate
 from procs import worker
+
+from forrestq import Queue, defer, evaluate
 
 
 def test_readme_examples_evaluate_like_runforrest():

@@ -167,16 +167,16 @@ def test_slot_seqlock_round_trip():
 def test_a_load_failure_of_this_host_is_marked_as_a_refusal(tmp_path, monkeypatch):
     """A missing module or a bad signature may be this host's fault: the outcome says which, so a
     worker child can hand the task to another host; debug mode records the failure as it is."""
-    (tmp_path / "fq_gone_mod.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "fq_refused_mod.py").write_text("def f():\n    return 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import fq_gone_mod
+    import fq_refused_mod
 
-    c, blobs = make_claimed(fq_gone_mod.f)
-    monkeypatch.delitem(sys.modules, "fq_gone_mod")
+    c, blobs = make_claimed(fq_refused_mod.f)
+    monkeypatch.delitem(sys.modules, "fq_refused_mod")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
     o = Runner(blobs.get, "h").run(K, c)
     assert o.state == FAILED and o.refusal == runner.MISSING_IMPORT
-    assert o.reason.startswith("could not load task payload: WorkerImportError: cannot import module 'fq_gone_mod'")
+    assert o.reason.startswith("could not load task payload: WorkerImportError: cannot import module 'fq_refused_mod'")
     try:
         signing.set_secret("one secret")
         c, blobs = make_claimed(add, 1)

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
+from procs import worker
 
 from forrestq import Queue, defer, evaluate, shared
-from procs import worker
 
 
 class Counted:

@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
+from procs import worker
 
 from forrestq import GraphError, Queue
-from procs import worker
 
 
 async def io_bound_a():

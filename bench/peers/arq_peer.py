@@ -30,7 +30,8 @@ class ArqPeer(Peer):
             self.name = "arq-10ms"
         self.notes = {
             "enqueue": "await enqueue_job() in sequence (no bulk API)",
-            "workers": "2 x `arq WorkerSettings`" + (" (poll_delay=0.01)" if self.fast else " (defaults: poll_delay=0.5 s)"),
+            "workers": "2 x `arq WorkerSettings`"
+                       + (" (poll_delay=0.01)" if self.fast else " (defaults: poll_delay=0.5 s)"),
             "result wait": f"await job.result(poll_delay={self.poll})",
         }
         self.enqueued = 0

@@ -29,9 +29,8 @@ class ForrestqPeer(Peer):
                  "--url", self.url, "--quiet"]]
 
     def setup(self) -> None:
-        from forrestq import Queue, defer
-
         from bench.peers.tasks import noop, sleep10
+        from forrestq import Queue, defer
 
         self.q = Queue(QUEUE, url=self.url)
         self.defer, self.noop, self.sleep10 = defer, noop, sleep10

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pdb as pdb_module
 import sys
 import traceback
-from typing import Any
+from collections.abc import Callable
 
 import redis
 import typer
@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..producer import error_type as error_type_of
 from ..queue import Queue
 from ..status import find_task, queue_status, queues_of, records, resolve_queues, why_not_cancelled, why_not_requeued
+from ..task import Task
 from .common import EXIT_FAILURE, JSON, QUEUE, STATE, URL, VERBOSE, client, queue_option, set_verbose
 from .render import make_console, print_json, traceback_view, value_view
 
@@ -27,12 +28,13 @@ _TASK_IDS = typer.Argument(None, metavar="TASK_ID...", help="Tasks to cancel.")
 
 
 def _skipped(r: redis.Redis, plan: dict[str, list[str]], changed: dict[str, list[str]],
-             why: Any) -> list[dict[str, str]]:
+             why: Callable[[Task], str]) -> list[dict[str, str]]:
     """The ids of ``plan`` (queue -> ids given) that are not in ``changed``, each with its state and
     ``why(task)``: what a person reads for a task the command left alone."""
     out: list[dict[str, str]] = []
     for name, ids in plan.items():
-        left = [i for i in dict.fromkeys(ids) if i not in set(changed.get(name, []))]
+        kept = set(changed.get(name, []))
+        left = [i for i in dict.fromkeys(ids) if i not in kept]
         out += [{"id": t.id, "queue": name, "state": t.state, "reason": why(t)} for t in records(r, name, left)]
     return out
 
@@ -45,6 +47,7 @@ def _report(summary: str, skipped: list[dict[str, str]], reason: str | None) -> 
     if reason:
         print(reason)
 
+
 # ------------------------------------------------------------------------------------------ requeue
 
 
@@ -52,7 +55,7 @@ def requeue(
     failed: bool = typer.Option(False, "--failed", help="Requeue failed tasks (required: only those can be)."),
     queue: str | None = QUEUE,
     ids: list[str] | None = _IDS,
-    error_type: str | None = typer.Option(None, "--error-type",
+    error_type: str | None = typer.Option(None, "--error-type", metavar="NAME",
                                           help="Only tasks that failed with this exception type, e.g. MemoryError."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be requeued; change nothing."),
     as_json: bool = JSON,

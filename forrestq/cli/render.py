@@ -194,6 +194,8 @@ def _roots_text(roots: dict[str, int]) -> Text:
     parts = [f"{roots[k]:,} {label}" for k, label in (("unfinished", "open"), ("done", "done"), ("failed", "failed"))
              if roots.get(k)]
     total = sum(roots.get(k, 0) for k in ("unfinished", "done", "failed"))
+    if len(parts) == 1:  # all of them open, done or failed
+        return Text(parts[0])
     return Text(f"{total:,}" + (f" ({', '.join(parts)})" if parts else ""))
 
 

@@ -39,7 +39,7 @@ for _, id in ipairs(set) do
   if f[3] == '1' and (f[1] == DONE or f[1] == FAILED) then root_reopened(KEYS[2], f[1]) end
   redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
   redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT,
-             TASK_STREAM_ID, TASK_TOKEN, TASK_STARTED, TASK_FINISHED, TASK_RUNTIME, TASK_LOST_ON)
+             TASK_STREAM_ID, TASK_TOKEN, TASK_STARTED, TASK_FINISHED, TASK_RUNTIME, TASK_LOST_ON, TASK_REFUSED)
   redis.call('HSET', t, TASK_STATE, WAITING, TASK_ATTEMPTS, 0)
   redis.call('HINCRBY', t, TASK_GEN, 1)
   redis.call('ZREM', KEYS[4], id)

@@ -11,7 +11,9 @@ producers). The rule (README, Guarantees):
   :data:`MAX_HOSTS` distinct hosts have; its reason is the load error followed by the hosts that
   refused it. For a signature mismatch only workers whose secret differs from this one's count as
   hosts that might load it (a worker with the same secret would refuse it the same way), so a payload
-  forged or altered by hand fails at once, as before;
+  forged or altered by hand fails at once, as before; and when the producers sign with another secret
+  than this worker's (their fingerprint is in ``fq:{q}:signer``), this host is the misconfigured one:
+  it never fails the task, even alone, and hands it back for a worker with the producers' secret;
 * the task goes to the end of the stream, where an idle worker elsewhere (blocked reading it) gets
   it at once, and the refusing child pauses before it claims again, longer the more it keeps refusing
   (:data:`PAUSE_FIRST` s doubling up to :data:`PAUSE_CAP` s): a refusing host does not spin on the
@@ -41,6 +43,8 @@ PAUSE_FIRST = 0.2  # seconds a child pauses after a hand-back; doubled at each h
 PAUSE_CAP = 2.0  # seconds: longest pause of a child between claims while it keeps handing back
 SIGNATURE_LIMIT = 3  # signature hand-backs in a row after which a worker stops claiming
 PEERS_TTL = 1.0  # seconds the list of live workers is reused
+PRODUCERS_SECRET = "(a worker with the producers' secret)"  # stands for the hosts a signature refusal waits for
+NEVER = 1 << 30  # distinct hosts: a task whose producers' secret no live worker holds is never failed for it
 
 
 class Refuser:
@@ -71,18 +75,27 @@ class Refuser:
             self._peers = (now, live_peers(self.r))
         mine = signing.fingerprint()
         hosts = [self.host]
+        if refusal == BAD_SIGNATURE and self.producers_differ(k):
+            hosts.append(PRODUCERS_SECRET)  # a host that would load it may come: never fail it here
         for p in self._peers[1]:
             if p.claiming and k.name in p.queues and p.host not in hosts and \
                     not (refusal == BAD_SIGNATURE and p.fingerprint == mine):
                 hosts.append(p.host)
         return hosts
 
+    def producers_differ(self, k: QueueKeys) -> bool:
+        """Whether the producers of queue ``k`` sign with another secret than this worker's (they say
+        which in ``fq:{q}:signer`` at every schedule): then this host is the misconfigured one."""
+        theirs = self.r.get(k.signer)
+        return theirs is not None and theirs.decode() != signing.fingerprint()
+
     def refuse(self, k: QueueKeys, c: ops.Claimed, outcome: Outcome) -> Outcome:
         """Settle a task that this host could not load (``outcome``: the failure to load it): an
         outcome of state REFUSED (handed back, or no longer ours: nothing to record), or the failure
         to record, its reason naming the hosts that refused it."""
         hosts = self.hosts_that_might(k, outcome.refusal)
-        verdict = ops.refuse(self.scripts, k, ops.RefuseArgs(c.id, c.token, self.host, hosts, MAX_HOSTS))
+        most = NEVER if PRODUCERS_SECRET in hosts else MAX_HOSTS
+        verdict = ops.refuse(self.scripts, k, ops.RefuseArgs(c.id, c.token, self.host, hosts, most))
         if verdict.must_fail:  # recorded as failed: nothing comes back to spin on
             which = f"{len(verdict.hosts)} hosts" if len(verdict.hosts) >= MAX_HOSTS else \
                 f"every live worker host of queue {k.name}"
@@ -116,13 +129,15 @@ def stop_claiming_words(r: redis.Redis, worker_id: str, queues: list[str], refus
     try:
         others = sorted({p.fingerprint or "?" for p in live_peers(r) if p.id != worker_id
                          and set(p.queues) & set(queues) and p.fingerprint != mine})
+        producers = sorted({v.decode() for v in (r.get(QueueKeys(q).signer) for q in queues) if v})
     except redis.RedisError:
-        others = []
+        others, producers = [], []
     cause = ("this worker has no secret and the payloads are signed" if mine == signing.NO_SECRET else
              "the payloads are unsigned or signed with another secret than this worker's")
     theirs = ", ".join(others) or "unknown"
+    theirs += f"; the producers sign with {', '.join(producers)}" if producers else ""
     line = (f"stopped claiming tasks: {refused} payloads in a row failed the signature check here ({cause}) "
-            f"and were handed back to workers with another secret; this worker's secret has fingerprint "
+            f"and were handed back for a worker with the producers' secret; this worker's secret has fingerprint "
             f"{mine}, the other workers of {', '.join(queues)} have {theirs}: give this worker the producers' "
             f"secret ($FORRESTQ_SECRET or --secret-file) and restart it")
     published = (f"secret differs: fingerprint {mine}, other workers {theirs}; "
