@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -308,35 +309,51 @@ def test_payload_written_by_hand_with_a_wrong_signature_never_runs(url, r, tmp_p
         assert not path.exists(), f"{path.name}: the forged payload was unpickled"
 
 
-def test_worker_without_the_secret_refuses_signed_payloads(url, r, tmp_path):
-    signing.set_secret(SECRET)
+def refusing_reason(r: redis.Redis, queue: str) -> str:
+    """The reason a worker of ``queue`` publishes once it stopped claiming ("" while none has)."""
+    for wid in r.zrange(schema.WORKERS, 0, -1):
+        fields = r.hgetall(schema.worker(wid.decode()))
+        if queue in fields.get(schema.WORKER_QUEUES.encode(), b"").decode().split(","):
+            return fields.get(schema.WORKER_REFUSING.encode(), b"").decode()
+    return ""
+
+
+@pytest.mark.parametrize("producer, worker_secret, cause", [
+    (SECRET, None, "this worker has no secret and the payloads are signed"),
+    (None, SECRET, "the payloads are unsigned or signed with another secret than this worker's")])
+def test_a_worker_whose_secret_differs_from_the_producers_runs_nothing_fails_nothing_and_says_why(
+        url, r, tmp_path, producer, worker_secret, cause):
+    """A worker without the producers' secret (none, or another) refuses the payloads before unpickling
+    them, hands them back unrun (they are not its to fail: the producers' fingerprint says the fault
+    is the worker's), stops claiming and says why; a worker with the right secret then runs them."""
+    signing.set_secret(producer)
     ran = tmp_path / "ran"
-    q = Queue("no-secret-worker")
+    name = "secret-differs-" + ("signed" if producer else "unsigned")
+    q = Queue(name)
     ref = q.schedule(defer(tasks.record, str(ran), "x"))
-    with worker(url, "no-secret-worker", 1):  # this process's environment has no secret
-        task = finished(q, 1)[ref.id]
-    assert task.state == "failed"
-    assert task.reason.startswith("could not load task payload: SignatureMismatch: signature mismatch: "
-                                  "the task's function came signed, but this process has no secret to "
-                                  "check it (set $FORRESTQ_SECRET or $FORRESTQ_SECRET_FILE")
+    log = tmp_path / "bad.log"
+    bad_env = {"FORRESTQ_SECRET": worker_secret} if worker_secret else {}
+    with worker(url, name, 1, env=bad_env, log=log):
+        why = wait_for_refusal(r, name)
+        assert q.get(ref).state == "ready" and q.counts()["failed"] == 0
     assert not ran.exists()
-    # what that worker wrote is unsigned: a reader with the secret does not trust it either
-    with pytest.raises(SignatureMismatch, match="came unsigned"):
-        _ = task.errorvalue
+    assert "secret differs" in why
+    line = next(x for x in log.read_text().splitlines() if "stopped claiming tasks" in x)
+    assert cause in line and SECRET not in log.read_text()
+    good_env = {"FORRESTQ_SECRET": producer} if producer else {}
+    with worker(url, name, 1, env=good_env):
+        assert q.wait(ref, timeout=60).state == "done"
+    assert ran.read_text() == "x\n"
 
 
-def test_worker_with_a_secret_refuses_unsigned_payloads(url, r, tmp_path):
-    ran = tmp_path / "ran"
-    q = Queue("secret-worker")
-    ref = q.schedule(defer(tasks.record, str(ran), "x"))  # this process signs nothing
-    with worker(url, "secret-worker", 1, env={"FORRESTQ_SECRET": SECRET}):
-        task = finished(q, 1)[ref.id]
-    assert task.state == "failed"
-    assert task.reason.startswith("could not load task payload: SignatureMismatch: signature mismatch: "
-                                  "the task's function came unsigned, and this process has a secret")
-    assert not ran.exists()
-    with pytest.raises(SignatureMismatch, match="came signed, but this process has no secret"):
-        _ = task.errorvalue
+def wait_for_refusal(r: redis.Redis, queue: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        why = refusing_reason(r, queue)
+        if why:
+            return why
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of {queue} stopped claiming within {timeout} s")
 
 
 # ------------------------------------------------------------------------------------ Redis AUTH
