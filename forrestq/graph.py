@@ -59,6 +59,13 @@ def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, It
           done: Iterable[str] | None = None, results: Mapping[str, Any] | None = None
           ) -> dict[str, Deferred]:
     """Check the graph and return name -> deferred call for every name not in ``done``."""
+    for name, d in dependencies.items():
+        if isinstance(d, (str, bytes)):
+            raise GraphError(f"dependencies of {name!r} must be a list of names, not the string {d!r} "
+                             f"(did you mean [{d!r}]?)")
+    for name, fn in funcs.items():
+        if not callable(fn):
+            raise GraphError(f"funcs[{name!r}] is not callable: {type(fn).__name__}")
     deps = {name: list(d) for name, d in dependencies.items()}
     done_set = set(done or ())
     results = dict(results or {})

@@ -17,8 +17,8 @@ from typing import Any
 
 from . import codec, ops, schema, signing
 from .core import QueueCore
-from .deferred import Call, _identity
-from .errors import Cancelled, ConfigError, shown
+from .deferred import Call, Deferred, _identity
+from .errors import Cancelled, ConfigError, SerializationError, shown
 from .graph import DropNone, build
 from .lease import new_token
 from .plan import Planner
@@ -31,6 +31,7 @@ CHUNK_NODES = 2000  # nodes per schedule script call: bounds how long one call b
 CHUNK_BYTES = 8 << 20
 BATCH = 1000  # ids per requeue/clean script call
 CANCEL_BATCH = 500
+ARGS_LIMIT = 500 << 20  # bytes: Redis refuses a bulk string past proto-max-bulk-len (512 MB)
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_.:@+=-]{1,48}")
 
 
@@ -111,9 +112,17 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
     for task in tasks:
         md = next(metas, None) if metas is not None else None
         user_key = next(keys_in, None) if keys_in is not None else None
+        if callable(task) and not isinstance(task, Deferred):
+            raise ConfigError(f"schedule() takes a deferred call, not the function {shown(task)} itself: "
+                              "did you mean defer(fn, *args)?")
         if user_key is not None:
             task = keyed(task, user_key)
         root_id, specs = planner.add(task)
+        for spec in specs:
+            if len(spec.args) > ARGS_LIMIT:
+                raise SerializationError(f"the arguments of {spec.name} take {len(spec.args) >> 20} MiB "
+                                         f"serialised; Redis takes at most {ARGS_LIMIT >> 20} MiB: pass big "
+                                         "inputs with q.put(obj) instead")
         md_blob = codec.dumps(md) if md is not None else b""
         for spec in specs:
             fns.setdefault(spec.fn_sha, spec.fn_blob)

@@ -142,8 +142,14 @@ class Queue:
         return reading.results(self.core, progress=progress, timeout=timeout)
 
     def wait(self, ref: TaskRef | str, timeout: float | None = None) -> Task:
-        """Block until one root task has finished and return its record."""
+        """Block until one root task has finished and return its record. In debug mode the queue's
+        tasks run here until this one has finished."""
         reading.check_timeout(timeout)
+        if self.local:
+            tid = reading.task_id(ref)
+            for task in run_inline(self.core, timeout=timeout):
+                if task.id == tid:
+                    return task
         return reading.wait(self.core, ref, timeout)
 
     # --- re-running, cancelling, cleaning -------------------------------------------------------
@@ -160,7 +166,8 @@ class Queue:
         fixing its function; ``fn`` replaces the task's function first. Returns the ids re-run."""
         return producer.rerun(self.core, ref, fn)
 
-    def cancel(self, ids: Iterable[TaskRef | str] | None = None, all: bool = False) -> list[str]:
+    def cancel(self, ids: Iterable[TaskRef | Task | str] | TaskRef | Task | str | None = None,
+               all: bool = False) -> list[str]:
         """End unfinished tasks as ``failed`` with reason "cancelled" (their dependents fail too).
         Queued tasks never start; a running task's worker loses its lease and kills it at its next
         heartbeat. Returns the ids cancelled."""
@@ -169,7 +176,8 @@ class Queue:
         elif ids is None:
             raise ConfigError("cancel needs task ids, or all=True")
         else:
-            chosen = [reading.task_id(i) for i in ids]
+            many: Iterable[TaskRef | Task | str] = [ids] if isinstance(ids, (str, TaskRef, Task)) else ids
+            chosen = [reading.task_id(i) for i in many]  # one id given alone is not a string of letters
         return producer.cancel(self.core, chosen)
 
     def clean(self, done: bool = False, failed: bool = False, all: bool = False) -> int:

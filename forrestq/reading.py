@@ -69,8 +69,9 @@ def fetch_records(r: redis.Redis, k: QueueKeys, ids: Sequence[str]) -> list[Task
     return out
 
 
-def task_id(ref: TaskRef | str) -> str:
-    return ref.id if isinstance(ref, TaskRef) else str(ref)
+def task_id(ref: TaskRef | Task | str) -> str:
+    """The id of a task given as a TaskRef (from schedule), a Task (from results, wait, get) or an id."""
+    return ref.id if isinstance(ref, (TaskRef, Task)) else str(ref)
 
 
 def get(q: QueueCore, ref: TaskRef | str) -> Task:

@@ -366,3 +366,55 @@ def test_the_readme_example_runs_as_written(url: str, tmp_path) -> None:  # type
     q = Queue("fits")
     assert q.root_counts() == {"unfinished": 0, "done": 200, "failed": 0}
     assert sorted(t.returnvalue for t in q.done_tasks() if t.root) == sorted(i * (i % 7) for i in range(200))
+
+
+# ------------------------------------------------------- found by a careless-user trial after the fixes
+
+
+def test_scheduling_a_function_instead_of_a_deferred_call_is_refused_and_writes_nothing(url: str) -> None:
+    q = Queue("edge-bare-fn", pre_clean=True)
+    for bare in (tasks.identity, print, functools.partial(tasks.add, 1)):
+        with pytest.raises(ConfigError, match=r"did you mean defer\(fn, \*args\)"):
+            q.schedule(bare)
+        with pytest.raises(ConfigError, match="not the function"):
+            q.schedule(bare, key="k")
+    assert sum(q.counts().values()) == 0
+    assert q.schedule(5).id  # a plain value is still a data node
+
+
+def test_an_argument_payload_redis_cannot_take_is_refused_at_schedule(url: str, monkeypatch) -> None:
+    from forrestq import producer
+
+    monkeypatch.setattr(producer, "ARGS_LIMIT", 1 << 20)  # the real limit is 500 MiB: too big to test
+    q = Queue("edge-big-args", pre_clean=True)
+    with pytest.raises(SerializationError, match=r"take 2 MiB serialised; Redis takes at most 1 MiB: pass big "
+                                                 r"inputs with q.put\(obj\)"):
+        q.schedule_many([defer(tasks.identity, 1), defer(tasks.identity, b"x" * (2 << 20))])
+    assert sum(q.counts().values()) == 0
+
+
+def test_named_graphs_refuse_a_string_of_names_and_a_function_that_is_not_callable(url: str) -> None:
+    from forrestq import GraphError
+
+    q = Queue("edge-graph", pre_clean=True)
+    with pytest.raises(GraphError, match=r"must be a list of names, not the string 'ab' \(did you mean \['ab'\]"):
+        q.schedule_graph({"a": tasks.identity, "b": tasks.identity, "ab": tasks.identity}, {"b": "ab"})
+    with pytest.raises(GraphError, match=r"funcs\['a'\] is not callable: int"):
+        q.schedule_graph({"a": 5}, {})
+    assert sum(q.counts().values()) == 0
+
+
+def test_a_task_record_is_accepted_wherever_a_task_reference_is(url: str) -> None:
+    q = Queue("edge-task-as-ref", pre_clean=True)
+    first, second = q.schedule(defer(tasks.identity, 1)), q.schedule(defer(tasks.identity, 2))
+    record = q.get(first)
+    assert q.get(record).id == first.id
+    assert q.cancel(second.id) == [second.id]  # one id given as a string is not a string of letters
+    assert q.cancel(record) == [first.id]
+    assert q.get(first).reason == "cancelled"
+
+
+def test_wait_in_debug_mode_runs_the_queue_here_instead_of_hanging(url: str) -> None:
+    q = Queue("edge-local-wait", pre_clean=True, local=True)
+    ref = q.schedule(defer(tasks.add, 2, 3))
+    assert q.wait(ref, timeout=30).returnvalue == 5

@@ -4,8 +4,10 @@ and the JSON shapes, apart from the commands that gather the data.
 User text prints literally. Metadata, queue, function and host names, ids, reasons, output and
 tracebacks are user data: each goes into a :class:`rich.text.Text` (see :func:`literal`), which
 rich never parses for markup or emoji codes, so ``x:b:c``, ``[link=http://x]docs[/link]`` or
-``ratio [/red] 3`` show as typed and never break a table. Styling here is done with ``Text``
-styles, never with markup strings, and the consoles are created with markup and emoji codes off
+``ratio [/red] 3`` show as typed and never break a table. Terminal control characters in user
+text (ESC, CSI, OSC hyperlinks, ``\\r``, DEL ...) show as visible escapes such as ``\\x1b``
+(:func:`escape_controls`): a task cannot clear the screen or hide links. Styling here is done with
+``Text`` styles, never with markup strings, and the consoles are created with markup and emoji codes off
 (:func:`make_console`), so that nothing printed here is read as markup.
 
 Consoles: colour is off when stdout is not a terminal or ``NO_COLOR`` is set (rich does both).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +37,8 @@ from rich.text import Text
 from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
 from ..task import Task
 
-__all__ = ["make_console", "literal", "when", "state_style", "print_json", "print_json_line", "metadata_text",
-           "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json", "task_detail",
+__all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
+           "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json", "task_detail",
            "traceback_view", "value_view"]
 
 History = Sequence[tuple[float, str, str]]
@@ -60,9 +63,20 @@ def make_console(stderr: bool = False) -> Console:
     return out
 
 
+# C0 and C1 control characters and DEL, apart from newline and tab
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each terminal control character (but newline and tab) as a visible escape:
+    ESC becomes the four characters ``\\x1b``, so that user text cannot drive the terminal."""
+    return _CONTROLS.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
 def literal(value: object, style: str = "") -> Text:
-    """User data as a rich Text: printed exactly as given (no markup, no emoji codes)."""
-    return Text(str(value), style=style)
+    """User data as a rich Text: printed exactly as given (no markup, no emoji codes), its control
+    characters as visible escapes (:func:`escape_controls`)."""
+    return Text(escape_controls(str(value)), style=style)
 
 
 def when(t: float | None) -> str:
@@ -238,7 +252,7 @@ def _refusing_lines(workers: Sequence[dict[str, Any]]) -> list[Text]:
 
 def render_status(data: dict[str, Any], where: str = "") -> Group:
     """The rich renderable of ``forrestq status`` for the data of :func:`forrestq.status.gather`."""
-    head = Text.assemble(("forrestq status", "bold"), f"  {where}  " if where else "  ",
+    head = Text.assemble(("forrestq status", "bold"), literal(f"  {where}  " if where else "  "),
                          (when(data.get("time")), "dim"))
     parts: list[RenderableType] = [head]
     queues, unserved = data["queues"], data.get("unserved", [])
@@ -339,8 +353,8 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str) -> list
 
 
 def traceback_view(text: str) -> Syntax:
-    """A Python traceback, highlighted as such (never read as markup)."""
-    return Syntax(text.rstrip(), "pytb", theme="ansi_dark", word_wrap=True)
+    """A Python traceback, highlighted as such (never read as markup; control characters escaped)."""
+    return Syntax(escape_controls(text.rstrip()), "pytb", theme="ansi_dark", word_wrap=True)
 
 
 def task_detail(task: Task, call: str, history: History, metadata: str, output_lines: Sequence[str]) -> Group:

@@ -21,6 +21,7 @@ import gc
 import inspect
 import logging
 import os
+import re
 import resource
 import signal
 import time
@@ -43,6 +44,16 @@ from .refusals import Refuser
 from .slots import Slot
 
 logger = log.get("child")
+
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 control characters and DEL, but \n and \t
+
+
+def _escape_controls(text: str) -> str:
+    """A task's reason for a log line: its control characters as visible escapes (ESC as ``\\x1b``),
+    so that a task cannot drive the terminal that shows the worker's log."""
+    return _CONTROLS.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+
+
 T = TypeVar("T")
 
 WAKE_EVERY = 0.2  # seconds between wake-ups of the worker while tasks keep ending
@@ -252,7 +263,8 @@ class Child:
             size = self.capture.stop()
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
             self._patiently(lambda: self._release(k, c.id, c.token))
-            logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id, outcome.reason)
+            logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id,
+                        _escape_controls(outcome.reason))
         if outcome.state in (RELEASE, REFUSED):
             self.slot.end(None)
             self.wake()
@@ -298,7 +310,7 @@ class Child:
     def log_end(self, k: QueueKeys, task_id: str, outcome: Outcome) -> None:
         """The task-end line (INFO: ``--quiet`` hides it)."""
         if logger.isEnabledFor(logging.INFO):
-            what = f"{outcome.runtime:.3f}s" if outcome.state == DONE else outcome.reason
+            what = f"{outcome.runtime:.3f}s" if outcome.state == DONE else _escape_controls(outcome.reason)
             logger.info("%-6s %s %s %s", outcome.state, k.name, task_id, what)
 
     def loop(self) -> None:

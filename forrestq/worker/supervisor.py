@@ -65,6 +65,9 @@ logger = log.get("worker")
 TICK = 0.05  # seconds between supervision rounds when nothing wakes the worker earlier
 CRASH_LOOP = (5, 10.0, 5.0)  # 5 children of one slot failing on their own within 10 s: pause 5 s
 REDIS_TIMEOUT = 5.0  # seconds the worker waits for one answer from Redis
+MAX_PROCS = 4096  # more children than this is a typo (a fork bomb), not a machine
+MIB = 1024 * 1024
+CHILD_MARGIN = 64 * MIB  # address space a child needs beyond the worker's to start and load a task
 
 
 def default_host() -> str:
@@ -95,8 +98,11 @@ class WorkerConfig:
     paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.queues = list(dict.fromkeys(self.queues))  # `--queue a --queue a` serves a once
         if self.procs < 1:
             raise ConfigError(f"--procs must be at least 1, not {self.procs}")
+        if self.procs > MAX_PROCS:
+            raise ConfigError(f"--procs must be at most {MAX_PROCS}, not {self.procs}")
         if self.lease <= 0:
             raise ConfigError(f"--lease must be positive, not {self.lease}")
         if not self.queues:
@@ -117,6 +123,41 @@ class WorkerConfig:
         return [os.path.abspath(p) for p in (*self.paths, *cwd)]
 
 
+def address_space() -> int:
+    """This process's address-space size in bytes (``VmSize``), 0 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024  # "VmSize:   46984 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{round(size / MIB, 1):g}"
+
+
+def check_start(cfg: WorkerConfig) -> None:
+    """What would make every child fail, refused before any is started (a ConfigError, one line)."""
+    if cfg.logfile is not None:
+        try:  # every child appends each task's output here: a file it cannot open fails every task
+            with open(cfg.logfile, "a"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"cannot write --logfile {cfg.logfile}: {e.strerror or e}") from None
+    # --max-memory is RLIMIT_AS, which limits the address space (not the RSS), and a forked child
+    # starts with all of the worker's: below VmSize plus a margin, every child dies of MemoryError
+    # before it runs a task, and is replaced, forever.
+    if cfg.max_memory:
+        own = address_space()
+        need = own + CHILD_MARGIN if own else 0
+        if cfg.max_memory < need:
+            raise ConfigError(f"--max-memory {_mib(cfg.max_memory)} MiB is too small: a worker child needs about "
+                              f"{-(-need // MIB)} MiB of address space before it runs a task")
+
+
 class Kill(NamedTuple):
     """A child this worker killed: why, and the token of the task it held then."""
 
@@ -131,6 +172,7 @@ class Worker:
 
     def __init__(self, cfg: WorkerConfig) -> None:
         signing.check()  # a bad $FORRESTQ_SECRET(_FILE) fails here, not at every task
+        check_start(cfg)  # likewise a --logfile no child can write, a --max-memory no child fits in
         self.cfg = cfg
         self.url = resolve_url(cfg.url)
         # no retries inside a call: the loop retries, and supervision never waits long on Redis
