@@ -160,6 +160,9 @@ def _check(url: str, options: dict[str, Any]) -> None:
     except (redis.ConnectionError, OSError) as e:
         raise ServerUnreachable(f"cannot reach Redis at {where}: {_reason(e)}") from None
     except redis.ResponseError as e:
+        if "DB index" in str(e):  # the URL names a database the server does not have: a bad URL
+            raise ConfigError(f"bad Redis URL {mask(url)}: the server at {where} says {e} "
+                              "(the number after the last / picks the database)") from None
         raise ServerUnreachable(f"Redis at {where} answered PING with an error: {e}") from None
     finally:
         probe.close()

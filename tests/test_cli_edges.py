@@ -354,3 +354,10 @@ def test_server_on_a_port_in_use_is_one_line(tmp_path):
         out = fq("server", "--port", str(port), "--data", str(tmp_path / "d"), timeout=30)
     one_error_line(out, EXIT_USAGE, f"port {port} is already in use")
     assert out.stdout == ""
+
+
+def test_an_unreadable_secret_file_names_the_option_the_user_gave(url, tmp_path):
+    missing = tmp_path / "no-such-secret"
+    line = one_error_line(fq("worker", "--queue", "q", "--secret-file", str(missing)), EXIT_USAGE,
+                          f"--secret-file {missing}", "No such file or directory")
+    assert "$FORRESTQ_SECRET_FILE" not in line

@@ -161,3 +161,11 @@ def test_no_url_and_a_home_that_is_a_file_is_one_config_error(tmp_path, monkeypa
     assert str(info.value) == (f"cannot use {tmp_path}/file/forrestq as forrestq's data directory "
                                f"(from $FORRESTQ_HOME): {tmp_path}/file is a file, not a directory")
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_database_the_server_does_not_have_is_a_bad_url_not_an_unreachable_server(url):
+    base = url.rsplit("/", 1)[0] if url.startswith("redis://") else None
+    if base is None:
+        pytest.skip(f"the session server's URL {url!r} has no database number to change")
+    with pytest.raises(ConfigError, match=r"DB index is out of range \(the number after the last / picks"):
+        connect(base + "/99999")

@@ -60,6 +60,11 @@ def _use_secret_file(secret_file: str) -> None:
     os.environ.pop("FORRESTQ_SECRET", None)
     os.environ["FORRESTQ_SECRET_FILE"] = secret_file  # children inherit it
     use_secret_from_environment()
+    try:
+        payloads_signed()  # name the option the user gave, not the variable it is passed on in
+    except ConfigError as e:
+        raise ConfigError(str(e).replace(f"$FORRESTQ_SECRET_FILE={secret_file!r}", f"--secret-file {secret_file}")
+                          .replace("($FORRESTQ_SECRET_FILE)", "(--secret-file)")) from None
 
 
 def worker(
