@@ -4,6 +4,7 @@ tasks`` or the worker's log."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from helpers import wait_for
 from procs import worker
@@ -16,12 +17,12 @@ CLEAR = "\x1b[2J"
 SHOWN = "\\x1b[2J"  # how CLEAR prints: backslash, x, 1, b, [2J
 
 
-def paint_and_fail():
+def paint_and_fail() -> None:
     print("\x1b[31mRED\x1b[0m", flush=True)
     raise ValueError(f"boom {CLEAR}")
 
 
-def test_control_characters_print_escaped(url, tmp_path):
+def test_control_characters_print_escaped(url: str, tmp_path: Path) -> None:
     q = Queue("ctl")
     ref = q.schedule(defer(paint_and_fail))
     log = tmp_path / "w.log"

@@ -38,8 +38,8 @@ from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_va
 from ..task import Task
 
 __all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
-           "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json", "task_detail",
-           "traceback_view", "value_view"]
+           "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json",
+           "task_detail", "traceback_view", "value_view"]
 
 History = Sequence[tuple[float, str, str]]
 
@@ -70,7 +70,7 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def escape_controls(text: str) -> str:
     """``text`` with each terminal control character (but newline and tab) as a visible escape:
     ESC becomes the four characters ``\\x1b``, so that user text cannot drive the terminal."""
-    return _CONTROLS.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def literal(value: object, style: str = "") -> Text:

@@ -51,7 +51,7 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 control cha
 def _escape_controls(text: str) -> str:
     """A task's reason for a log line: its control characters as visible escapes (ESC as ``\\x1b``),
     so that a task cannot drive the terminal that shows the worker's log."""
-    return _CONTROLS.sub(lambda m: "\\x%02x" % ord(m.group()), text)
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 T = TypeVar("T")
