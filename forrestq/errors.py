@@ -6,6 +6,7 @@ module has to import another sideways just for an exception).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from redis import exceptions as rx
@@ -161,6 +162,17 @@ def shown(value: object, width: int = 80) -> str:
     except Exception as exc:  # noqa: BLE001 - any repr failure: describe the object instead
         text = f"<{type(value).__name__} object (repr failed: {type(exc).__name__})>"
     return text if len(text) <= width else text[: max(0, width - 3)] + "..."
+
+
+# C0 and C1 control characters and DEL, apart from newline and tab
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each terminal control character (but newline and tab) as a visible escape:
+    ESC becomes the four characters ``\\x1b``, so that user text (a task's reason, output, traceback)
+    cannot drive the terminal that shows it: the CLI's views and the worker's log use this."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 # Errors a server gives while it is restarting, failing over or full: the same command may work later.

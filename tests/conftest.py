@@ -18,6 +18,7 @@ import pytest
 import redis
 from helpers import wait_for
 
+from forrestq import signing
 from forrestq.server import ServerProcess, stop_local_server
 
 __all__ = ["wait_for"]
@@ -70,3 +71,16 @@ def r(url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def no_secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process and the workers' environment start and end without a payload secret (tests that
+    need one set their own); used by the signing tests."""
+    monkeypatch.delenv("FORRESTQ_SECRET", raising=False)
+    monkeypatch.delenv("FORRESTQ_SECRET_FILE", raising=False)
+    signing.use_environment()
+    try:
+        yield
+    finally:
+        signing.use_environment()

@@ -29,16 +29,7 @@ SECRET = "correct horse battery staple"
 OTHER = "another secret entirely"
 
 
-@pytest.fixture(autouse=True)
-def no_secret(monkeypatch: pytest.MonkeyPatch):
-    """This process and the workers' environment start without a secret; each test sets its own."""
-    monkeypatch.delenv("FORRESTQ_SECRET", raising=False)
-    monkeypatch.delenv("FORRESTQ_SECRET_FILE", raising=False)
-    signing.use_environment()
-    try:
-        yield
-    finally:
-        signing.use_environment()
+pytestmark = pytest.mark.usefixtures("no_secret")  # tests/conftest.py: start and end without a secret
 
 
 @pytest.fixture

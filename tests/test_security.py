@@ -25,14 +25,13 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
 import tasks
-from helpers import free_port
+from helpers import free_port, wait_for
 from procs import worker, worker_env
 
 from forrestq import ConfigError, Queue, codec, defer, schema, signing
@@ -45,16 +44,7 @@ from forrestq.server import ServerProcess, server_binary
 SECRET = "correct horse battery staple"
 
 
-@pytest.fixture(autouse=True)
-def no_secret(monkeypatch: pytest.MonkeyPatch):
-    """Every test starts and ends without a secret in this process and in its environment."""
-    monkeypatch.delenv("FORRESTQ_SECRET", raising=False)
-    monkeypatch.delenv("FORRESTQ_SECRET_FILE", raising=False)
-    signing.use_environment()
-    try:
-        yield
-    finally:
-        signing.use_environment()
+pytestmark = pytest.mark.usefixtures("no_secret")  # tests/conftest.py: start and end without a secret
 
 
 def fq(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -334,7 +324,8 @@ def test_a_worker_whose_secret_differs_from_the_producers_runs_nothing_fails_not
     log = tmp_path / "bad.log"
     bad_env = {"FORRESTQ_SECRET": worker_secret} if worker_secret else {}
     with worker(url, name, 1, env=bad_env, log=log):
-        why = wait_for_refusal(r, name)
+        why = wait_for(lambda: refusing_reason(r, name), timeout=60,
+                       what=f"a worker of {name} to stop claiming")
         assert q.get(ref).state == "ready" and q.counts()["failed"] == 0
     assert not ran.exists()
     assert "secret differs" in why
@@ -344,16 +335,6 @@ def test_a_worker_whose_secret_differs_from_the_producers_runs_nothing_fails_not
     with worker(url, name, 1, env=good_env):
         assert q.wait(ref, timeout=60).state == "done"
     assert ran.read_text() == "x\n"
-
-
-def wait_for_refusal(r: redis.Redis, queue: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        why = refusing_reason(r, queue)
-        if why:
-            return why
-        time.sleep(0.05)
-    raise AssertionError(f"no worker of {queue} stopped claiming within {timeout} s")
 
 
 # ------------------------------------------------------------------------------------ Redis AUTH

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import escape_controls
 from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
 from ..task import Task
 
@@ -61,16 +61,6 @@ def make_console(stderr: bool = False) -> Console:
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(stderr=stderr, markup=False, emoji=False, width=PIPED_WIDTH)
     return out
-
-
-# C0 and C1 control characters and DEL, apart from newline and tab
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with each terminal control character (but newline and tab) as a visible escape:
-    ESC becomes the four characters ``\\x1b``, so that user text cannot drive the terminal."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def literal(value: object, style: str = "") -> Text:

@@ -21,7 +21,6 @@ import gc
 import inspect
 import logging
 import os
-import re
 import resource
 import signal
 import time
@@ -34,7 +33,7 @@ import redis
 
 from .. import log, ops, shared
 from ..connection import connect
-from ..errors import is_transient
+from ..errors import escape_controls, is_transient
 from ..lease import new_token
 from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, one_line, unrecordable
 from ..schema import DONE, GROUP, QueueKeys
@@ -45,13 +44,6 @@ from .slots import Slot
 
 logger = log.get("child")
 
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 control characters and DEL, but \n and \t
-
-
-def _escape_controls(text: str) -> str:
-    """A task's reason for a log line: its control characters as visible escapes (ESC as ``\\x1b``),
-    so that a task cannot drive the terminal that shows the worker's log."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 T = TypeVar("T")
@@ -264,7 +256,7 @@ class Child:
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
             self._patiently(lambda: self._release(k, c.id, c.token))
             logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id,
-                        _escape_controls(outcome.reason))
+                        escape_controls(outcome.reason))
         if outcome.state in (RELEASE, REFUSED):
             self.slot.end(None)
             self.wake()
@@ -310,7 +302,7 @@ class Child:
     def log_end(self, k: QueueKeys, task_id: str, outcome: Outcome) -> None:
         """The task-end line (INFO: ``--quiet`` hides it)."""
         if logger.isEnabledFor(logging.INFO):
-            what = f"{outcome.runtime:.3f}s" if outcome.state == DONE else _escape_controls(outcome.reason)
+            what = f"{outcome.runtime:.3f}s" if outcome.state == DONE else escape_controls(outcome.reason)
             logger.info("%-6s %s %s %s", outcome.state, k.name, task_id, what)
 
     def loop(self) -> None:
