@@ -1,8 +1,9 @@
 """Every Lua script, each called through one typed wrapper.
 
 A script is one atomic operation in ``scripts/<name>.lua`` (a KEYS/ARGV/returns header opens each
-file). The loader puts :func:`forrestq.schema.lua_header` in front of it, so scripts name fields and
-states instead of spelling them, and expands ``--- @include <name>`` lines with
+file). Scripts name fields and states (``TASK_STATE``, ``READY``: :func:`forrestq.schema.lua_constants`)
+instead of spelling them; the loader writes each value in place of its name (a name the schema lacks
+is an error when the script is loaded), and expands ``--- @include <name>`` lines with
 ``scripts/include/<name>.lua`` (stanzas several scripts share, e.g. dropping a stream entry).
 
 Each wrapper below is an :class:`Op`: it picks its KEYS by name from the queue's
@@ -26,7 +27,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from .schema import GROUP, QueueKeys, lua_header
+from .schema import GROUP, QueueKeys, lua_constants
 
 _DIR = Path(__file__).parent / "scripts"
 _INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
@@ -35,13 +36,48 @@ A = TypeVar("A")
 R = TypeVar("R")
 
 
+# earliest match wins: comments and strings are kept as they are, names outside them are looked at
+_LEX = re.compile(r"""
+    (?P<skip>--\[(?P<ceq>=*)\[.*?\](?P=ceq)\]     # long comment
+      | --[^\n]*                                  # line comment
+      | '(?:[^'\\\n]|\\.)*' | "(?:[^"\\\n]|\\.)*"      # strings
+      | \[(?P<leq>=*)\[.*?\](?P=leq)\])            # [[long string]]
+  | (?P<local>\blocal\s+(?:function\s+)?[\w\s,]*?(?=\s*(?:=|\(|$|\n)))  # declared names
+  | (?P<name>\b[A-Z][A-Z0-9_]*\b)                  # a constant
+""", re.S | re.X)
+_LUA_GLOBALS = {"KEYS", "ARGV"}
+
+
 @cache
 def source(name: str) -> str:
-    """The text sent to the server for script ``name``: the schema header, then the script with its
-    includes expanded."""
+    """The text sent to the server for script ``name``: its includes expanded, each schema constant
+    replaced by its quoted value. Raises ValueError for an UPPER_CASE name that is neither a schema
+    constant nor declared ``local`` (a misspelt field would otherwise read nil, silently)."""
     text = (_DIR / f"{name}.lua").read_text()
     text = _INCLUDE.sub(lambda m: (_DIR / "include" / f"{m.group(1)}.lua").read_text().rstrip("\n"), text)
-    return lua_header() + text
+    return expand(text, name)
+
+
+def expand(text: str, name: str = "script") -> str:
+    """``text`` with every schema constant outside comments and strings replaced by its quoted value."""
+    constants, declared, unknown = lua_constants(), set(_LUA_GLOBALS), set()
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group("local"):
+            declared.update(re.findall(r"\w+", m.group("local"))[1:])
+        word = m.group("name")
+        if word is None:
+            return m.group(0)
+        if word in constants:
+            return "'" + constants[word] + "'"
+        unknown.add(word)
+        return word
+
+    out = _LEX.sub(sub, text)
+    if unknown - declared:
+        raise ValueError(f"{name}: {', '.join(sorted(unknown - declared))} is not a forrestq.schema constant "
+                         "(see schema.lua_constants) nor a local")
+    return out
 
 
 class Scripts:

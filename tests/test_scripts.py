@@ -1,5 +1,5 @@
 """The Lua scripts themselves (issue 11): every script compiles on a real server, spells no key suffix,
-field, state or protocol word (it names the constants of :func:`forrestq.schema.lua_header`), names
+field, state or protocol word (it names the constants of :func:`forrestq.schema.lua_constants`), names
 only constants that exist, and does its job when called through its :mod:`forrestq.ops` wrapper.
 
 Only ``forrestq.ops``, ``forrestq.schema`` and the conftest fixtures are used: no queue, no worker.
@@ -148,7 +148,6 @@ def test_includes_expand(name: str) -> None:
     for inc in wanted:
         assert inc in INCLUDES, f"{name}.lua includes a missing include/{inc}.lua"
     source = ops.source(name)
-    assert source.startswith(schema.lua_header())
     assert "@include" not in source, "an include line left unexpanded (includes do not nest)"
     assert not text.startswith("---"), "the header comment (KEYS/ARGV/returns) comes first"
 
@@ -160,7 +159,10 @@ def test_every_include_is_used() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_constant_a_script_uses_is_defined(name: str) -> None:
+    """Every UPPER_CASE name left in the text sent to the server is a local the script declares."""
     assert undefined_constants(ops.source(name)) == set()
+    left = set(_CONSTANT.findall(code(ops.source(name)))) & set(schema.lua_constants())
+    assert not left, f"schema constants reached the server unexpanded: {left}"
 
 
 def test_lua_names_are_schema_names_and_used() -> None:
@@ -171,9 +173,20 @@ def test_lua_names_are_schema_names_and_used() -> None:
 
 
 def test_a_misspelt_constant_is_caught_statically() -> None:
-    assert undefined_constants(schema.lua_header() + "return redis.call('HGET', KEYS[1], TASK_STAT)") == {
-        "TASK_STAT"}
-    assert undefined_constants(schema.lua_header() + "local X_Y = 1\nreturn {X_Y, TASK_STATE}") == set()
+    assert undefined_constants("return redis.call('HGET', KEYS[1], TASK_STAT)") == {"TASK_STAT"}
+    assert undefined_constants("local X_Y = 1\nreturn {X_Y, TASK_STATE}") == {"TASK_STATE"}
+
+
+def test_a_misspelt_constant_fails_when_the_script_is_loaded() -> None:
+    """A misspelt field would read nil in Lua, silently: the loader refuses the script instead."""
+    with pytest.raises(ValueError, match="TASK_STAT is not a forrestq.schema constant"):
+        ops.expand("return redis.call('HGET', KEYS[1], TASK_STAT)")
+
+
+def test_expansion_leaves_comments_strings_and_locals_alone() -> None:
+    text = "local X_Y = 1 -- TASK_STATE here stays\nreturn {X_Y, TASK_STATE, 'TASK_STATE', KEYS[1]}"
+    assert ops.expand(text) == ("local X_Y = 1 -- TASK_STATE here stays\n"
+                                f"return {{X_Y, '{schema.TASK_STATE}', 'TASK_STATE', KEYS[1]}}")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -195,20 +208,12 @@ def test_every_script_compiles_on_the_server(r: redis.Redis) -> None:
         assert r.script_exists(sha) == [True], name
 
 
-def test_header_values_reach_lua(r: redis.Redis) -> None:
-    header = schema.lua_header()
-    names = re.findall(r"^local (\w+) = ", header, re.M)
-    assert len(names) < 100  # room left under Lua's 200 locals for the scripts' own
-    got = r.eval(header + "return {" + ", ".join(names) + "}", 0)
+def test_constant_values_reach_lua(r: redis.Redis) -> None:
+    names = sorted(schema.lua_constants())
+    got = r.eval(ops.expand("return {" + ", ".join(names) + "}"), 0)
     assert [v.decode() for v in got] == [getattr(schema, n) for n in names]
-
-
-def test_an_undefined_constant_fails_at_eval(r: redis.Redis) -> None:
-    """The server refuses globals: a misspelt field is an error, not a nil that reads an empty field."""
     r.hset("h", schema.TASK_STATE, schema.READY)
-    assert r.eval(schema.lua_header() + "return redis.call('HGET', KEYS[1], TASK_STATE)", 1, "h") == b"ready"
-    with pytest.raises(redis.ResponseError, match="TASK_STAT"):
-        r.eval(schema.lua_header() + "return redis.call('HGET', KEYS[1], TASK_STAT)", 1, "h")
+    assert r.eval(ops.expand("return redis.call('HGET', KEYS[1], TASK_STATE)"), 1, "h") == b"ready"
 
 
 # ------------------------------------------------------------------------- behaviour, via the Ops
