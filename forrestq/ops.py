@@ -15,6 +15,7 @@ a typed value. No caller builds a KEYS list or reads a reply by index::
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import hiredis
 import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
@@ -89,6 +91,8 @@ class Scripts:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._registered: dict[str, Any] = {}
+        self._conn: Any = None  # this object's own connection, for :meth:`send`
+        self._pid = 0
 
     def script(self, name: str) -> Any:
         got = self._registered.get(name)
@@ -109,12 +113,38 @@ class Scripts:
             self.script(path.stem)
             self.client.script_load(source(path.stem))
 
+    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write on this object's own connection and read every reply raw (an
+        error reply comes back as its exception): a pipeline of scripts without redis-py's
+        per-command machinery (about 70 us of a child's CPU per task, a quarter of it)."""
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():  # none yet, or the parent's (this is a fork)
+            pool = self.client.connection_pool
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+            self._pid = os.getpid()
+        try:
+            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except redis.ResponseError as e:
+                    out.append(e)
+            return out
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread: the next send starts on a fresh socket
+            raise
+
     def execute(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
         """Execute a pipeline holding scripts. If the server had forgotten some of them, load every
         script and send again only the commands it refused with NOSCRIPT: the others ran, and running
         them twice would, e.g., claim a second task and strand the first. Replies stay in order."""
         stack = list(pipe.command_stack)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        if all(args[0] == "EVALSHA" for args, _ in stack):  # raw replies: scripts have no callbacks
+            replies: list[Any] = self.send([args for args, _ in stack])
+            pipe.reset()
+        else:
+            replies = pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             self.load()
