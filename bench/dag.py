@@ -32,6 +32,7 @@ from typing import Any
 from bench.harness import Bench, context, median, print_context, server_cpu, tree_cpu, wait_quiet
 from bench.tasks import combine
 from forrestq import Queue, defer
+from forrestq.schema import EVENTS_CAP, EVENTS_OFF, QueueKeys
 
 QUEUE = "dag"
 MOD = 1_000_003
@@ -59,6 +60,8 @@ def build(n: int, fan_in: int, window: int, seed: int) -> tuple[list[Any], list[
 
 def one_rep(b: Bench, args: argparse.Namespace, seed: int) -> dict[str, float]:
     b.flush()
+    if args.events != "default":  # issue 13: the queue's event stream on or off (stored per queue)
+        b.r.set(QueueKeys(QUEUE).events_cap, EVENTS_CAP if args.events == "on" else EVENTS_OFF)
     t0 = time.perf_counter()
     nodes, sinks, values, edges = build(args.nodes, args.fan_in, args.window, seed)
     built = time.perf_counter() - t0
@@ -127,6 +130,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1000, help="inputs are drawn from this many previous nodes")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--events", choices=("default", "on", "off"), default="default",
+                    help="the queue's event stream (issue 13): as the queue's default, kept, or not")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="5,000 nodes, 1 repetition")
     ap.add_argument("--min-idle", type=float, default=1.6, help="before each repetition, wait until this "

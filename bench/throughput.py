@@ -37,7 +37,7 @@ from typing import Any
 from bench.harness import Bench, context, median, percentile, print_context, server_cpu, tree_cpu, wait_quiet
 from bench.tasks import noop, sleep10
 from forrestq import Queue, defer
-from forrestq.schema import QueueKeys
+from forrestq.schema import EVENTS_CAP, EVENTS_OFF, QueueKeys
 
 
 def enqueue(b: Bench, queue: str, n: int) -> dict[str, float]:
@@ -130,6 +130,9 @@ def one_rep(b: Bench, args: argparse.Namespace) -> dict[str, float]:
     """One queue throughout, like bench/compare.py: the backlog, then round trips, then sleep tasks, all
     served by one worker started after the enqueue."""
     b.flush()
+    if args.events != "default":  # issue 13: the queues' event streams on or off (stored per queue)
+        for name in ("tp", "tp-split", "tp-big", "tp-big-split"):
+            b.r.set(QueueKeys(name).events_cap, EVENTS_CAP if args.events == "on" else EVENTS_OFF)
     out: dict[str, float] = {}
     out.update(enqueue(b, "tp", args.n))
     out.update({f"big_{k}": v for k, v in enqueue(b, "tp-big", args.big).items()})
@@ -192,6 +195,8 @@ def main() -> None:
     ap.add_argument("--min-idle", type=float, default=1.6, help="before each repetition, wait until this "
                     "many cores were idle for a second (0 = do not wait)")
     ap.add_argument("--quiet-timeout", type=float, default=120, help="... but at most this many seconds")
+    ap.add_argument("--events", choices=("default", "on", "off"), default="default",
+                    help="the queues' event streams (issue 13): as the queue's default, kept, or not")
     ap.add_argument("--variant", default="", help="prototype patches of bench/profile_worker.py (e.g. "
                     "no-script-exists, all), applied to this producer and to the worker")
     args = ap.parse_args()

@@ -1,11 +1,14 @@
 """forrestq: spread slow, crashy Python work over every core of many machines through Redis."""
-from .deferred import defer
+from .batch import Batch
+from .deferred import defer, io_bound
 from .errors import (
                      AuthFailed,
                      Cancelled,
                      ConfigError,
                      ForrestqError,
                      GraphError,
+                     KeyBusy,
+                     LeaseLost,
                      LeaseLostWarning,
                      NotClaimed,
                      NotSendable,
@@ -18,19 +21,23 @@ from .errors import (
                      TaskFailed,
                      TaskKilled,
                      TaskLost,
+                     TimeLimitExceeded,
                      UnknownQueue,
                      UnknownTask,
                      UpstreamFailed,
                      WorkerImportError,
+                     WorkerStartError,
 )
+from .graph import check_graph
 from .plan import evaluate
 from .queue import Queue
 from .task import Task, TaskRef
 from .version import __version__ as __version__
 
-__all__ = ["Queue", "Task", "TaskRef", "defer", "evaluate",
-           "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "LeaseLostWarning",
+__all__ = ["Batch", "Queue", "Task", "TaskRef", "check_graph", "defer", "evaluate", "io_bound",
+           "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "KeyBusy", "LeaseLost",
+           "LeaseLostWarning",
            "NotClaimed", "NotSendable", "OrphanedServer", "PortInUse", "RemoteError", "SerializationError",
            "ServerUnreachable", "SignatureMismatch",
-           "TaskFailed", "TaskKilled", "TaskLost", "UnknownQueue", "UnknownTask", "UpstreamFailed",
-           "WorkerImportError"]
+           "TaskFailed", "TaskKilled", "TaskLost", "TimeLimitExceeded", "UnknownQueue", "UnknownTask", "UpstreamFailed",
+           "WorkerImportError", "WorkerStartError"]

@@ -26,6 +26,8 @@ class QueueCore:
     keys: QueueKeys = field(init=False)
     scripts: ops.Scripts = field(init=False)
     group_ready: bool = field(default=False, init=False)  # stream and consumer group exist
+    # the events cap this process set (Queue(events=...)), written again with every schedule; None: unset
+    events_cap: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.keys = QueueKeys(self.name)

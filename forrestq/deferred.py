@@ -12,7 +12,9 @@ numpy and ``hasattr(t, "__len__")`` probes see an ordinary object.
 
 Guarded traps (RunForrest had all of them): iterating or unpacking a deferred value raises TypeError
 instead of looping forever, ``bool(t)`` and ``len(t)`` raise TypeError, ``t[1]`` and ``t["1"]`` (and
-``t.x`` and ``t["x"]``) are different paths, ``==`` is identity and never raises.
+``t.x`` and ``t["x"]``) are different paths, ``==`` is identity and never raises. A Call also equals
+the :class:`~forrestq.task.Task` and :class:`~forrestq.task.TaskRef` of the node it became, and
+hashes like them (by node id), so what came back can be matched with what was scheduled.
 
 The helpers :func:`_identity`, :func:`_apply` and :func:`apply_path` are top level so that they
 pickle by reference and workers import them from here.
@@ -26,7 +28,7 @@ from typing import Any, NoReturn
 
 from .errors import shown
 
-__all__ = ["Deferred", "Call", "Part", "defer", "new_id", "base_and_path", "apply_path"]
+__all__ = ["Deferred", "Call", "Part", "IoBound", "defer", "io_bound", "new_id", "base_and_path", "apply_path"]
 
 # --------------------------------------------------------------------------------------------- ids
 
@@ -89,10 +91,13 @@ class Deferred:
         raise TypeError("a deferred value has no truth value until it runs")
 
     def __eq__(self, other: object) -> bool:
-        return self is other
+        # Another type answers for itself: a Task or TaskRef equals the Call that became its node
+        # (forrestq.task), anything else falls back to identity (never raises, never guesses).
+        return self is other if isinstance(other, Deferred) else NotImplemented
 
     def __ne__(self, other: object) -> bool:
-        return self is not other
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = object.__hash__
 
@@ -101,15 +106,25 @@ class Deferred:
 
 
 class Call(Deferred):
-    """One deferred call ``_fn(*_args, **_kwargs)``: one node of the DAG, identified by ``_id``."""
+    """One deferred call ``_fn(*_args, **_kwargs)``: one node of the DAG, identified by ``_id``;
+    ``_io``: an IO-bound coroutine (``defer(io_bound(fn), ...)``), which may share a worker child's
+    event loop with other IO-bound ones."""
 
-    __slots__ = ("_fn", "_args", "_kwargs", "_id")
+    __slots__ = ("_fn", "_args", "_kwargs", "_id", "_io")
 
-    def __init__(self, fn: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, fn: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
+                 io: bool = False) -> None:
         self._fn = fn
         self._args = args
         self._kwargs = kwargs if kwargs is not None else {}
         self._id = new_id()
+        self._io = io
+
+    def __hash__(self) -> int:
+        # The hash of its node id, as a Task's and a TaskRef's: ``results[task]`` finds the value
+        # stored under the deferred that produced it. ``schedule(t, key=...)`` gives ``t`` the key's
+        # node id (and so a new hash): key a deferred before putting it in a set or a dict.
+        return hash(self._id)
 
 
 class Part(Deferred):
@@ -136,12 +151,48 @@ def _apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
+class IoBound:
+    """``io_bound(fn)``: ``fn`` marked for :func:`defer` as an IO-bound coroutine function. Only a
+    marker: ``defer`` unwraps it, and the task records ``fn`` itself (so it still travels by name)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        if not callable(fn) and not isinstance(fn, Deferred):
+            raise TypeError(f"io_bound() takes a function, not {_short(fn)} (a {type(fn).__name__})")
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"io_bound({_short(self.fn, 60)})"
+
+
+def io_bound(fn: Any) -> IoBound:
+    """Mark a coroutine function as IO-bound for one deferred call: ``defer(io_bound(fetch), url)``.
+
+    A worker child started with ``--async-concurrency N`` runs up to N IO-bound coroutine tasks at
+    once on its event loop; any other coroutine task gets a child to itself (it may block the loop:
+    ``time.sleep``, CPU work). A marker, not a keyword of ``defer``, so that every keyword argument
+    stays the user's own (``defer(fetch, url, io_bound=True)`` passes ``io_bound=True`` to ``fetch``).
+    Plain functions are unaffected.
+    """
+    return IoBound(fn)
+
+
 def defer(fn: Any, /, *args: Any, **kwargs: Any) -> Deferred:
     """Record ``fn(*args, **kwargs)`` as a task instead of calling it.
 
     ``defer(value)`` with a non-callable wraps plain data; ``defer(deferred_fn, ...)`` calls the
-    value a deferred function turns out to have.
+    value a deferred function turns out to have; ``defer(io_bound(fn), ...)`` marks the task an
+    IO-bound coroutine (see :func:`io_bound`).
     """
+    if isinstance(fn, IoBound):
+        call = defer(fn.fn, *args, **kwargs)
+        assert isinstance(call, Call)
+        call._io = True
+        return call
     if isinstance(fn, Deferred):
         return Call(_apply, (fn, *args), kwargs)
     if callable(fn):

@@ -93,6 +93,12 @@ class TaskKilled(ForrestqError):
     """The process running the task died or was killed (autokill, a signal, an exit); the message says which."""
 
 
+class TimeLimitExceeded(ForrestqError):
+    """Raised inside a task at its soft time limit (``schedule(soft_timeout=S)`` or ``forrestq worker
+    --soft-timeout S``), so its ``finally:`` blocks run and its traceback names the line it was on;
+    the hard limit (``timeout`` / ``--autokill``) still kills the task's processes later."""
+
+
 class TaskLost(ForrestqError):
     """The task's worker vanished too many times (``max_attempts``); the message names the last host."""
 
@@ -113,9 +119,25 @@ class Cancelled(ForrestqError):
     """The error value of a cancelled task."""
 
 
+class WorkerStartError(ForrestqError, RuntimeError):
+    """A local worker (``Queue.run``, ``procs=`` of ``map``, ``Queue.workers``) could not start: a
+    bad worker option, a server it cannot reach, a secret it cannot read; the message says which."""
+
+
 class NotClaimed(ForrestqError, LookupError):
     """``notify_success`` for an exactly-once key this process does not hold (never claimed, or
     already settled)."""
+
+
+class LeaseLost(NotClaimed):
+    """``notify_success`` (or ``KeyClaim.done()``) for an exactly-once key whose lease ended before it
+    was confirmed (its ``timeout`` passed, or its lease expired and another process may hold it): the
+    key was not marked done (token fencing), so its body may run again elsewhere."""
+
+
+class KeyBusy(ForrestqError):
+    """``mark_done`` for an exactly-once key that another process holds right now: nothing changed
+    (its holder settles it)."""
 
 
 class LeaseLostWarning(ForrestqError, RuntimeWarning):

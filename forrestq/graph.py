@@ -1,14 +1,15 @@
 """Named dependency graphs (taskmap's ``create_graph``) turned into deferred trees.
 
 Validation happens here, before anything is written: a missing dependency, a dependency without a
-function, or a cycle raises ``GraphError`` naming the culprit.
+function, or a cycle raises ``GraphError`` naming the culprit. :func:`check_graph` (public, as
+``forrestq.check_graph``) is that validation alone.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .deferred import Deferred, defer
+from .deferred import Deferred, IoBound, defer
 from .errors import GraphError
 
 
@@ -55,22 +56,37 @@ def find_cycle(dependencies: Mapping[str, Iterable[str]]) -> list[str] | None:
     return None
 
 
-def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, Iterable[str]],
-          done: Iterable[str] | None = None, results: Mapping[str, Any] | None = None
-          ) -> dict[str, Deferred]:
-    """Check the graph and return name -> deferred call for every name not in ``done``."""
+def check_graph(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, Iterable[str]],
+                done: Iterable[str] | None = None) -> list[str]:
+    """Check a named graph without scheduling it, as ``Queue.schedule_graph`` does; return the names
+    that would be scheduled, inputs before the names that need them.
+
+    Raises ``GraphError`` for a dependency list given as a string, a function that is not callable, a
+    name in ``dependencies`` without a function (and not in ``done``), a dependency that is not in the
+    graph, a ``done`` name that is not in the graph, or a cycle (naming its path).
+
+    The no-entry rule: a name of ``funcs`` without a ``dependencies`` entry is a task without inputs,
+    scheduled like the others (taskmap ignores such names; forrestq runs them, so a function passed
+    is never silently left out). Names in ``done`` are not returned and never run.
+    """
+    done_set = set(done or ())
+    deps = _checked(funcs, dependencies, done_set)
+    return [name for name in _topological(deps) if name not in done_set]
+
+
+def _checked(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, Iterable[str]],
+             done_set: set[str]) -> dict[str, list[str]]:
+    """The graph as name -> dependency names (every name of ``funcs`` included); GraphError if bad."""
     for name, d in dependencies.items():
         if isinstance(d, (str, bytes)):
             raise GraphError(f"dependencies of {name!r} must be a list of names, not the string {d!r} "
                              f"(did you mean [{d!r}]?)")
     for name, fn in funcs.items():
-        if not callable(fn) and name not in set(done or ()):  # a done name's function never runs
+        if not callable(fn) and name not in done_set:  # a done name's function never runs
             raise GraphError(f"funcs[{name!r}] is not callable: {type(fn).__name__}")
     deps = {name: list(d) for name, d in dependencies.items()}
-    done_set = set(done or ())
-    results = dict(results or {})
     for name in funcs:
-        deps.setdefault(name, [])
+        deps.setdefault(name, [])  # the no-entry rule: a task without inputs
     for name, needed in deps.items():
         if name not in funcs and name not in done_set:
             raise GraphError(f"task {name!r} has no function in funcs")
@@ -83,6 +99,18 @@ def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, It
     cycle = find_cycle(deps)
     if cycle:
         raise GraphError("cycle in task graph: " + " -> ".join(cycle))
+    return deps
+
+
+def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, Iterable[str]],
+          done: Iterable[str] | None = None, results: Mapping[str, Any] | None = None,
+          io_bound: Iterable[str] = ()) -> dict[str, Deferred]:
+    """Check the graph (:func:`check_graph`) and return name -> deferred call for every name not in
+    ``done``; the ``io_bound`` names are IO-bound coroutine tasks (:func:`forrestq.deferred.io_bound`)."""
+    done_set = set(done or ())
+    deps = _checked(funcs, dependencies, done_set)
+    results = dict(results or {})
+    io = set(io_bound)
     built: dict[str, Any] = {}
 
     def value(name: str) -> Any:
@@ -91,7 +119,8 @@ def build(funcs: Mapping[str, Callable[..., Any]], dependencies: Mapping[str, It
     for name in _topological(deps):
         if name in done_set:
             continue
-        built[name] = defer(DropNone(funcs[name]), *[value(d) for d in deps[name]])
+        fn: Any = DropNone(funcs[name])
+        built[name] = defer(IoBound(fn) if name in io else fn, *[value(d) for d in deps[name]])
     return built
 
 

@@ -16,11 +16,16 @@ results are a list (no NaN placeholders, no numpy stacking: ``np.asarray(results
 tuples are passed as one argument by ``map`` and spread as ``*args`` by ``starmap``; ``submitting``
 runs nothing when its body raised. Ctrl-C while waiting cancels this call's unfinished tasks.
 
+``procs=N`` gives one call its own N local worker processes (:mod:`forrestq.local`), started before
+its tasks are scheduled and stopped after the results are in (also on an error or Ctrl-C); inside
+a ``with Queue.workers(N):`` block the block's warm workers serve it instead.
+
 In debug mode (a queue with ``local=True``) the tasks run here, in order (``forrestq.debug``); a
 failing task's exception keeps its live traceback, so ``pdb.pm()`` / ``%debug`` lands in the task.
 """
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -31,6 +36,7 @@ from .core import QueueCore
 from .debug import run_inline
 from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed, shown
+from .local import check_procs, serving
 from .progress import MapProgress
 from .reading import Follower, WorkerWatch, check_timeout, last_finished, no_worker_hint
 from .runner import invoke
@@ -215,6 +221,20 @@ def _cancel(q: QueueCore, ids: set[str]) -> None:
         pass
 
 
+@contextmanager
+def _served(q: QueueCore, procs: int | None, needed: bool) -> Iterator[QueueCore]:
+    """The queue as one call sees it. ``procs=N``: N local workers serve the call (the warm ones of
+    an open ``Queue.workers`` block instead, if any), stopped after it; ``procs=0``: the tasks run
+    here, in order (debug mode); None: the queue's workers run elsewhere."""
+    if procs is not None:
+        check_procs(procs)
+    if procs == 0 and not q.local:
+        yield dataclasses.replace(q, local=True)
+        return
+    with serving(q.url, q.name, procs if needed and not q.local else None):
+        yield q
+
+
 def _describe(fn: Any) -> str:
     try:
         return fn_name(fn)
@@ -228,7 +248,7 @@ def _describe(fn: Any) -> str:
 def map(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Any], *, progress: Any = True,
         return_exceptions: bool = False, fail_fast: bool = False, chunksize: int | None = None,
         timeout: float | None = None, transient: bool = False, description: str | None = None,
-        **schedule_options: Any) -> list[Any]:
+        procs: int | None = None, **schedule_options: Any) -> list[Any]:
     """``[fn(x) for x in inputs]`` run as tasks on the queue's workers; results in input order.
 
     ``progress``: True, False, or a rich ``Progress`` to add a row to; ``transient``: remove the bar
@@ -236,22 +256,27 @@ def map(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Any], *, progress
     ``fail_fast``: raise the first failure at once and cancel the rest. ``chunksize``: inputs per
     task (cuts per-task overhead for short calls). ``timeout``: seconds without any of these tasks
     finishing before TimeoutError. Other keywords go to ``schedule_many`` (``timeout`` there is
-    spelled ``task_timeout`` here: seconds before a task is killed; ``max_attempts``)."""
-    return _gather(q, _Batch([(fn, (x,), {}) for x in inputs], chunksize), progress=progress,
-                   return_exceptions=return_exceptions, fail_fast=fail_fast, timeout=timeout,
-                   transient=transient, description=description or _describe(fn),
-                   schedule_options=_schedule_options(schedule_options))
+    spelled ``task_timeout`` here: seconds before a task is killed; ``max_attempts``). ``procs``:
+    local workers for this call (see :func:`_served`)."""
+    batch = _Batch([(fn, (x,), {}) for x in inputs], chunksize)
+    with _served(q, procs, bool(batch.calls)) as served:
+        return _gather(served, batch, progress=progress, return_exceptions=return_exceptions,
+                       fail_fast=fail_fast, timeout=timeout, transient=transient,
+                       description=description or _describe(fn),
+                       schedule_options=_schedule_options(schedule_options))
 
 
 def starmap(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
     """Like :func:`map`, each input spread as ``fn(*x)`` (JobRunner's tuple inputs)."""
     progress = options.pop("progress", True)
-    return _gather(q, _Batch([(fn, tuple(x), {}) for x in inputs], options.pop("chunksize", None)),
-                   progress=progress, return_exceptions=options.pop("return_exceptions", False),
-                   fail_fast=options.pop("fail_fast", False), timeout=options.pop("timeout", None),
-                   transient=options.pop("transient", False),
-                   description=options.pop("description", None) or _describe(fn),
-                   schedule_options=_schedule_options(options))
+    batch = _Batch([(fn, tuple(x), {}) for x in inputs], options.pop("chunksize", None))
+    with _served(q, options.pop("procs", None), bool(batch.calls)) as served:
+        return _gather(served, batch, progress=progress,
+                       return_exceptions=options.pop("return_exceptions", False),
+                       fail_fast=options.pop("fail_fast", False), timeout=options.pop("timeout", None),
+                       transient=options.pop("transient", False),
+                       description=options.pop("description", None) or _describe(fn),
+                       schedule_options=_schedule_options(options))
 
 
 def _schedule_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -273,6 +298,8 @@ class Submitter:
         self.q = q
         self.options = dict(options)
         check_timeout(self.options.get("timeout"))
+        if self.options.get("procs") is not None:
+            check_procs(self.options["procs"])
         self.calls: Calls = []
         self._results: list[Any] | None = None
 
@@ -298,12 +325,14 @@ class Submitter:
     def run(self) -> list[Any]:
         o = dict(self.options)
         names = {_describe(fn) for fn, _, _ in self.calls}
-        self._results = _gather(
-            self.q, _Batch(self.calls, o.pop("chunksize", None)), progress=o.pop("progress", True),
-            return_exceptions=o.pop("return_exceptions", False), fail_fast=o.pop("fail_fast", False),
-            timeout=o.pop("timeout", None), transient=o.pop("transient", False),
-            description=o.pop("description", None) or (names.pop() if len(names) == 1 else "submitted"),
-            schedule_options=_schedule_options(o))
+        batch = _Batch(self.calls, o.pop("chunksize", None))
+        with _served(self.q, o.pop("procs", None), bool(batch.calls)) as served:
+            self._results = _gather(
+                served, batch, progress=o.pop("progress", True),
+                return_exceptions=o.pop("return_exceptions", False), fail_fast=o.pop("fail_fast", False),
+                timeout=o.pop("timeout", None), transient=o.pop("transient", False),
+                description=o.pop("description", None) or (names.pop() if len(names) == 1 else "submitted"),
+                schedule_options=_schedule_options(o))
         return self._results
 
 

@@ -29,7 +29,7 @@ import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from .schema import GROUP, QueueKeys, lua_constants
+from .schema import FAILED, GROUP, QueueKeys, lua_constants
 
 _DIR = Path(__file__).parent / "scripts"
 _INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
@@ -221,10 +221,13 @@ class Node:
     max_attempts: str = "3"
     key: str = ""
     retry_policy: bytes | str = ""
+    io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop
+    soft_timeout: str = ""  # seconds before TimeLimitExceeded is raised in the task; "": the worker's
 
     def row(self) -> list[Any]:
         return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
-                self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy]
+                self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
+                "1" if self.io_bound else "", self.soft_timeout]
 
 
 @dataclass
@@ -283,6 +286,8 @@ class Claimed:
     retries_used: int
     inputs: list[bytes]  # serialised results of the inputs, in reference order
     token: str = ""  # the fencing token of this attempt (the claimer sets it)
+    io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop with other such tasks
+    soft_timeout: float = 0.0  # s before TimeLimitExceeded is raised in it; 0: the worker's --soft-timeout
 
 
 class Skip:
@@ -307,7 +312,8 @@ def _claimed(raw: Any) -> Claimed | Skip | None:
     return Claimed(id=_text(raw[0]), sid=_text(raw[1]), fn_sha=raw[2], args=raw[3],
                    timeout=float(raw[4]) if raw[4] else 0.0, attempts=int(raw[5]),
                    max_attempts=int(raw[6] or 3), retry_policy=raw[7] or b"", retries_used=int(raw[8] or 0),
-                   inputs=list(raw[9:]))
+                   io_bound=raw[9] == b"1", soft_timeout=float(raw[10]) if raw[10] else 0.0,
+                   inputs=list(raw[11:]))
 
 
 claim: Op[ClaimArgs, Claimed | Skip | None] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
@@ -333,12 +339,18 @@ class Completion:
     output: bytes = b""
     host: str = ""
     delay: float = 0.0  # with RETRY: seconds before the task may run again
+    cancelled: bool = False  # a cancel (Queue.cancel): its event is "cancelled", not "failed"
+    cpu_time: float = 0.0  # s (forrestq.worker.forensics)
+    peak_rss: int = 0  # bytes
+    pid: int = 0  # of the process that ran the attempt; 0 = unknown (e.g. a cancel): fields kept
+    stack: str = ""  # the Python stack at death
     now: float = field(default_factory=_now)
 
 
 def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
     return [k.prefix, GROUP, c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
-            f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay]
+            f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay, "1" if c.cancelled else "",
+            f"{c.cpu_time:.6f}", c.peak_rss, c.pid or "", c.stack]
 
 
 complete: Op[Completion, bool] = Op(
@@ -451,10 +463,18 @@ clean: Op[list[str], int] = Op(
 
 @dataclass
 class OnceClaimArgs:
+    """Claim the first claimable of ``candidates`` (once_claim.lua) for ``lease_ms``; ``renewed``: its
+    holder renews the lease (``lease=``) or never does (``timeout=``); ``every_ms``: a key done at least
+    that long ago is claimable again (0: done is for good); ``host``/``pid``: shown in listings."""
+
     version: int
     token: str
     lease_ms: int
     candidates: list[str]
+    renewed: bool = True
+    every_ms: int = 0
+    host: str = ""
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -467,26 +487,67 @@ class OnceClaimed:
 
 
 once_claim: Op[OnceClaimArgs, OnceClaimed] = Op(
-    "once_claim", lambda k, a: [k.once_done(a.version)],
-    lambda k, a: [k.once_lease(a.version), a.token, a.lease_ms, *a.candidates],
+    "once_claim", lambda k, a: k.once_indexes(a.version),
+    lambda k, a: [k.once_prefix(a.version), a.token, a.lease_ms, "1" if a.renewed else "", a.host, a.pid,
+                  a.every_ms, *a.candidates],
     lambda raw: OnceClaimed(int(raw[0]), _text(raw[1])))
 
 
 @dataclass
 class OnceArgs:
+    """One claim of one key; for once_release, ``outcome`` is ``schema.FAILED`` (recorded failed with
+    ``reason``) or ``schema.ONCE_FREE`` (the key goes back to free)."""
+
     version: int
     key: str
     token: str
+    outcome: str = FAILED
+    reason: str = ""
 
 
 once_confirm: Op[OnceArgs, int] = Op(
-    "once_confirm", lambda k, a: [k.once_done(a.version), k.once_lease(a.version, a.key)],
-    lambda k, a: [a.token, a.key], int)
-"""Reply of once_confirm: 1 confirmed; 2 confirmed late (our lease had expired, nobody else held the
-key); 3 confirmed while another process held it; 0 done before (nothing changed)."""
+    "once_confirm", lambda k, a: k.once_indexes(a.version),
+    lambda k, a: [k.once_prefix(a.version), a.key, a.token], int)
+"""Reply of once_confirm: 1 confirmed; 0 done already (nothing changed); 2 not confirmed, the lease
+expired (nobody holds the key); 3 not confirmed, another claim holds it."""
 
 once_release: Op[OnceArgs, bool] = Op(
-    "once_release", lambda k, a: [k.once_lease(a.version, a.key)], lambda k, a: [a.token], bool)
+    "once_release", lambda k, a: k.once_indexes(a.version),
+    lambda k, a: [k.once_prefix(a.version), a.key, a.token, a.outcome, a.reason], bool)
+
+
+@dataclass
+class OnceRenewArgs:
+    """Extend by ``lease_ms`` the claims ``(lease key, record key, token)`` this process holds."""
+
+    lease_ms: int
+    claims: list[tuple[str, str, str]]
+
+
+once_renew: Op[OnceRenewArgs, list[bool]] = Op(
+    "once_renew", lambda k, a: [key for lease, rec, _ in a.claims for key in (lease, rec)],
+    lambda k, a: [a.lease_ms, *[token for _, _, token in a.claims]], lambda raw: [bool(x) for x in raw])
+
+once_sweep: Op[int, int] = Op(
+    "once_sweep", lambda k, version: k.once_indexes(version), lambda k, version: [k.once_prefix(version)], int)
+"""Record as expired the running keys of a version (the argument) whose lease is gone; how many."""
+
+
+@dataclass
+class OnceMarkArgs:
+    """Mark ``keys`` done (``mode`` ``schema.DONE``) or forget them (``schema.ONCE_FREE``)."""
+
+    version: int
+    mode: str
+    keys: list[str]
+    host: str = ""
+    pid: int = 0
+
+
+once_mark: Op[OnceMarkArgs, list[int]] = Op(
+    "once_mark", lambda k, a: k.once_indexes(a.version),
+    lambda k, a: [k.once_prefix(a.version), a.mode, a.host, a.pid, *a.keys], lambda raw: [int(x) for x in raw])
+"""Per key: 1 changed, 0 unchanged (done already, nothing to forget), -1 held by a live lease."""
 
 
 # -------------------------------------------------------------------------------------------- refuse

@@ -25,6 +25,7 @@ class NodeSpec:
     name: str
     args: bytes
     inputs: list[str]
+    io_bound: bool = False  # an IO-bound coroutine (``defer(io_bound(fn), ...)``)
 
 
 class Planner:
@@ -54,7 +55,7 @@ class Planner:
         if not frame[2]:  # a root without inputs: the common case, no DFS needed
             (fn_sha, fn_blob, name), root_id = frame[4], root._id
             self.seen.add(root_id)
-            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [])]
+            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [], root._io)]
         specs: list[NodeSpec] = []
         done: set[str] = set()
         stack = [frame]
@@ -76,7 +77,7 @@ class Planner:
             done.add(call._id)
             fn_sha, fn_blob, name = frame[4]
             specs.append(NodeSpec(call._id, fn_sha, fn_blob, name, frame[1],
-                                  [c._id for c in inputs]))
+                                  [c._id for c in inputs], call._io))
         self.seen.update(done)
         return root._id, specs
 

@@ -18,11 +18,11 @@ from typing import Any
 from . import codec, ops, schema, signing
 from .core import QueueCore
 from .deferred import Call, Deferred, _identity
-from .errors import Cancelled, ConfigError, SerializationError, shown
+from .errors import Cancelled, ConfigError, SerializationError, UnknownTask, shown
 from .graph import DropNone, build
 from .lease import new_token
 from .plan import Planner
-from .reading import counts, get
+from .reading import counts, get, task_id
 from .runner import invoke
 from .schema import GROUP
 from .task import Task, TaskRef
@@ -93,8 +93,12 @@ class _Options:
     """The per-node options of one schedule call, validated once."""
 
     def __init__(self, q: QueueCore, timeout: float | None, max_attempts: int | None, retries: int,
-                 retry_backoff: float, retry_on: Any) -> None:
+                 retry_backoff: float, retry_on: Any, soft_timeout: float | None = None) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
+        self.soft_timeout = seconds_or_empty(soft_timeout, "soft_timeout")
+        if timeout is not None and soft_timeout is not None and soft_timeout >= timeout:
+            raise ConfigError(f"soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s): "
+                              "the hard limit would kill the task before it could clean up")
         self.max_attempts = str(check_attempts(max_attempts) if max_attempts is not None else q.max_attempts)
         self.policy = retry_policy(retries, retry_backoff, retry_on)
 
@@ -129,7 +133,8 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
             root = spec.id == root_id
             nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
                                   md_blob if root else b"", o.timeout, o.max_attempts,
-                                  (user_key or "") if root else "", o.policy))
+                                  (user_key or "") if root else "", o.policy, spec.io_bound,
+                                  o.soft_timeout))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -142,6 +147,8 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     pipe = q.r.pipeline(transaction=False)
     ensure_group(q, pipe)
     pipe.set(q.keys.signer, signing.fingerprint())  # workers compare their secret's with it
+    if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
+        pipe.set(q.keys.events_cap, q.events_cap)
     for sha, blob in fns.items():
         pipe.set(q.keys.fn(sha), blob, nx=True)
     now = time.time()
@@ -167,9 +174,9 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
 def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                   timeout: float | None = None, max_attempts: int | None = None,
                   keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
-                  retry_on: Any = (Exception,)) -> list[TaskRef]:
+                  retry_on: Any = (Exception,), soft_timeout: float | None = None) -> list[TaskRef]:
     """Schedule many task trees in one round trip (see ``Queue.schedule_many``)."""
-    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on)
+    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout)
     refs, nodes, fns = plan(tasks, metadata, keys, options)
     if not nodes:
         return [TaskRef(ref.id, q.name) for ref in refs]
@@ -181,10 +188,11 @@ def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, 
                    done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
                    io_bound: Iterable[str] | None = None, **options: Any) -> dict[str, TaskRef]:
     """Schedule a named graph (see ``Queue.schedule_graph``)."""
-    nodes = build(funcs, dependencies, done=done, results=results)
+    io = list(io_bound or ())
+    nodes = build(funcs, dependencies, done=done, results=results, io_bound=io)
     for name in nodes:  # each function travels wrapped (DropNone): check it unwrapped
         codec.check_task_fn(funcs[name], f"{shown(name)}: {codec.qualified_name(funcs[name])}")
-    first = [n for n in io_bound or () if n in nodes]
+    first = [n for n in dict.fromkeys(io) if n in nodes]
     names = first + [n for n in nodes if n not in first]
     refs = schedule_many(q, [nodes[n] for n in names], metadata=[{"name": n} for n in names], **options)
     return dict(zip(names, refs))
@@ -238,6 +246,15 @@ def downstream(q: QueueCore, ids: list[str], only_failed: bool) -> list[str]:
     return found
 
 
+def descendants(q: QueueCore, ref: TaskRef | Task | str) -> list[str]:
+    """The ids of every task downstream of one (its dependents, theirs, ...; not the task itself),
+    each once: what :func:`rerun` re-runs besides it. UnknownTask for an id the queue does not hold."""
+    tid = task_id(ref)
+    if not q.r.exists(q.keys.task(tid)):
+        raise UnknownTask(f"no task {shown(tid)} in queue {q.name!r}")
+    return downstream(q, [tid], only_failed=False)
+
+
 def rerun(q: QueueCore, ref: TaskRef | str, fn: Any = None) -> list[str]:
     """Run one task again and everything downstream of it; ``fn`` replaces its function first."""
     task = get(q, ref)
@@ -268,7 +285,7 @@ def cancel(q: QueueCore, ids: list[str]) -> list[str]:
         ops.takeover.queue(q.scripts, pipe, q.keys, ops.TakeoverArgs(token, part))
         for tid in part:
             ops.complete.queue(q.scripts, pipe, q.keys, ops.Completion(
-                tid, token, schema.FAILED, error=error, reason="cancelled"))
+                tid, token, schema.FAILED, error=error, reason="cancelled", cancelled=True))
         replies = q.scripts.execute(pipe)
         out += [tid for tid, raw in zip(part, replies[1:]) if ops.complete.reply(raw)]
     return out

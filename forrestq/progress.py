@@ -4,20 +4,23 @@ and a note while nothing finishes (e.g. "no live worker serves queue 'x'").
 User text (queue and function names, the note) is shown literally, never read as rich markup."""
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
-
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, shown
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+
+def _rich() -> ModuleType:
+    """``rich.progress``, imported when a bar is first drawn: rich is the costliest import of the
+    package, and a worker (and every run without a bar) never needs it."""
+    import rich.progress
+
+    return rich.progress
 
 
 class ResultsProgress:
@@ -29,11 +32,13 @@ class ResultsProgress:
         self.enabled = enabled
         self.done = self.failed = 0
         if enabled:
-            self.progress = Progress(
-                TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                TextColumn("[green]{task.fields[done]} done [red]{task.fields[failed]} failed"),
-                TextColumn("{task.fields[speed_text]}"), TimeElapsedColumn(),
-                TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
+            rp = _rich()
+            self.progress = rp.Progress(
+                rp.TextColumn("{task.description}", style="bold", markup=False), rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TextColumn("[green]{task.fields[done]} done [red]{task.fields[failed]} failed"),
+                rp.TextColumn("{task.fields[speed_text]}"), rp.TimeElapsedColumn(),
+                rp.TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
             self.bar = self.progress.add_task(name, total=None, done=0, failed=0, speed_text="", note="")
 
     def __enter__(self) -> ResultsProgress:
@@ -83,12 +88,14 @@ class MapProgress:
         self.own = progress is True
         self.progress: Progress | None
         if progress is True:
-            self.progress = Progress(
-                TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
-                TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
-        elif isinstance(progress, Progress):
+            rp = _rich()
+            self.progress = rp.Progress(
+                rp.TextColumn("{task.description}", style="bold", markup=False), rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TextColumn("[green]{task.fields[done]} done[/] [red]{task.fields[failed]} failed[/]"),
+                rp.TextColumn("{task.fields[rate]}"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn(),
+                rp.TextColumn("{task.fields[note]}", markup=False, style="yellow"), transient=transient)
+        elif "rich.progress" in sys.modules and isinstance(progress, sys.modules["rich.progress"].Progress):
             self.progress = progress
         elif progress in (False, None):
             self.progress = None

@@ -11,21 +11,27 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
 
-from . import codec, mapping, once, producer, reading, shared
+from . import codec, local, mapping, once, producer, reading, shared
+from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
 from .debug import run_inline
-from .errors import ConfigError, shown
+from .errors import ConfigError
+from .events import Event, cap_value, set_cap
+from .events import read as read_events
+from .local import LocalWorkers
 from .mapping import Submitter
+from .once import KeyClaim, KeyRecord
 from .ops import Scripts
 from .schema import QueueKeys, check_name
+from .stats import FunctionStats
+from .stats import read as read_stats
 from .task import Task, TaskRef
 
 
@@ -35,15 +41,22 @@ class Queue:
     ``url``: a Redis URL; default ``$FORRESTQ_URL``, else the embedded local server (started on demand).
     ``max_attempts``: how often a task may be started before a lost worker counts as its failure.
     ``local=True``: debug mode (``results()`` runs the tasks in this process, one at a time).
+    ``events``: whether the queue keeps its tasks' history (:meth:`events`): True, False, or about how
+    many events to keep; stored in Redis for every worker and producer of the queue (None: as it is).
     """
 
     def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
-                 exist_ok: bool = True, pre_clean: bool = False, local: bool = False) -> None:
+                 exist_ok: bool = True, pre_clean: bool = False, local: bool = False,
+                 events: bool | int | None = None) -> None:
         check_name(name)
         url = resolve_url(url)
         self.core = QueueCore(name, url, connect(url), producer.check_attempts(max_attempts), local)
+        self._scheduled = Scheduled()  # roots scheduled through this object that no run() yielded yet
+        self.core.events_cap = None if events is None else cap_value(events)
         if pre_clean:
             self.clean(all=True)
+        if self.core.events_cap is not None:
+            set_cap(self.r, self.keys, self.core.events_cap)
         if not exist_ok:
             held = sum(self.counts().values())
             if held:
@@ -74,26 +87,33 @@ class Queue:
     # --- scheduling -------------------------------------------------------------------------
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
                  max_attempts: int | None = None, key: str | None = None, retries: int = 0,
-                 retry_backoff: float = 1.0, retry_on: Any = (Exception,)) -> TaskRef:
+                 retry_backoff: float = 1.0, retry_on: Any = (Exception,),
+                 soft_timeout: float | None = None) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
-        process group when exceeded; ``metadata`` travels with the task and comes back on results.
+        process group when exceeded; ``soft_timeout`` (below it) raises ``forrestq.TimeLimitExceeded``
+        in the task first, so its ``finally:`` blocks run and its traceback names the line.
+        ``metadata`` travels with the task and comes back on results.
         ``key``: scheduling a key that exists already does nothing and returns the existing task,
         so a producer that crashed halfway can simply run again. ``retries``: run a task again up to
         this many times when it raises one of ``retry_on``, after ``retry_backoff * 2**n`` seconds.
         ``timeout``, ``max_attempts`` and the retry policy apply to every node of the tree."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout, max_attempts=max_attempts,
                                   keys=None if key is None else [key], retries=retries,
-                                  retry_backoff=retry_backoff, retry_on=retry_on)[0]
+                                  retry_backoff=retry_backoff, retry_on=retry_on, soft_timeout=soft_timeout)[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,
                       keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
-                      retry_on: Any = (Exception,)) -> list[TaskRef]:
+                      retry_on: Any = (Exception,), soft_timeout: float | None = None) -> Batch:
         """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
         to ``tasks`` (see ``schedule``). Everything is serialised before anything is written, so an
-        argument that cannot be serialised raises ``SerializationError`` and leaves Redis as it was."""
-        return producer.schedule_many(self.core, tasks, metadata, timeout, max_attempts, keys, retries,
-                                      retry_backoff, retry_on)
+        argument that cannot be serialised raises ``SerializationError`` and leaves Redis as it was.
+        Returns a :class:`~forrestq.batch.Batch`: the TaskRefs, parallel to ``tasks``, whose
+        ``results()`` yields these roots only (also those a ``key`` matched that had finished)."""
+        batch = Batch(self.core, producer.schedule_many(self.core, tasks, metadata, timeout, max_attempts, keys,
+                                                        retries, retry_backoff, retry_on, soft_timeout))
+        self._scheduled.add(batch)
+        return batch
 
     def schedule_graph(self, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
                        done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
@@ -101,24 +121,45 @@ class Queue:
         """Schedule a named graph (taskmap's ``create_graph``): ``dependencies[name]`` lists the names
         whose results are passed to ``funcs[name]``, in that order; ``None`` results are not passed.
         Names in ``done`` are not run; their ``results`` are passed instead. Every other name is a
-        scheduled task. ``io_bound`` names that are ready at once go on the queue first. A cycle or a
-        missing name raises ``GraphError`` and writes nothing."""
-        return producer.schedule_graph(self.core, funcs, dependencies, done, results, io_bound, **options)
+        scheduled task, also a name of ``funcs`` without a ``dependencies`` entry (a task without
+        inputs; taskmap ignores those). ``io_bound`` names are IO-bound coroutines: they go on the
+        queue first when ready at once, and only they may share a worker child's event loop
+        (``--async-concurrency``). A cycle or a missing name raises ``GraphError`` and writes nothing
+        (``forrestq.check_graph`` checks a graph without scheduling it)."""
+        refs = producer.schedule_graph(self.core, funcs, dependencies, done, results, io_bound, **options)
+        self._scheduled.add(refs.values())
+        return refs
+
+    def scheduled(self) -> Batch:
+        """The roots scheduled through this Queue object (``schedule``, ``schedule_many``,
+        ``schedule_graph``; not ``map``'s, which it reads itself) that no ``run()`` has yielded yet,
+        as a :class:`~forrestq.batch.Batch` (a snapshot: ``.results()``, ``.wait()``, ``.counts()``)."""
+        return self._scheduled.batch(self.core)
+
+    def batch(self, refs: Iterable[TaskRef | Task | str]) -> Batch:
+        """A :class:`~forrestq.batch.Batch` of roots of this queue given as TaskRefs, Tasks or ids
+        (e.g. ids a producer saved), to read their results apart from the rest of the queue.
+        UnknownTask for an id the queue does not hold; ConfigError for an inner node."""
+        return Batch.of(self.core, refs)
 
     # --- reading ----------------------------------------------------------------------------
     def get(self, ref: TaskRef | str) -> Task:
         """The current record of one task (any state)."""
         return reading.get(self.core, ref)
 
-    def todo_tasks(self, limit: int | None = None) -> list[Task]:
-        """Tasks not finished yet (waiting, ready, running), oldest first."""
-        return reading.listing(self.core, self.keys.todo, limit)
+    def todo_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
+        """The roots (the tasks scheduled) not finished yet (waiting, ready, running), oldest first.
+        ``nodes=True``: every DAG node, the inner calls of trees too."""
+        return reading.listing(self.core, self.keys.todo, limit, nodes)
 
-    def done_tasks(self, limit: int | None = None) -> list[Task]:
-        return reading.listing(self.core, self.keys.done, limit)
+    def done_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
+        """The roots that are done, by finishing time; ``nodes=True``: every DAG node."""
+        return reading.listing(self.core, self.keys.done, limit, nodes)
 
-    def fail_tasks(self, limit: int | None = None) -> list[Task]:
-        return reading.listing(self.core, self.keys.failed, limit)
+    def fail_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
+        """The roots that failed, by finishing time; ``nodes=True``: every DAG node (an inner node
+        holds the original error; a root it failed says ``input task X failed``)."""
+        return reading.listing(self.core, self.keys.failed, limit, nodes)
 
     def counts(self) -> dict[str, int]:
         """Number of tasks (DAG nodes: a tree of three calls is three) in each state: waiting, ready,
@@ -131,11 +172,19 @@ class Queue:
         counters (constant time)."""
         return reading.root_counts(self.r, self.keys)
 
+    def stats(self) -> dict[str, FunctionStats]:
+        """Per function name: runs, failed (``failed_pct``), p50/p95 runtime, p95 peak memory and hosts,
+        kept by the completion script as tasks end (no scan of the tasks; they outlive ``clean(done=True)``).
+        The percentiles and hosts are over the last 1,000 measured runs of each function (``samples``)."""
+        return read_stats(self.r, self.keys)
+
     def results(self, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
         """Yield each root task of the queue once it has finished, on whichever machine; return when no
         root task is left unfinished. Blocks on Redis (no polling). ``timeout``: seconds without
         progress before ``TimeoutError``. While nothing finishes, the bar (and the TimeoutError) says
-        when no live worker serves the queue. In debug mode the tasks run here."""
+        when no live worker serves the queue. In debug mode the tasks run here. This reads the whole
+        queue, whoever scheduled its tasks, since it began (a reader, a notebook opened later); the
+        results of what you scheduled: ``batch.results()``, ``q.scheduled().results()``, ``q.run()``."""
         reading.check_timeout(timeout)
         if self.local:
             return run_inline(self.core, progress=progress, timeout=timeout)
@@ -152,19 +201,33 @@ class Queue:
                     return task
         return reading.wait(self.core, ref, timeout)
 
+    def events(self, since: Any = None, follow: bool = False, timeout: float | None = None) -> Iterator[Event]:
+        """The history of the queue's tasks, oldest first, as :class:`~forrestq.events.Event` (``time,
+        kind, task, host, attempt, reason, name, runtime, delay``): scheduled, started, done, failed,
+        retried, lost, released, requeued, cancelled. ``since``: None (every event kept), ``"now"``, an
+        Event or its ``id`` (after it), or a time (epoch seconds or a datetime). ``follow``: go on
+        with new events as they happen, until ``timeout`` seconds pass without one (None: forever);
+        a Redis outage is waited out. See :mod:`forrestq.events`."""
+        return read_events(self.core, since, follow, timeout)
+
     # --- re-running, cancelling, cleaning -------------------------------------------------------
     def requeue_failed(self, ids: Iterable[TaskRef | str] | None = None, error_type: str | None = None,
                        dry_run: bool = False) -> list[str]:
         """Run failed tasks again, with the dependents that failed because of them; tasks that
         succeeded are not run again. ``ids``: only these; ``error_type``: only failures whose exception
         type has this name. Returns the ids requeued (with ``dry_run``: that would be)."""
-        candidates = self.fail_tasks() if ids is None else [self.get(i) for i in ids]
+        candidates = self.fail_tasks(nodes=True) if ids is None else [self.get(i) for i in ids]
         return producer.requeue_failed(self.core, candidates, error_type, dry_run)
 
     def rerun(self, ref: TaskRef | str, fn: Any = None) -> list[str]:
         """Run one task again and everything downstream of it (taskmap's ``reset_tasks``), e.g. after
         fixing its function; ``fn`` replaces the task's function first. Returns the ids re-run."""
         return producer.rerun(self.core, ref, fn)
+
+    def descendants(self, ref: TaskRef | Task | str) -> list[str]:
+        """The ids of every task downstream of one (taskmap's ``get_all_children``): its dependents,
+        theirs, and so on, each once, not the task itself; what ``rerun(ref)`` re-runs besides it."""
+        return producer.descendants(self.core, ref)
 
     def cancel(self, ids: Iterable[TaskRef | Task | str] | TaskRef | Task | str | None = None,
                all: bool = False) -> list[str]:
@@ -195,45 +258,57 @@ class Queue:
 
     # --- one machine ------------------------------------------------------------------------
     def run(self, procs: int = os.cpu_count() or 1, progress: bool = False,
-            timeout: float | None = None, **worker_options: Any) -> Iterator[Task]:
-        """Start ``procs`` local worker processes for this queue, yield finished tasks like
-        ``results()``, and stop the workers afterwards (also when the loop is left early).
-        ``procs=0`` is debug mode: tasks run in this process, in order, so pdb works."""
-        if isinstance(procs, bool) or not isinstance(procs, int) or procs < 0:
-            raise ConfigError(f"procs must be a non-negative integer, not {shown(procs)}")
+            timeout: float | None = None, batch: Batch | None = None, **worker_options: Any) -> Iterator[Task]:
+        """Start ``procs`` local worker processes for this queue, yield the roots of ``batch`` as they
+        finish, each once, and stop the workers afterwards (also when the loop is left early).
+        ``batch`` defaults to :meth:`scheduled`, taken when ``run`` is called: what this Queue object
+        scheduled that no earlier ``run()`` yielded (a run left early leaves the rest to the next).
+        Nothing to follow: returns at once and starts nothing (``batch=q.batch(q.todo_tasks())``
+        follows every unfinished root of the queue, whoever scheduled it).
+        ``procs=0`` is debug mode: tasks run in this process, in order, so pdb works. Inside a
+        ``with q.workers(N):`` block (and without worker options) the block's workers serve instead.
+        Worker options are ``forrestq worker``'s, as Python names (``autokill=600``, ``max_memory="2G"``,
+        ``async_concurrency=20``, ...); a worker that cannot start raises ``WorkerStartError``."""
+        local.check_procs(procs)
         reading.check_timeout(timeout)
+        chosen = for_run(self.core, self._scheduled, batch)
         if procs == 0:
-            return run_inline(self.core, progress=progress, timeout=timeout)
-        return self._run_workers(procs, progress, timeout, worker_options)
+            return self._scheduled.taking(follow(self.core, chosen.ids, progress, timeout, inline=True))
+        return self._run_workers(procs, progress, timeout, worker_options, chosen)
 
     def _run_workers(self, procs: int, progress: bool, timeout: float | None,
-                     options: dict[str, Any]) -> Iterator[Task]:
-        cmd = [sys.executable, "-m", "forrestq", "worker", "--procs", str(procs), "--queue", self.name,
-               "--url", self.url, "--quiet", "--grace", "0"]
-        for opt, value in options.items():
-            cmd += [f"--{opt.replace('_', '-')}", str(value)]
-        env = dict(os.environ)
-        here = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else os.getcwd()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.getcwd(), env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        try:
-            yield from self.results(progress=progress, timeout=timeout)
-        finally:
-            stop_worker(proc)
+                     options: dict[str, Any], chosen: Batch) -> Iterator[Task]:
+        if not chosen.ids:
+            return
+        with local.serving(self.url, self.name, procs, options):
+            yield from self._scheduled.taking(chosen.results(progress=progress, timeout=timeout))
+
+    def workers(self, procs: int = os.cpu_count() or 1,
+                **worker_options: Any) -> AbstractContextManager[LocalWorkers]:
+        """``with q.workers(4):`` keeps 4 local worker processes warm for the whole block: every
+        ``map``/``starmap``/``submitting``/``run`` of this process on this queue that asks for
+        ``procs=`` uses them instead of starting its own. Stopped when the block exits (also on an
+        exception or Ctrl-C), their children with them. Worker options as in :meth:`run`; a worker
+        that cannot start raises ``WorkerStartError`` at once. See :mod:`forrestq.local`."""
+        local.check_procs(procs, allow_zero=False)
+        return local.warm(self.url, self.name, procs, worker_options)
 
     # --- seed-tool habits (map, once, put); the code and its documentation live in their modules ---
     def map(self, fn: Callable[..., Any], inputs: Iterable[Any], *, progress: Any = True,
             return_exceptions: bool = False, fail_fast: bool = False, chunksize: int | None = None,
-            timeout: float | None = None, transient: bool = False, **options: Any) -> list[Any]:
+            timeout: float | None = None, transient: bool = False, procs: int | None = None,
+            **options: Any) -> list[Any]:
         """``[fn(x) for x in inputs]`` as tasks, results in input order (JobRunner's ``run_jobs``).
         The first failure in input order is raised (its original type, remote traceback attached as a
         note) once all have run; ``fail_fast`` raises at once and cancels the rest;
         ``return_exceptions`` puts exceptions in place. ``chunksize``: inputs per task. ``progress``:
         True/False or a rich Progress to add a row to; ``transient`` removes the bar at the end.
-        ``timeout``: seconds without progress. See :func:`forrestq.mapping.map`."""
+        ``timeout``: seconds without progress. ``procs=N``: N local workers for this call (the warm
+        ones of an open ``with q.workers():`` block instead); 0: run here (debug mode). See
+        :func:`forrestq.mapping.map`."""
         return mapping.map(self.core, fn, inputs, progress=progress, return_exceptions=return_exceptions,
                            fail_fast=fail_fast, chunksize=chunksize, timeout=timeout, transient=transient,
-                           **options)
+                           procs=procs, **options)
 
     def starmap(self, fn: Callable[..., Any], inputs: Iterable[Iterable[Any]], **options: Any) -> list[Any]:
         """Like :meth:`map`, each input spread as ``fn(*x)``."""
@@ -249,26 +324,53 @@ class Queue:
         instead; each worker child loads it once and caches it. See :mod:`forrestq.shared`."""
         return shared.put(self.core, obj)
 
-    def iterate(self, keys: Iterable[Any], lease: float = 60, version: int = 0, **options: Any) -> Iterator[Any]:
+    def iterate(self, keys: Iterable[Any], lease: float | None = None, version: int = 0,
+                **options: Any) -> Iterator[Any]:
         """``for key in q.iterate(keys):`` from many processes and machines: each key's body runs in
         one process; completed keys are skipped for good; a dead process's key is taken again after
-        ``lease`` seconds. The body finishing confirms its key, raising (or ``break``) releases it.
-        ``version``: bump to recompute. See :func:`forrestq.once.iterate`."""
+        ``lease`` seconds (default 60, renewed while this process lives; ``timeout=S``: never renewed).
+        The body finishing confirms its key (``confirm="explicit"``: only ``notify_success`` does);
+        raising (or ``break``) records it failed. ``version``: bump to recompute; ``retries``,
+        ``at_most_every``, ``wait``: see :func:`forrestq.once.iterate`."""
         return once.iterate(self.core, keys, lease, version, **options)
 
-    def once(self, key: Any, lease: float = 60, version: int = 0, **options: Any) -> Any:
+    def once(self, key: Any, lease: float | None = None, version: int = 0, **options: Any) -> Any:
         """Decorator: the call runs only if ``key`` is neither done nor running elsewhere and returns
         ``(Status, value)`` (``forrestq.once.Status``: COMPUTE_OK, COMPUTE_ERROR, SKIP_OK,
-        SKIP_IN_PROGRESS)."""
+        SKIP_IN_PROGRESS). ``timeout``, ``at_most_every``: as in :meth:`iterate`."""
         return once.once(self.core, key, lease, version, **options)
 
+    def try_claim(self, key: Any, lease: float | None = None, version: int = 0, **options: Any) -> KeyClaim:
+        """Claim one key now if no process holds it and it is not done: ``with q.try_claim(k) as held:
+        if held: ...`` confirms it when the block ends, records it failed if the block raises. See
+        :func:`forrestq.once.try_claim`."""
+        return once.try_claim(self.core, key, lease, version, **options)
+
     def notify_success(self, key: Any, version: int = 0) -> None:
-        """Mark a key this process holds (``iterate``) as done now."""
+        """Mark a key this process holds (``iterate``) as done now (``LeaseLost`` if its lease ended)."""
         once.notify_success(self.core, key, version)
 
-    def notify_failure(self, key: Any, version: int = 0) -> bool:
-        """Give a key this process holds back at once; returns whether it held it."""
-        return once.notify_failure(self.core, key, version)
+    def notify_failure(self, key: Any, version: int = 0, reason: str = "notify_failure") -> bool:
+        """Record a key this process holds as failed (claimable again at once); whether it held it."""
+        return once.notify_failure(self.core, key, version, reason)
+
+    def mark_done(self, key: Any, version: int = 0) -> bool:
+        """Record ``key`` done without running it; False if it was done already (``KeyBusy`` if held)."""
+        return once.mark_done(self.core, key, version)
+
+    def once_keys(self, state: Any = None, prefix: str | None = None, version: int = 0,
+                  limit: int | None = None) -> list[KeyRecord]:
+        """Records (key, state, host, times, attempts, reason) of the exactly-once keys in ``state``
+        (running, done, failed, expired; a list; None: all) starting with ``prefix``, sorted by key."""
+        return once.once_keys(self.core, state, prefix, version, limit)
+
+    def once_counts(self, version: int = 0) -> dict[str, int]:
+        """Exactly-once keys per state: ``{"running", "done", "failed", "expired"}``."""
+        return once.counts(self.core, version)
+
+    def forget_keys(self, keys: Iterable[Any] | None = None, **options: Any) -> int:
+        """Make keys free again (done ones run again): ``keys``, or ``state=``/``prefix=``; how many."""
+        return once.forget_keys(self.core, keys, **options)
 
 
 codec.never_send(Queue, "a Queue", "pass the queue's name (and url) and open Queue(name) inside the task")

@@ -4,8 +4,9 @@ Every root task that finishes is announced on the queue's ``finished`` stream (e
 id, generation) by the same script that records it. :class:`Follower` reads that stream with
 blocking XREAD (no polling) and turns entries into :class:`~forrestq.task.Task` records: each root
 *generation* once (a requeued task finishes again under a new generation), optionally only the ids
-a caller waits for (``only``: a map's tasks, one ``wait``). It is the only code that follows the
-stream; ``results``, ``wait``, ``map`` and debug mode all use it, and so all of them:
+a caller waits for (``only``: a map's tasks, one ``wait``, a :class:`~forrestq.batch.Batch`). It is
+the only code that follows the stream; ``results``, ``wait``, ``map``, batches and debug mode all use
+it, and so all of them:
 
 * survive a Redis outage: reads are retried while the server is unreachable, until the caller's
   deadline or for :data:`OUTAGE` seconds (a restarting server does not end an overnight loop);
@@ -16,7 +17,8 @@ stream; ``results``, ``wait``, ``map`` and debug mode all use it, and so all of 
   finishes, and in the TimeoutError message.
 
 Counters (constant time): :func:`counts` counts DAG nodes by state; :func:`root_counts` counts the
-roots (the tasks users scheduled, what ``results()`` yields): unfinished, done, failed.
+roots (the tasks users scheduled, what ``results()`` yields): unfinished, done, failed. Listings
+(:func:`listing`) show roots unless asked for every node.
 """
 from __future__ import annotations
 
@@ -83,10 +85,53 @@ def get(q: QueueCore, ref: TaskRef | str) -> Task:
     return Task(q.name, tid, fields)
 
 
-def listing(q: QueueCore, key: str, limit: int | None) -> list[Task]:
-    """The records of the ids in sorted set ``key`` (todo, done, failed), in score order."""
-    ids = [_text(i) for i in q.r.zrange(key, 0, -1 if limit is None else limit - 1)]
-    return fetch_records(q.r, q.keys, ids)
+def check_limit(limit: Any) -> int | None:
+    """A listing's ``limit`` as given (None: no limit) if it is a non-negative integer; ConfigError
+    otherwise (a negative limit would read as "all but the last" to ZRANGE)."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ConfigError(f"limit must be None or a non-negative integer, not {shown(limit)}")
+    return limit
+
+
+def listing(q: QueueCore, key: str, limit: int | None, nodes: bool = False) -> list[Task]:
+    """The records of the ids in sorted set ``key`` (todo, done, failed), in score order: the roots
+    (what users scheduled) only, or with ``nodes`` every DAG node (the inner calls of trees too).
+
+    Without a limit the ids are read in one ZRANGE (a snapshot); with one, roots are looked for
+    page by page (the root flag first, then the records of the roots), so a queue of big trees does
+    not send every inner node's record to find ten roots."""
+    limit = check_limit(limit)
+    if limit == 0:
+        return []
+    if nodes or limit is None:
+        ids = [_text(i) for i in q.r.zrange(key, 0, -1 if limit is None else limit - 1)]
+        return fetch_records(q.r, q.keys, ids if nodes else _roots(q, ids))
+    out: list[Task] = []
+    seen: set[str] = set()
+    start = 0
+    while len(out) < limit:
+        page = [_text(i) for i in q.r.zrange(key, start, start + FETCH_BATCH - 1)]
+        if not page:
+            break
+        start += len(page)
+        fresh = [i for i in _roots(q, page) if i not in seen]  # an id may shift into the next page
+        seen.update(fresh)
+        out += fetch_records(q.r, q.keys, fresh)
+    return out[:limit]
+
+
+def _roots(q: QueueCore, ids: Sequence[str]) -> list[str]:
+    """The ids among ``ids`` that are roots (scheduled by a user), in order; pipelined by batches."""
+    out: list[str] = []
+    for i in range(0, len(ids), FETCH_BATCH):
+        part = ids[i:i + FETCH_BATCH]
+        pipe = q.r.pipeline(transaction=False)
+        for tid in part:
+            pipe.hget(q.keys.task(tid), schema.TASK_ROOT)
+        out += [tid for tid, flag in zip(part, pipe.execute()) if flag == b"1"]
+    return out
 
 
 def counts(q: QueueCore) -> dict[str, int]:
@@ -187,8 +232,24 @@ class WorkerWatch:
 def last_finished(q: QueueCore) -> str:
     """The id of the newest entry of the finished stream ("0-0" when empty): follow from here to
     see only what finishes from now on."""
-    last = q.r.xrevrange(q.keys.finished, count=1)
+    return _last_id(q.r, q.keys)
+
+
+def _last_id(r: redis.Redis, k: QueueKeys) -> str:
+    last = r.xrevrange(k.finished, count=1)
     return _text(last[0][0]) if last else "0-0"
+
+
+def patiently(call: Callable[[], T], give_up: float) -> T:
+    """call(), retried every 0.5 s while Redis is unreachable, until ``time.monotonic()`` reaches
+    ``give_up`` (then its error is raised): the followers of the finished and the event streams."""
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() >= give_up:
+                raise
+            time.sleep(0.5)
 
 
 class Follower:
@@ -220,11 +281,20 @@ class Follower:
 
     def poll_open(self) -> tuple[list[Task], int]:
         """Newly finished tasks and the number of roots still unfinished, read together (a task
-        finishing between two separate reads could otherwise be missed)."""
+        finishing between two separate reads could otherwise be missed). With ``only``: of those
+        roots, the ones not returned yet."""
+        if self.only is not None:
+            tasks = self.poll()
+            return tasks, len(self.only)
         k = self.k
         entries, open_n = self.patiently(lambda: self.r.pipeline(transaction=True).xread(
             {k.finished: self.since}, count=1000).hget(k.counts, schema.COUNT_OPEN).execute())
         return self._take(entries), max(0, int(open_n or 0))
+
+    def start_here(self) -> None:
+        """Follow from the newest entry of the finished stream: what finishes from now on. With
+        :meth:`sweep` called after it, nothing finished before is missed either."""
+        self.since = self.patiently(lambda: _last_id(self.r, self.k))
 
     def open_roots(self) -> int:
         return max(0, int(self.patiently(lambda: self.r.hget(self.k.counts, schema.COUNT_OPEN)) or 0))
@@ -241,14 +311,7 @@ class Follower:
 
     def patiently(self, call: Callable[[], T]) -> T:
         """call(), retried while Redis is unreachable, until the deadline or for ``outage`` s."""
-        give_up = time.monotonic() + self.outage if self.deadline is None else self.deadline
-        while True:
-            try:
-                return call()
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() >= give_up:
-                    raise
-                time.sleep(0.5)
+        return patiently(call, time.monotonic() + self.outage if self.deadline is None else self.deadline)
 
     def _block(self, block_ms: int) -> int:
         if block_ms <= 0 or self.deadline is None:
@@ -265,14 +328,16 @@ class Follower:
                 if (self.only is None or tid in self.only) and self.seen.get(tid, -1) < gen:
                     wanted[tid] = gen
         elif self.only and time.monotonic() >= self.next_sweep:
-            return self._sweep()
+            return self.sweep()
         if not wanted:
             return []
         records = self.patiently(lambda: fetch_records(self.r, self.k, list(wanted)))
         return self._accept([t for t in records if t.generation == wanted[t.id]])
 
-    def _sweep(self) -> list[Task]:
-        """Read the states of the waited-for tasks directly (the fallback to the stream)."""
+    def sweep(self) -> list[Task]:
+        """Read the states of the waited-for tasks directly: the fallback to the stream, and, right
+        after :meth:`start_here`, the ones that had finished before (a ``key=`` matched to a task
+        that finished in an earlier run)."""
         self.next_sweep = time.monotonic() + SWEEP_EVERY
         assert self.only is not None
         ids = sorted(self.only)
@@ -303,14 +368,29 @@ def _quiet(q: QueueCore, timeout: float | None, open_n: int) -> str:
             f"{no_worker_hint(q.r, q.name)}")
 
 
-def results(q: QueueCore, progress: bool = False, timeout: float | None = None) -> Iterator[Task]:
-    """Each root task of the queue once it has finished, on whichever machine; returns when no root
-    is left unfinished. ``timeout``: seconds without progress before ``TimeoutError``."""
-    follower = Follower(q.r, q.keys, timeout=timeout)
+def follow_ids(q: QueueCore, ids: Iterable[str], timeout: float | None = None) -> tuple[Follower, list[Task]]:
+    """A follower of the roots ``ids`` from now on, and those of them that had finished already
+    (by finishing time)."""
+    follower = Follower(q.r, q.keys, only=ids, timeout=timeout)
+    follower.start_here()
+    return follower, sorted(follower.sweep(), key=lambda t: t.finished or 0.0)
+
+
+def results(q: QueueCore, progress: bool = False, timeout: float | None = None,
+            only: Iterable[str] | None = None) -> Iterator[Task]:
+    """Each root task of the queue once it has finished, on whichever machine, in finishing order;
+    returns when no root is left unfinished. ``only``: just these roots, each once, those finished
+    already first (a batch's). ``timeout``: seconds without progress before ``TimeoutError``."""
+    tasks: list[Task] = []
+    if only is None:
+        follower = Follower(q.r, q.keys, timeout=timeout)
+    else:
+        follower, tasks = follow_ids(q, only, timeout)
     watch = WorkerWatch(q.r, q.name, enabled=progress)
     with ResultsProgress(q.name, enabled=progress) as bar:
         while True:
-            tasks, open_n = follower.poll_open()
+            more, open_n = follower.poll_open()
+            tasks += more
             if not tasks:
                 bar.update(len(follower.seen), open_n)
                 if open_n <= 0:
@@ -325,6 +405,7 @@ def results(q: QueueCore, progress: bool = False, timeout: float | None = None) 
             for task in tasks:
                 bar.advance(task)
                 yield task
+            tasks = []
 
 
 def wait(q: QueueCore, ref: TaskRef | str, timeout: float | None = None) -> Task:

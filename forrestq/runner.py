@@ -79,6 +79,8 @@ class Outcome:
     delay: float = 0.0  # with RETRY: seconds before the task may run again
     exc: BaseException | None = None  # what the task's code raised, live (for debug mode)
     refusal: str = ""  # FAILED to load for a reason of this host: MISSING_IMPORT | BAD_SIGNATURE
+    cpu_time: float = 0.0  # s, measured by a worker child (forrestq.worker.forensics)
+    peak_rss: int = 0  # bytes, likewise
 
 
 class Loaded(NamedTuple):
@@ -104,12 +106,14 @@ def failure(exc: BaseException, reason: str, runtime: float = 0.0) -> Outcome:
                    reason=reason, runtime=runtime)
 
 
-def completion(claimed: ops.Claimed, outcome: Outcome, output: bytes = b"", host: str = "") -> ops.Completion:
+def completion(claimed: ops.Claimed, outcome: Outcome, output: bytes = b"", host: str = "",
+               pid: int = 0) -> ops.Completion:
     """What complete.lua records for ``outcome`` of the attempt ``claimed`` (fenced by its token)."""
     # positional, in the field order of ops.Completion (once per task: keywords cost 3x here);
     # tests/test_runner.py checks every field lands where it belongs
     return ops.Completion(claimed.id, claimed.token, outcome.state, outcome.result, outcome.error,
-                          outcome.traceback, outcome.reason, outcome.runtime, output, host, outcome.delay)
+                          outcome.traceback, outcome.reason, outcome.runtime, output, host, outcome.delay,
+                          False, outcome.cpu_time, outcome.peak_rss, pid)
 
 
 def unrecordable(c: ops.Completion, refusal: BaseException) -> ops.Completion:

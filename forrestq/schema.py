@@ -45,18 +45,36 @@ key                        type    what                                written b
                                    it is the misconfigured host
 ``fq:{q}:sweep``           string  guard: one reclaim sweep per        worker (SET NX PX)
                                    interval per queue
-``fq:{q}:once:<v>:done``   set     exactly-once keys whose body        once_confirm.lua
-                                   completed under version ``<v>``
-                                   (persistent: skipped for good)
 ``fq:{q}:once:<v>:lease:`` string  owner token (random, host, pid) of  once_claim.lua (SET NX
-``<key>``                          the process running ``<key>``'s     PX), renew.lua,
+``<key>``                          the process running ``<key>``'s     PX), once_renew.lua,
                                    body; expires (PX) unless renewed   once_confirm/once_release
-                                                                       (DEL, token-checked)
+                                   (``lease=``; ``timeout=``: never)   (DEL, token-checked)
+``fq:{q}:once:<v>:k:``     hash    one exactly-once key under version  once_claim, once_confirm,
+``<key>``                          ``<v>``: state (running, done,      once_release, once_renew,
+                                   failed, expired), claim token,      once_sweep, once_mark
+                                   host, pid, times, attempts, reason
+                                   (fields ONCE_*; absent: free)
+``fq:{q}:once:<v>:s:``     zset    the keys in state ``<state>``       the same scripts (a key is
+``<state>``                        (score 0, read by lex range: a      in exactly one of the four)
+                                   prefix listing reads only those)
 ``fq:{q}:blob:<sha256>``   string  a shared input (``Queue.put``):     shared.put (SET NX)
                                    its pickle, content-addressed; over
                                    64 MiB a small head naming parts
 ``fq:{q}:blob:<sha256>:``  string  part ``<i>`` of a shared input over  shared.put (SET NX)
 ``<i>``                            64 MiB (64 MiB each)
+``fq:{q}:events``          stream  a task's history: one entry per     schedule, claim, complete,
+                                   state change (EVENT_* fields; the   reclaim, requeue, release,
+                                   entry id is its time), XADD MAXLEN  refuse (include/events.lua)
+                                   ~ the cap below
+``fq:{q}:events:cap``      string  how many events the queue keeps     Queue(events=...) (SET)
+                                   (approximately); "0": none; unset:
+                                   EVENTS_CAP
+``fq:{q}:stats``           hash    per function name: runs             complete (HINCRBY; not for
+                                   (``STATS_RUNS`` + name) and failed   a cancel), read by
+                                   ones (``STATS_FAILED`` + name)      forrestq.stats
+``fq:{q}:stats:s:<name>``  list    the function's last STATS_SAMPLES   complete (LPUSH + LTRIM),
+                                   measured runs, newest first:        for attempts with evidence
+                                   "runtime peak_rss host" (STATS_SEP) (a pid)
 =========================  ======  ==================================  ==========================
 
 Global keys (no hash tag: they are never used inside a script):
@@ -65,7 +83,13 @@ Global keys (no hash tag: they are never used inside a script):
 ``fq:queues``              set     names of the queues ever scheduled  Queue.schedule
 ``fq:workers``             zset    worker id -> last heartbeat (s)     worker
 ``fq:w:<worker id>``       hash    one worker: host, pid, procs,       worker (with a TTL of
-                                   busy, done, failed, rss, queues     3 heartbeats)
+                                   busy, done, failed, rss, queues,    3 heartbeats)
+                                   env (its environment's id)
+``fq:env:<env id>``        string  one environment fingerprint, once:  worker (SET EX ENV_TTL, once
+                                   JSON of python, forrestq, platform, its children run; refreshed
+                                   sorted "name==version" list         hourly)
+``fq:wenv:<worker id>``    string  the env id a worker ran in (tasks   worker (SET EX ENV_TTL);
+                                   name their worker: TASK_WORKER)     read by forrestq show
 =========================  ======  ==================================  ==========================
 
 Per-task keys (``t:``, ``d:``, ``lease:``) are reached inside Lua from the ids the scripts read
@@ -107,10 +131,49 @@ FOLLOW_ALL = "all"  # requeue.lua mode: follow every dependent, whatever its sta
 ONCE_DONE = "d"  # once_claim.lua status letter: the key completed before (skipped)
 ONCE_BUSY = "b"  # once_claim.lua status letter: another lease holds the key
 ONCE_CLAIMED = "c"  # once_claim.lua status letter: claimed by this call
+ONCE_FREE = "free"  # once_release/once_mark mode: the key goes back to free (its record is deleted)
+
+# --- exactly-once keys (fq:{q}:once:<v>:k:<key> hashes, fq:{q}:once:<v>:s:<state> indexes) -----------
+EXPIRED = "expired"  # once state: the lease ended before its holder settled the key
+ONCE_STATES = (RUNNING, DONE, FAILED, EXPIRED)  # "free" (no record) is not stored
+ONCE_STATE = "st"  # one of ONCE_STATES
+ONCE_TOKEN = "tok"  # owner token of the latest claim
+ONCE_HOST = "host"  # host of the latest claim (or of mark_done)
+ONCE_PID = "pid"
+ONCE_CLAIMED_AT = "t0"  # ms, server clock: the latest claim
+ONCE_UNTIL = "until"  # ms, server clock: the end of the lease (moved by each renewal)
+ONCE_SETTLED_AT = "t1"  # ms, server clock: done, failed, or (expired) the end of the lease
+ONCE_ATTEMPTS = "n"  # claims so far
+ONCE_REASON = "why"  # why it failed or expired
+ONCE_RENEWED = "renew"  # "1": a lease renewed by its holder (lease=); "": not renewed (timeout=)
+SUFFIX_ONCE_KEY = "k:"  # below fq:{q}:once:<v>: (the leases are SUFFIX_LEASE there)
+SUFFIX_ONCE_STATE = "s:"
 
 # --- stream entry fields -----------------------------------------------------------------------------
 ENTRY_TASK = "t"  # task id, in fq:{q}:stream and fq:{q}:finished entries
 ENTRY_GEN = "g"  # generation of the finished task, in fq:{q}:finished entries
+
+# --- the event stream fq:{q}:events (issue 13): entries {EVENT_KIND, ENTRY_TASK, then EVENT_* fields} ------
+EVENT_KIND = "k"  # one of EVENT_KINDS
+EVENT_HOST = "h"  # host of the attempt
+EVENT_ATTEMPT = "n"  # the attempt's number (1 = first start)
+EVENT_REASON = "why"  # one line: a failure's reason, the error that is retried
+EVENT_NAME = "fn"  # the function's qualified name (scheduled)
+EVENT_RUNTIME = "rt"  # seconds the attempt ran (done, failed, retried)
+EVENT_DELAY = "d"  # seconds before the retry may start (retried)
+EVENT_SCHEDULED = "scheduled"  # a new node: waiting for its inputs or ready
+EVENT_STARTED = "started"  # claimed by a worker child (host, attempt)
+EVENT_DONE = "done"
+EVENT_FAILED = "failed"  # (reason) ran and failed, killed, lost too often, or an input failed
+EVENT_RETRIED = "retried"  # failed with an error its retry policy matches: ready again after a delay
+EVENT_LOST = "lost"  # its worker vanished (lease expired): ready again, or failed next when out of attempts
+EVENT_RELEASED = "released"  # handed back unrun or unfinished (worker stopping, host cannot load it)
+EVENT_REQUEUED = "requeued"  # requeue_failed / rerun: waiting or ready again under a new generation
+EVENT_CANCELLED = "cancelled"
+EVENT_KINDS = (EVENT_SCHEDULED, EVENT_STARTED, EVENT_DONE, EVENT_FAILED, EVENT_RETRIED, EVENT_LOST,
+               EVENT_RELEASED, EVENT_REQUEUED, EVENT_CANCELLED)
+EVENTS_CAP = "100000"  # events a queue keeps (approximately) unless Queue(events=N) said otherwise
+EVENTS_OFF = "0"  # the cap of a queue that keeps no events (a count: the scripts spell it '0')
 
 # --- task hash fields (kept short: they are stored once per task) -------------------------------------
 TASK_FN = "fn"  # sha1 of the function blob (fq:{q}:fn:<sha1>)
@@ -144,6 +207,12 @@ TASK_RETRY_POLICY = "rp"  # serialised (retries, backoff seconds, exception type
 TASK_RETRIES_USED = "rtn"
 TASK_LOST_ON = "lost"  # host of the last attempt that was lost
 TASK_REFUSED = "rfd"  # comma-separated distinct hosts that could not load the task (refuse.lua)
+TASK_IO_BOUND = "io"  # "1": an IO-bound coroutine, may share a child's event loop (claim.lua returns it)
+TASK_SOFT_TIMEOUT = "sto"  # seconds before TimeLimitExceeded is raised in the task, "" for the worker's
+TASK_CPU = "cpu"  # CPU seconds of the attempt (user + system, its waited-for processes too)
+TASK_PEAK_RSS = "mem"  # peak resident bytes of the attempt (forrestq.worker.forensics)
+TASK_PID = "pid"  # pid of the process that ran the attempt
+TASK_STACK = "stk"  # Python stack at death (a time-limit kill, a crash), text
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -163,6 +232,16 @@ WORKER_BEAT = "beat"
 WORKER_STOPPING = "stopping"  # 1 while the worker stops
 WORKER_FINGERPRINT = "fingerprint"  # signing.fingerprint() of its secret ("none": no secret)
 WORKER_REFUSING = "refusing"  # why it stopped claiming tasks (its secret differs); "" while it claims
+WORKER_ENV = "env"  # id of its environment fingerprint (fq:env:<id>); "" until computed
+
+# --- function statistics (fq:{q}:stats, fq:{q}:stats:s:<name>; forrestq.stats) --------------------------
+STATS_RUNS = "n:"  # field prefix of fq:{q}:stats: runs of a function that ended (done or failed)
+STATS_FAILED = "f:"  # field prefix of fq:{q}:stats: those of them that failed
+STATS_SEP = " "  # between the parts of a sample: runtime, peak_rss, host (the host last: it may hold spaces)
+STATS_SAMPLES = "1000"  # recent runs kept per function: p50/p95 are over these
+
+# --- environment fingerprints (fq:env:<id>, fq:wenv:<worker id>; forrestq.environment) -------------------
+ENV_TTL = 30 * 86400  # seconds an environment description (and a worker's env id) is kept
 
 # --- key suffixes below a queue's prefix ------------------------------------------------------------------
 SUFFIX_TASK = "t:"
@@ -170,6 +249,10 @@ SUFFIX_DEPENDENTS = "d:"
 SUFFIX_LEASE = "lease:"
 SUFFIX_FN = "fn:"
 SUFFIX_BLOB = "blob:"
+SUFFIX_EVENTS = "events"
+SUFFIX_EVENTS_CAP = "events:cap"
+SUFFIX_STATS = "stats"
+SUFFIX_STATS_SAMPLES = "stats:s:"
 
 QUEUES = "fq:queues"
 
@@ -190,11 +273,21 @@ def worker(worker_id: str) -> str:
     return f"fq:w:{worker_id}"
 
 
+def environment(env_id: str) -> str:
+    """One environment fingerprint's description (JSON), stored once per fingerprint."""
+    return f"fq:env:{env_id}"
+
+
+def worker_environment(worker_id: str) -> str:
+    """The id of the environment a worker runs in (outlives the worker: its tasks name it)."""
+    return f"fq:wenv:{worker_id}"
+
+
 class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed", "signer")
+                 "delayed", "signer", "events", "events_cap", "stats")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -209,6 +302,9 @@ class QueueKeys:
         self.sweep = p + "sweep"
         self.delayed = p + "delayed"
         self.signer = p + "signer"
+        self.events = p + SUFFIX_EVENTS
+        self.events_cap = p + SUFFIX_EVENTS_CAP
+        self.stats = p + SUFFIX_STATS
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id
@@ -222,13 +318,29 @@ class QueueKeys:
     def fn(self, sha: str) -> str:
         return self.prefix + SUFFIX_FN + sha
 
-    def once_done(self, version: int) -> str:
-        """Set of the exactly-once keys completed under ``version``."""
-        return f"{self.prefix}once:{version}:done"
+    def once_prefix(self, version: int) -> str:
+        """Prefix of the exactly-once keys of ``version`` (the once_* scripts extend it)."""
+        return f"{self.prefix}once:{version}:"
 
-    def once_lease(self, version: int, key: str = "") -> str:
-        """Lease of one exactly-once key (``key=""``: the prefix the once_* scripts extend)."""
-        return f"{self.prefix}once:{version}:lease:{key}"
+    def once_lease(self, version: int, key: str) -> str:
+        """Lease of one exactly-once key."""
+        return self.once_prefix(version) + SUFFIX_LEASE + key
+
+    def once_record(self, version: int, key: str) -> str:
+        """Record (hash, fields ONCE_*) of one exactly-once key."""
+        return self.once_prefix(version) + SUFFIX_ONCE_KEY + key
+
+    def once_index(self, version: int, state: str) -> str:
+        """Lex-ordered zset of the exactly-once keys of ``version`` in ``state`` (one of ONCE_STATES)."""
+        return self.once_prefix(version) + SUFFIX_ONCE_STATE + state
+
+    def once_indexes(self, version: int) -> list[str]:
+        """The four state indexes, in the order of ONCE_STATES (KEYS[1..4] of every once_* script)."""
+        return [self.once_index(version, state) for state in ONCE_STATES]
+
+    def stats_samples(self, name: str) -> str:
+        """The recent samples (list) of function ``name`` (complete.lua builds it from the prefix)."""
+        return self.prefix + SUFFIX_STATS_SAMPLES + name
 
     def blob(self, sha: str) -> str:
         """A shared input, content-addressed by the sha256 of its pickle."""
@@ -247,7 +359,16 @@ def glob_escape(text: str) -> str:
 _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE",
               "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
-              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED")
+              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
+              "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",
+              "ONCE_REASON", "ONCE_RENEWED", "SUFFIX_ONCE_KEY",
+              # the event stream (include/events.lua)
+              "SUFFIX_EVENTS", "SUFFIX_EVENTS_CAP", "EVENTS_CAP", "EVENT_KIND", "EVENT_HOST",
+              "EVENT_ATTEMPT", "EVENT_REASON", "EVENT_NAME", "EVENT_RUNTIME", "EVENT_DELAY", "EVENT_SCHEDULED",
+              "EVENT_STARTED", "EVENT_DONE", "EVENT_FAILED", "EVENT_RETRIED", "EVENT_LOST", "EVENT_RELEASED",
+              "EVENT_REQUEUED", "EVENT_CANCELLED",
+              # function statistics (include/stats.lua)
+              "SUFFIX_STATS", "SUFFIX_STATS_SAMPLES", "STATS_RUNS", "STATS_FAILED", "STATS_SEP", "STATS_SAMPLES")
 
 
 def lua_constants() -> dict[str, str]:

@@ -34,6 +34,7 @@ import redis
 
 from . import schema
 from .codec import load_args
+from .environment import differences
 from .errors import UnknownQueue, UnknownTask
 from .reading import fetch_records, roots_of
 from .schema import QueueKeys, check_name
@@ -130,7 +131,8 @@ def worker_status(r: redis.Redis, now: float | None = None, drop_after: float = 
                   prune: bool = True) -> list[dict[str, Any]]:
     """Every worker in ``fq:workers``, sorted by host then pid, as dicts with the fields of its hash
     (host, pid, procs, busy, done, failed, rss, queues, started, beat, stopping, fingerprint of its
-    secret, refusing: why it stopped claiming, "" while it claims) plus ``id``, ``age`` (seconds since
+    secret, refusing: why it stopped claiming, "" while it claims; env: the id of its environment
+    fingerprint, "" until known) plus ``id``, ``age`` (seconds since
     the last heartbeat) and ``state``: ``running``, ``stopping``, ``refusing`` or ``lost`` (its hash
     expired: no heartbeat for three heartbeat intervals).
 
@@ -170,6 +172,7 @@ def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
         info["queues"] = [q for q in _s(f.get(schema.WORKER_QUEUES)).split(",") if q]
         info["fingerprint"] = _s(f.get(schema.WORKER_FINGERPRINT))
         info["refusing"] = _s(f.get(schema.WORKER_REFUSING))
+        info["env"] = _s(f.get(schema.WORKER_ENV))  # its environment fingerprint's id ("" not known yet)
         info["state"] = "stopping" if info["stopping"] else "refusing" if info["refusing"] else "running"
     else:  # the hash expired: only the id (host:pid:nonce) and the last beat are left
         parts = wid.rsplit(":", 2)  # worker ids are host:pid:nonce
@@ -177,7 +180,7 @@ def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
         pid_text = parts[1] if len(parts) == 3 else ""
         info.update(host=host or wid, pid=int(pid_text) if pid_text.isdigit() else None,
                     procs=None, busy=None, done=None, failed=None, rss=None, queues=[],
-                    started=None, stopping=0, fingerprint="", refusing="", state="lost")
+                    started=None, stopping=0, fingerprint="", refusing="", env="", state="lost")
     info["beat"] = _num(f.get(schema.WORKER_BEAT), float, score)
     return info
 
@@ -200,10 +203,12 @@ def serves(worker: dict[str, Any], queue: str) -> bool:
 def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
            prune: bool = True) -> dict[str, Any]:
     """Everything ``forrestq status`` shows: ``{"time", "queues": {name: counts + rates + roots +
-    workers}, "workers": [...], "unserved": [...]}``. Each queue's ``workers`` is the number of live
-    workers serving it (:func:`serves`); ``unserved`` names the queues with unfinished tasks and no
-    such worker (nothing will run them). With ``queue``, only that queue (UnknownQueue if there is
-    none) and the workers serving it (and the lost ones)."""
+    workers}, "workers": [...], "unserved": [...], "environments": [...]}``. Each queue's ``workers`` is
+    the number of live workers serving it (:func:`serves`); ``unserved`` names the queues with
+    unfinished tasks and no such worker (nothing will run them); ``environments`` says how the
+    environments of the live workers shown differ (:func:`forrestq.environment.differences`; [] when
+    they are one). With ``queue``, only that queue (UnknownQueue if there is none) and the workers
+    serving it (and the lost ones)."""
     now = time.time() if now is None else now
     names = resolve_queues(r, queue)
     workers = worker_status(r, now, prune=prune)
@@ -213,7 +218,8 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
     unserved = [name for name, row in queues.items() if not row["workers"] and sum(row[s] for s in UNFINISHED)]
     if queue is not None:
         workers = [w for w in workers if queue in w["queues"] or w["state"] == "lost"]
-    return {"time": now, "queues": queues, "workers": workers, "unserved": unserved}
+    return {"time": now, "queues": queues, "workers": workers, "unserved": unserved,
+            "environments": differences(r, workers)}
 
 
 # ------------------------------------------------------------------------------------------- tasks

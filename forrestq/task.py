@@ -5,16 +5,32 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import codec
+from . import codec, schema
+from .deferred import Call
 from .errors import UpstreamFailed
 
 _MISSING = object()
 
 
+def same_node(queue: str, task_id: str, other: object) -> Any:
+    """Whether ``other`` is the node ``task_id`` of ``queue`` (the ``==`` of TaskRef and Task).
+
+    A TaskRef or a Task is that node when queue and id match. A deferred call (:class:`Call`) has no
+    queue of its own (one deferred scheduled on two queues is one node on each): it is the node when
+    the id matches, on any queue. Anything else: ``NotImplemented`` (Python then falls back to
+    identity, so ``task == 42`` is False and never raises)."""
+    if isinstance(other, (TaskRef, Task)):
+        return other.id == task_id and other.queue == queue
+    if isinstance(other, Call):
+        return other._id == task_id
+    return NotImplemented
+
+
 @dataclass(frozen=True)
 class TaskRef:
     """A scheduled task: its id in its queue (``since``: where the queue's finished stream stood when
-    it was scheduled, so ``Queue.wait`` can block at once)."""
+    it was scheduled, so ``Queue.wait`` can block at once). Equal to the Task records of the same
+    node and to the deferred call that became it (:func:`same_node`); hashed by id like them."""
 
     id: str
     queue: str
@@ -22,6 +38,12 @@ class TaskRef:
 
     def __str__(self) -> str:
         return self.id
+
+    def __eq__(self, other: object) -> Any:
+        return same_node(self.queue, self.id, other)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
 
 def _s(v: bytes | None, default: str = "") -> str:
@@ -32,9 +54,15 @@ def _float(v: bytes | None) -> float | None:
     return float(v) if v else None
 
 
+def _int(v: bytes | None) -> int | None:
+    return int(v) if v else None
+
+
 class Task:
     """One task's record as read from Redis. Values are unpickled on first access, so listing tasks
-    never fails because a result's class is not importable here."""
+    never fails because a result's class is not importable here. Two records of one node are equal
+    (whatever their state), and equal to its TaskRef and to the deferred call that became it
+    (:func:`same_node`); hashed by id, so a dict keyed by what you scheduled finds what came back."""
 
     def __init__(self, queue: str, task_id: str, fields: dict[bytes, bytes]) -> None:
         self.queue = queue
@@ -57,10 +85,22 @@ class Task:
         self.finished: float | None = _float(f(b"t1"))
         self.generation: int = int(f(b"g") or 0)
         self.lost_on: str | None = _s(f(b"lost")) or None
+        # the evidence of the last attempt (forrestq.worker.forensics), also when its process died
+        self.cpu_time: float | None = _float(f(schema.TASK_CPU.encode()))  # s
+        self.peak_rss: int | None = _int(f(schema.TASK_PEAK_RSS.encode()))  # bytes
+        self.pid: int | None = _int(f(schema.TASK_PID.encode()))
+        self.worker: str = _s(f(schema.TASK_WORKER.encode()))
+        self.stack: str = _s(f(schema.TASK_STACK.encode()))  # the Python stack at death, if it died
 
     @property
     def ref(self) -> TaskRef:
         return TaskRef(self.id, self.queue)
+
+    def __eq__(self, other: object) -> Any:
+        return same_node(self.queue, self.id, other)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
 
     @cached_property
     def returnvalue(self) -> Any:

@@ -169,7 +169,7 @@ def test_get_and_states(url, r):
     dependent = q.schedule(defer(tasks.identity, gate))
     assert q.get(dependent).state == "waiting"
     assert q.counts()["ready"] == 1 and q.counts()["waiting"] == 1
-    assert {t.state for t in q.todo_tasks()} == {"ready", "waiting"}
+    assert {t.state for t in q.todo_tasks(nodes=True)} == {"ready", "waiting"}
     with worker(url, "states", 1):
         (task,) = list(q.results(timeout=60))
     assert task.id == dependent.id and task.state == "failed"

@@ -8,7 +8,7 @@ import pytest
 import tasks
 from procs import worker
 
-from forrestq import GraphError, Queue, UpstreamFailed, defer, evaluate
+from forrestq import GraphError, Queue, UpstreamFailed, defer, evaluate, io_bound
 
 
 def lines(path):
@@ -78,7 +78,7 @@ def test_failure_marks_exactly_the_downstream_nodes(url, tmp_path):
     assert failed.state == "failed"
     assert isinstance(failed.errorvalue, UpstreamFailed)
     assert failed.upstream == bad._id and "RuntimeError" in failed.reason and bad._id in failed.reason
-    states = {t.id: t.state for t in q.fail_tasks()}
+    states = {t.id: t.state for t in q.fail_tasks(nodes=True)}
     assert states == {bad._id: "failed", mid._id: "failed", top._id: "failed"}
     assert sorted(lines(log)) == ["bad", "ok1", "side"]  # mid and top never ran
 
@@ -243,7 +243,7 @@ def test_rerun_executes_the_code_as_it_is_now(url, tmp_path):
 def test_async_concurrency_runs_coroutines_of_one_child_at_once(url, tmp_path):
     log = tmp_path / "spans"
     q = Queue("aio")
-    refs = q.schedule_many(defer(tasks.io_wait, str(log), f"io{i}", 0.5) for i in range(6))
+    refs = q.schedule_many(defer(io_bound(tasks.io_wait), str(log), f"io{i}", 0.5) for i in range(6))
     sync = q.schedule(defer(tasks.add, 1, 2))  # a plain function among them runs as usual
     with worker(url, "aio", 1, "--async-concurrency", "6"):
         got = {t.id: t for t in q.results(timeout=60)}
@@ -258,8 +258,8 @@ def test_async_concurrency_runs_coroutines_of_one_child_at_once(url, tmp_path):
 def test_async_concurrency_autokill_hands_back_the_others(url, tmp_path):
     log = tmp_path / "spans"
     q = Queue("aio-kill")
-    slow = q.schedule(defer(tasks.io_wait, str(log), "slow", 30), timeout=1)
-    quick = q.schedule_many(defer(tasks.io_wait, str(log), f"q{i}", 0.05) for i in range(3))
+    slow = q.schedule(defer(io_bound(tasks.io_wait), str(log), "slow", 30), timeout=1)
+    quick = q.schedule_many(defer(io_bound(tasks.io_wait), str(log), f"q{i}", 0.05) for i in range(3))
     with worker(url, "aio-kill", 1, "--async-concurrency", "4"):
         got = {t.id: t for t in q.results(timeout=60)}
     assert got[slow.id].state == "failed" and got[slow.id].reason.startswith("killed after 1 s")

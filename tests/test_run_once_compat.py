@@ -84,7 +84,7 @@ def test_three_processes_300_keys_each_body_once(url, tmp_path):
     assert sorted(k for k, _ in starts) == sorted(keys_of(300))  # no body even started twice
     assert len({pid for _, pid in ends}) == 3  # the work was shared
     q = Queue("once-3")
-    assert once.counts(q) == {"done": 300, "running": 0}
+    assert once.counts(q) == {"done": 300, "running": 0, "failed": 0, "expired": 0}
     assert list(q.iterate(keys_of(300), lease=5)) == []  # persistent: a re-run skips everything
 
 
@@ -131,7 +131,8 @@ def test_exception_in_body_releases_at_once(url):
         for key in q.iterate(["a", "b", "c"], lease=60):
             if key == "b":
                 raise RuntimeError("body failed")
-    assert [once.status(q, k) for k in "abc"] == ["done", "free", "free"]  # not after 60 s: now
+    # recorded failed (issue 13: listable), and claimable again now, not after 60 s
+    assert [once.status(q, k) for k in "abc"] == ["done", "failed", "free"]
     assert list(q.iterate(["a", "b", "c"], lease=60)) == ["b", "c"]
 
 
@@ -140,7 +141,7 @@ def test_break_releases_the_current_key_unless_notified(url):
     for key in q.iterate(["a", "b", "c"], lease=60):
         if key == "b":
             break
-    assert [once.status(q, k) for k in "abc"] == ["done", "free", "free"]
+    assert [once.status(q, k) for k in "abc"] == ["done", "failed", "free"]  # a loop cannot tell break
     for key in q.iterate(["b", "c"], lease=60):
         q.notify_success(key)  # done before the break: say so
         break
@@ -152,12 +153,13 @@ def test_notify_failure_releases_at_once_and_only_our_claim(url):
     for key in q.iterate(["x"], lease=60):
         assert once.status(q, key) == "running"
         assert q.notify_failure(key) is True
-        assert once.status(q, key) == "free"  # immediately claimable by anyone
+        assert once.status(q, key) == "failed"  # recorded (issue 13), and immediately claimable by anyone
+        assert q.try_claim(key).release() and once.status(q, key) == "free"
         # run-once deleted anybody's lock: here another process's claim is never touched
         q.r.set(once.lease_key(q, key), "token of another process", px=60_000)
         assert q.notify_failure(key) is False and once.status(q, key) == "running"
         q.r.delete(once.lease_key(q, key))
-    # the loop's confirm of a key released in the body does nothing: it stays free
+    # the loop's confirm of a key settled in the body does nothing: it stays free
     assert once.status(q, "x") == "free"
 
 
@@ -251,7 +253,7 @@ def test_once_status_values(url):
 
     status, exc = fails()
     assert status is Status.COMPUTE_ERROR and isinstance(exc, KeyError)
-    assert once.status(q, "err") == "free"  # released at once, not at expiry
+    assert once.status(q, "err") == "failed"  # recorded failed at once (claimable), not at expiry
     with pytest.raises(KeyError):
         q.once("err", lease=30, suppress_exception=False)(fails.__wrapped__)()
     assert q.once("k", lease=30, version=1)(work)(5) == (Status.COMPUTE_OK, 10)  # version bump

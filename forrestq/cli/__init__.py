@@ -8,7 +8,7 @@ code (below); ``-v`` shows the traceback as well.
 
 The package: this module holds the typer ``app``, the error -> exit code mapping and :func:`main`;
 the commands live by concern in :mod:`.work` (worker, server), :mod:`.inspect` (status, tasks,
-show) and :mod:`.manage` (requeue, run, clean, cancel); everything they print is built in
+show, events) and :mod:`.manage` (requeue, run, clean, cancel); everything they print is built in
 :mod:`.render`; :mod:`.common` holds the exit codes and options they share.
 """
 from __future__ import annotations
@@ -128,14 +128,15 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Sh
       [bold]forrestq status[/bold]                            queues, their tasks and the live workers
       [bold]forrestq tasks --state failed[/bold]              the failed tasks, with their errors
       [bold]forrestq show TASK_ID[/bold]                      everything about one task
+      [bold]forrestq events -q fits --follow[/bold]           the tasks' history, as it happens
       [bold]forrestq requeue --failed[/bold]                  run the failed tasks again
     """
     STATE.verbose = verbose  # runs first in every invocation: resets what an earlier one set
 
 
 # the commands, in the order of --help
-for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, work.server, manage.requeue,
-                 manage.run, manage.clean, manage.cancel):
+for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, inspect.events, inspect.stats, work.server,
+                 manage.requeue, manage.run, manage.clean, manage.cancel):
     app.command(cls=Command)(_command)
 
 

@@ -1,19 +1,28 @@
-"""The commands that only read: ``forrestq status``, ``forrestq tasks`` and ``forrestq show``.
+"""The commands that only read: ``forrestq status``, ``forrestq tasks``, ``forrestq show``,
+``forrestq events`` and ``forrestq stats``.
 
 Each gathers plain data with :mod:`forrestq.status` (and :class:`forrestq.Queue` for one task) and
 hands it to :mod:`forrestq.cli.render` or prints it as JSON.
 """
 from __future__ import annotations
 
+import os
+import re
+import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
 import typer
 from rich.live import Live
 
+from .. import environment, schema
+from .. import events as event_stream
 from ..errors import ConfigError
 from ..queue import Queue
+from ..schema import QueueKeys
+from ..stats import read as read_stats
 from ..status import (
     LISTED_STATES,
     find_task,
@@ -27,17 +36,20 @@ from ..status import (
 from ..task import Task
 from .common import JSON, QUEUE, URL, VERBOSE, client, queue_option, set_verbose, where
 from .render import (
+    environment_text,
+    event_line,
     make_console,
     print_json,
     print_json_line,
     render_status,
     show_json,
+    stats_view,
     task_detail,
     task_json,
     tasks_view,
 )
 
-__all__ = ["show", "status", "tasks"]
+__all__ = ["events", "show", "stats", "status", "tasks"]
 
 # ------------------------------------------------------------------------------------------- status
 
@@ -171,7 +183,106 @@ def show(
     history = task_history(task)
     metadata = _metadata(task)
     output_lines = task.output.splitlines()[-lines:] if lines > 0 else []
+    env = environment.of_worker(r, task.worker)
     if as_json:
-        print_json(show_json(task, call, history, output_lines))
+        print_json(show_json(task, call, history, output_lines, env))
     else:
-        make_console().print(task_detail(task, call, history, metadata, output_lines))
+        make_console().print(task_detail(task, call, history, metadata, output_lines,
+                                         environment_text(env, task.worker)))
+
+
+# -------------------------------------------------------------------------------------------- stats
+
+
+def stats(
+    queue: str | None = QUEUE,
+    as_json: bool = JSON,
+    url: str | None = URL,
+    verbose: int = VERBOSE,
+) -> None:
+    """Per function: runs, failed %, p50/p95 runtime, p95 peak memory and the hosts that ran it.
+
+    Kept as tasks end (no scan of the tasks; they survive [bold]forrestq clean --done[/bold]).
+    Runs and failed count every end since the queue began; the runtimes, peak memory and hosts are
+    over the last 1,000 measured runs of each function.
+
+    Examples: [bold]forrestq stats[/bold], [bold]forrestq stats -q fits --json[/bold]
+    """
+    set_verbose(verbose)
+    r = client(url)
+    found = [st for name in resolve_queues(r, queue) for st in read_stats(r, QueueKeys(name)).values()]
+    if as_json:
+        print_json([st.as_json() for st in found])
+    else:
+        make_console().print(stats_view(found, queue))
+
+
+# ------------------------------------------------------------------------------------------- events
+
+_AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since_value(text: str | None) -> Any:
+    """``--since``: ``10m``/``2h``/``30s``/``1d`` ago, ``now``, an event id (``--json``'s ``id``) or
+    an ISO date and time, as :func:`forrestq.events.start_id` takes it."""
+    if text is None:
+        return None
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return time.time() - float(ago.group(1)) * _UNIT[ago.group(2)]
+    if text == "now" or re.fullmatch(r"\d+(-\d+)?", text):
+        return text
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"bad --since {text!r}: use 10m, 2h, 1d, now, an event id or an ISO time "
+                          "(2026-12-01T13:50)") from None
+
+
+def _say(text: str) -> None:
+    print(f"forrestq: {text}", file=sys.stderr, flush=True)
+
+
+def events(
+    queue: str = queue_option("The queue (default: default)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Go on with new events as they happen."),
+    since: str | None = typer.Option(None, "--since", metavar="WHEN",
+                                     help="Only events after this: 10m, 2h, 1d ago, now, an event id or an ISO time."),
+    timeout: float | None = typer.Option(None, "--timeout", metavar="SECONDS",
+                                         help="With --follow, stop after this many seconds without an event."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per event and line."),
+    url: str | None = URL,
+    verbose: int = VERBOSE,
+) -> None:
+    """The history of a queue's tasks, one line per event, oldest first.
+
+    Kinds: scheduled, started, done, failed, retried, lost, released, requeued, cancelled; with the
+    host, the attempt and the reason. [bold]--follow[/bold] then waits for new ones.
+
+    Examples: [bold]forrestq events -q fits[/bold], [bold]forrestq events -q fits -f >> fits.log[/bold],
+    [bold]forrestq events --since 1h --json | jq -c 'select(.kind == "failed")'[/bold]
+    """
+    set_verbose(verbose)
+    name = queue or "default"
+    r = client(url)
+    start = since_value(since)
+    if timeout is not None and timeout < 0:
+        raise ConfigError(f"--timeout must be 0 or more seconds, not {timeout:g}")
+    if not follow:
+        resolve_queues(r, name)  # UnknownQueue (exit 5) for a queue never scheduled
+    q = Queue(name, url)
+    if not event_stream.cap(r, q.keys):
+        _say(f"queue {name!r} keeps no events (Queue({name!r}, events=True) turns them on)")
+    elif follow and not r.sismember(schema.QUEUES, name):
+        _say(f"queue {name!r} was never scheduled; waiting for its events")
+    try:
+        for ev in q.events(since=start, follow=follow, timeout=timeout):
+            if as_json:
+                print_json_line(ev.as_json())
+            else:
+                print(event_line(ev), flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # forrestq events | head: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -33,13 +33,17 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from .. import schema
+from ..environment import Environment, difference_line
 from ..errors import escape_controls
+from ..events import Event
+from ..stats import SAMPLES, FunctionStats
 from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
 from ..task import Task
 
 __all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
            "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json",
-           "task_detail", "traceback_view", "value_view"]
+           "task_detail", "traceback_view", "value_view", "event_line", "stats_view", "environment_text"]
 
 History = Sequence[tuple[float, str, str]]
 
@@ -50,6 +54,8 @@ _STATE_STYLES = {"done": "green", "failed": "red", "running": "cyan", "ready": "
 NAME_MIN = 24  # columns a name column (queue, host) keeps before its names fold onto more lines
 ERROR_WIDTH = 120  # characters of a failure reason in the task listing (two lines of its column)
 UNSERVED_SHOWN = 5  # queues named one per line under the status table when no worker serves them
+ENV_DIFFS_SHOWN = 5  # lines naming what differs between the live workers' environments
+HOSTS_SHOWN = 3  # hosts named per function in `forrestq stats`
 
 
 def make_console(stderr: bool = False) -> Console:
@@ -240,6 +246,17 @@ def _refusing_lines(workers: Sequence[dict[str, Any]]) -> list[Text]:
                           "claims no tasks: ", literal(w["refusing"])) for w in workers if w.get("refusing")]
 
 
+def _environment_lines(diffs: Sequence[dict[str, Any]]) -> list[Text]:
+    """What differs between the live workers' environments, one line per distribution or property
+    (``environments differ: host-a numpy==1.26.4, host-b numpy==2.0.1``), literally."""
+    lines = [Text.assemble(("environments differ: ", "bold yellow"), literal(difference_line(d)))
+             for d in diffs[:ENV_DIFFS_SHOWN]]
+    if len(diffs) > ENV_DIFFS_SHOWN:
+        lines.append(Text(f"environments differ: and {len(diffs) - ENV_DIFFS_SHOWN} more "
+                          "(forrestq status --json: environments)", style="bold yellow"))
+    return lines
+
+
 def render_status(data: dict[str, Any], where: str = "") -> Group:
     """The rich renderable of ``forrestq status`` for the data of :func:`forrestq.status.gather`."""
     head = Text.assemble(("forrestq status", "bold"), literal(f"  {where}  " if where else "  "),
@@ -255,6 +272,7 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
     if data["workers"]:
         parts.append(Fitted("workers", _WORKER_COLS, [_worker_row(w) for w in data["workers"]]))
         parts += _refusing_lines(data["workers"])
+        parts += _environment_lines(data.get("environments", []))
     else:
         parts.append(Text("no workers: start one with `forrestq worker --procs N --queue Q`", style="dim"))
     return Group(*parts)
@@ -269,7 +287,8 @@ def task_json(task: Task, width: int = 200) -> dict[str, Any]:
     return {"id": task.id, "queue": task.queue, "state": task.state, "function": task.name,
             "metadata": metadata_json(task, width), "runtime": task.runtime, "host": task.host,
             "attempts": task.attempts, "reason": task.reason, "upstream": task.upstream,
-            "created": task.created, "started": task.started, "finished": task.finished}
+            "created": task.created, "started": task.started, "finished": task.finished,
+            "cpu_time": task.cpu_time, "peak_rss": task.peak_rss, "pid": task.pid, "worker": task.worker or None}
 
 
 def _task_table(found: Sequence[Task], show_queue: bool) -> Table:
@@ -309,14 +328,18 @@ def tasks_view(found: Sequence[Task], queue: str | None, state: str | None, part
 # --------------------------------------------------------------------------------------------- show
 
 
-def show_json(task: Task, call: str, history: History, output_lines: Sequence[str]) -> dict[str, Any]:
-    """``forrestq show --json``."""
-    return {**task_json(task, 400), "call": call, "inputs": task.inputs,
+def show_json(task: Task, call: str, history: History, output_lines: Sequence[str],
+              env: Environment | None = None) -> dict[str, Any]:
+    """``forrestq show --json`` (``environment``: the fingerprint's id, python, forrestq, platform; no
+    distribution list: ``fq:env:<id>`` holds it)."""
+    environment = None if env is None else {k: v for k, v in env.as_json().items() if k != "distributions"}
+    return {**task_json(task, 400), "call": call, "inputs": task.inputs, "environment": environment,
             "history": [{"time": t, "state": s, "host": h} for t, s, h in history],
-            "output": "\n".join(output_lines), "traceback": task.traceback}
+            "output": "\n".join(output_lines), "traceback": task.traceback, "stack": task.stack}
 
 
-def _detail_rows(task: Task, call: str, history: History, metadata: str) -> list[tuple[str, Text | str]]:
+def _detail_rows(task: Task, call: str, history: History, metadata: str,
+                 environment: str = "") -> list[tuple[str, Text | str]]:
     lost = f" (last lost on {task.lost_on})" if task.lost_on else ""
     rows: list[tuple[str, Text | str]] = [
         ("task", literal(f"{task.id}  (queue {task.queue}{', root' if task.root else ''})")),
@@ -328,6 +351,8 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str) -> list
         ("started", when(task.started)),
         ("finished", when(task.finished)),
         ("runtime", human_duration(task.runtime)),
+        ("resources", literal(resources_text(task))),
+        ("environment", literal(environment or "-")),
         ("metadata", literal(metadata))]
     if task.key:
         rows.append(("key", literal(task.key)))
@@ -342,18 +367,31 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str) -> list
     return rows
 
 
+def resources_text(task: Task) -> str:
+    """``CPU 1.2 s, peak 310 MiB, pid 4242 on worker W``: what the last attempt used, where known."""
+    parts = []
+    if task.cpu_time is not None:
+        parts.append(f"CPU {human_duration(task.cpu_time)}")
+    if task.peak_rss:
+        parts.append(f"peak {task.peak_rss / (1 << 20):,.0f} MiB")
+    if task.pid:
+        parts.append(f"pid {task.pid}" + (f" of worker {task.worker}" if task.worker else ""))
+    return ", ".join(parts) or "-"
+
+
 def traceback_view(text: str) -> Syntax:
     """A Python traceback, highlighted as such (never read as markup; control characters escaped)."""
     return Syntax(escape_controls(text.rstrip()), "pytb", theme="ansi_dark", word_wrap=True)
 
 
-def task_detail(task: Task, call: str, history: History, metadata: str, output_lines: Sequence[str]) -> Group:
-    """``forrestq show``: a grid of the task's fields, then the tail of its output and its
-    traceback, each in a panel."""
+def task_detail(task: Task, call: str, history: History, metadata: str, output_lines: Sequence[str],
+                environment: str = "") -> Group:
+    """``forrestq show``: a grid of the task's fields (``environment``: the line of
+    :func:`environment_text`), then the tail of its output and its traceback, each in a panel."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    for label, value in _detail_rows(task, call, history, metadata):
+    for label, value in _detail_rows(task, call, history, metadata, environment):
         grid.add_row(label, value)
     parts: list[RenderableType] = [grid]
     if output_lines:
@@ -363,9 +401,76 @@ def task_detail(task: Task, call: str, history: History, metadata: str, output_l
     if task.traceback:
         parts.append(Panel(traceback_view(task.traceback), title="traceback", title_align="left",
                            border_style="red", expand=False))
+    if task.stack:
+        parts.append(Panel(literal(task.stack.rstrip()), title="stack at death", title_align="left",
+                           border_style="red", expand=False))
     return Group(*parts)
 
 
 def value_view(value: Any) -> Pretty:
     """A task's return value (``forrestq run``), pretty-printed."""
     return Pretty(value)
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+_TIMED = (schema.EVENT_DONE, schema.EVENT_FAILED, schema.EVENT_RETRIED)  # kinds whose runtime is shown
+
+
+def event_line(ev: Event) -> str:
+    """One event as one log line: local time, kind, task, then what the kind carries; user text
+    (function names, hosts, reasons) literal, its control characters and newlines escaped, so that
+    one event is always one line of the log."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ev.time)) + f".{int(ev.time * 1000) % 1000:03d}"
+    parts = [stamp, f"{ev.kind:<9}", ev.task]
+    if ev.name:
+        parts.append(ev.name)
+    if ev.host:
+        parts.append(f"on {ev.host}")
+    if ev.attempt:
+        parts.append(f"(attempt {ev.attempt})")
+    if ev.runtime is not None and ev.kind in _TIMED:
+        parts.append(f"after {human_duration(ev.runtime)}")
+    line = " ".join(parts)
+    if ev.reason:
+        line += f": {ev.reason}"
+    if ev.delay is not None:
+        line += f"; again in {human_duration(ev.delay)}"
+    return escape_controls(line).replace("\n", "\\n")
+
+
+# ------------------------------------------------------------------------------------------- stats
+
+_STATS_COLS = (Col("queue", 2, "left", "bold", wrap=True, keep=NAME_MIN), Col("function", 1, "left", wrap=True,
+                                                                              keep=NAME_MIN),
+               Col("runs", 3), Col("failed", 4, style="red"), Col("p50 runtime", 5), Col("p95 runtime", 6),
+               Col("p95 peak memory", 7), Col("hosts", 8, "left", wrap=True))
+
+
+def _hosts_text(hosts: dict[str, int]) -> Text:
+    shown = [f"{host or '?'} ({n:,})" for host, n in list(hosts.items())[:HOSTS_SHOWN]]
+    more = f" +{len(hosts) - HOSTS_SHOWN} more" if len(hosts) > HOSTS_SHOWN else ""
+    return literal(", ".join(shown) + more or "-")
+
+
+def _stats_row(st: FunctionStats) -> list[Text]:
+    return [literal(st.queue), literal(st.name), Text(f"{st.runs:,}"), Text(f"{st.failed_pct:.1f} %"),
+            Text(human_duration(st.p50_runtime)), Text(human_duration(st.p95_runtime)),
+            Text(human_bytes(st.p95_peak_rss) if st.p95_peak_rss else "-"), _hosts_text(st.hosts)]
+
+
+def stats_view(found: Sequence[FunctionStats], queue: str | None) -> RenderableType:
+    """``forrestq stats``: one row per queue and function; a line when no task has ended yet."""
+    if not found:
+        return literal("no task has ended yet" + (f" in queue {queue!r}" if queue else ""))
+    return Fitted("functions", _STATS_COLS, [_stats_row(st) for st in found],
+                  caption=f"runs and failed: every end since the queue began; runtimes, peak memory and hosts: "
+                          f"the last {SAMPLES:,} measured runs of each function")
+
+
+def environment_text(env: Environment | None, worker: str) -> str:
+    """``forrestq show``'s environment line: the fingerprint's id, Python, forrestq and platform."""
+    if env is not None:
+        return env.summary()
+    return "-" if not worker else f"not known (worker {worker} stored none, or it expired)"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from ..signing import check as payloads_signed
 from ..signing import fingerprint
 from ..signing import use_environment as use_secret_from_environment
 from ..worker import Worker, WorkerConfig
+from ..worker.launch import parse_size
 from .common import URL, VERBOSE, queue_names, set_verbose
 from .render import print_json
 
@@ -32,17 +32,6 @@ _PATHS = typer.Option(None, "--path", metavar="DIR",
                       help="Directory to import task modules from, before the working directory (repeatable).")
 _PASSWORD_FILE = typer.Option(None, "--password-file", metavar="FILE", help="File holding the password (first line).")
 _DATA = typer.Option(None, "--data", metavar="DIR", help="Data directory (default: DATA_DIR/server-PORT).")
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5GiB', '1000000' -> bytes."""
-    m = _SIZE.match(str(text))
-    if not m:
-        raise ConfigError(f"bad size {text!r}: use a number with an optional unit, e.g. 2G or 512M")
-    return int(float(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
-
 
 # ------------------------------------------------------------------------------------------- worker
 
@@ -73,7 +62,10 @@ def worker(
     url: str | None = URL,
     autokill: float = typer.Option(0, metavar="SECONDS",
                                    help="Kill a task's process group after this many seconds (0 = never)."),
-    max_memory: str | None = typer.Option(None, metavar="SIZE", help="Address-space limit per child, e.g. 2G."),
+    soft_timeout: float = typer.Option(0, metavar="SECONDS", help="Raise TimeLimitExceeded in a task after this "
+                                       "many seconds, unless it set its own (0 = never)."),
+    max_memory: str | None = typer.Option(None, metavar="SIZE", help="Address-space limit per child, and "
+                                          "resident memory of a task's processes together, e.g. 2G."),
     lease: float = typer.Option(30, metavar="SECONDS", help="Seconds a claim lives without a heartbeat."),
     grace: float = typer.Option(30, metavar="SECONDS", help="On SIGTERM/SIGINT, seconds running tasks may finish."),
     max_tasks_per_child: int = typer.Option(0, metavar="N", help="Replace a child after this many tasks (0 = never)."),
@@ -103,6 +95,7 @@ def worker(
     if secret_file is not None:
         _use_secret_file(secret_file)
     cfg = WorkerConfig(url=url, queues=list(queue), procs=procs, lease=lease, autokill=autokill,
+                       soft_timeout=soft_timeout,
                        max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
                        max_tasks_per_child=max_tasks_per_child,
                        max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,

@@ -6,9 +6,10 @@
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
---       input results...}
+--       io-bound ("1"/""), soft timeout, input results...}
 --- @include stream
 --- @include counts
+--- @include events
 local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sid = ARGV[9]
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[8], 'LIMIT', 0, 16)) do
@@ -36,9 +37,11 @@ for _ = 1, 100 do
                TASK_WORKER, ARGV[7])
     redis.call('SET', prefix .. SUFFIX_LEASE .. tid, token, 'PX', ARGV[5])
     move_count(KEYS[2], READY, RUNNING)
+    event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
     local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
-                         TASK_RETRY_POLICY, TASK_RETRIES_USED)
-    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0'}
+                         TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT)
+    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0', f[8] or '',
+                 f[9] or ''}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
         out[#out + 1] = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_RESULT) or ''

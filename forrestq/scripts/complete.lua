@@ -7,22 +7,34 @@
 -- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail
 -- ARGV[13] host of the attempt ("" = unknown: the host recorded at claim stays, e.g. for a cancel)
--- ARGV[14] retry delay (s), with RETRY
+-- ARGV[14] retry delay (s), with RETRY   ARGV[15] "1": a cancel (its event is EVENT_CANCELLED)
+-- ARGV[16] CPU time (s)   ARGV[17] peak resident memory (bytes)   ARGV[18] pid of the attempt ("" =
+-- unknown: the figures recorded so far stay)   ARGV[19] Python stack at death ("" = none)
+-- Events: EVENT_DONE, EVENT_FAILED (EVENT_CANCELLED) or EVENT_RETRIED for the task, after EVENT_LOST when
+-- token is ""; EVENT_FAILED for each dependent failed because of it.
+-- Stats (include/stats.lua): a DONE or FAILED end that is not a cancel counts for the task's function
+-- (TASK_NAME); a sample of its runtime, peak memory and host is kept when ARGV[18] names its pid.
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
 --- @include stream
 --- @include counts
 --- @include finished
 --- @include upstream
+--- @include events
+--- @include stats
 local prefix, group, id, token, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
+local emit = event_writer(prefix)
 local t = prefix .. SUFFIX_TASK .. id
 local lease = prefix .. SUFFIX_LEASE .. id
-local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_ROOT, TASK_GEN)
+local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_ROOT, TASK_GEN, TASK_HOST,
+                     TASK_ATTEMPTS, TASK_NAME)
 if f[1] ~= RUNNING then return 0 end
 if token == '' then
   if redis.call('EXISTS', lease) == 1 then return 0 end
 elseif f[2] ~= token then
   return 0
 end
+-- the events' host: the caller's, unless the task was lost (then the host it was lost on, from the claim)
+local host, attempt = (token ~= '' and ARGV[13] ~= '') and ARGV[13] or (f[6] or ''), f[7] or '0'
 if outcome == RETRY then
   redis.call('HSET', t, TASK_STATE, READY, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
              TASK_RUNTIME, ARGV[10])  -- TASK_TOKEN stays until the next claim: the worker knows its own attempt
@@ -33,6 +45,8 @@ if outcome == RETRY then
   drop_entry(KEYS[1], group, f[3])
   redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[14]), id)
   move_count(KEYS[2], RUNNING, READY)
+  emit(EVENT_RETRIED, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt, EVENT_REASON, ARGV[9], EVENT_RUNTIME,
+       ARGV[10], EVENT_DELAY, ARGV[14])
   return 1
 end
 -- a node leaves state `from` for the finished state `to` (DONE or FAILED): counts, zsets, announcement
@@ -55,11 +69,25 @@ else
   fields[#fields+1] = TASK_REASON; fields[#fields+1] = ARGV[9]
 end
 if ARGV[12] ~= '' then fields[#fields+1] = TASK_OUTPUT; fields[#fields+1] = ARGV[12] end
-redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT)
+if ARGV[18] ~= '' then
+  fields[#fields+1] = TASK_CPU; fields[#fields+1] = ARGV[16]
+  fields[#fields+1] = TASK_PEAK_RSS; fields[#fields+1] = ARGV[17]
+  fields[#fields+1] = TASK_PID; fields[#fields+1] = ARGV[18]
+end
+if ARGV[19] ~= '' then fields[#fields+1] = TASK_STACK; fields[#fields+1] = ARGV[19] end
+redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
 drop_entry(KEYS[1], group, f[3])
 finish(id, RUNNING, outcome, f[4], f[5])
+if ARGV[15] ~= '1' then record_stats(prefix, f[8], outcome ~= DONE, ARGV[10], ARGV[17], ARGV[18], host) end
+if token == '' then emit(EVENT_LOST, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt) end
+if outcome == DONE then
+  emit(EVENT_DONE, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt, EVENT_RUNTIME, ARGV[10])
+else
+  emit(ARGV[15] == '1' and EVENT_CANCELLED or EVENT_FAILED, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt,
+       EVENT_REASON, ARGV[9], EVENT_RUNTIME, ARGV[10])
+end
 if outcome == DONE then
   for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. id)) do
     local d = prefix .. SUFFIX_TASK .. dep
@@ -79,6 +107,7 @@ else
       if g[1] == WAITING then
         redis.call('HSET', d, unpack(failure))
         finish(dep, WAITING, FAILED, g[2], g[3])
+        emit(EVENT_FAILED, dep, EVENT_REASON, failure[6])  -- failure: HSET pairs, the 3rd one TASK_REASON
         queue[#queue + 1] = dep
       end
     end

@@ -5,9 +5,12 @@
 -- has used up its attempts; those are returned for the caller to fail with complete.lua (token "").
 -- An entry delivered but never claimed goes back on the stream; entries of ended tasks are dropped.
 -- Returns {task id, attempts, last host, ...} of the tasks that used up their attempts.
+-- Events: EVENT_LOST (host, attempt) per running task put back (complete.lua writes the others').
 --- @include stream
 --- @include counts
+--- @include events
 local prefix, group, now = ARGV[1], ARGV[2], ARGV[3]
+local emit = event_writer(prefix)
 local giveup = {}
 for i = 4, #ARGV do
   local sid = ARGV[i]
@@ -27,6 +30,7 @@ for i = 4, #ARGV do
       if f[1] == RUNNING then
         redis.call('HSET', t, TASK_STATE, READY, TASK_LOST_ON, f[5] or '?')
         move_count(KEYS[2], RUNNING, READY)
+        emit(EVENT_LOST, tid, EVENT_HOST, f[5] or '?', EVENT_ATTEMPT, f[3] or '0')
       end
     end
   end

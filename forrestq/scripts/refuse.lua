@@ -10,8 +10,10 @@
 -- counted, as a new entry at the end of the stream, where a consumer blocked in XREADGROUP (an idle
 -- worker elsewhere) gets it at once; the refusing child pauses before it claims again (returns
 -- {1, hosts...}). Returns {0} when the token no longer holds the task.
+-- Events: EVENT_RELEASED (this host, the attempt) when it is handed back.
 --- @include stream
 --- @include counts
+--- @include events
 local prefix, group, id, token, host = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local t = prefix .. SUFFIX_TASK .. id
 local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_REFUSED)
@@ -34,6 +36,7 @@ if final then return {2, unpack(hosts)} end
 redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
 drop_entry(KEYS[1], group, f[3])
 redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id))
-redis.call('HINCRBY', t, TASK_ATTEMPTS, -1)
+local attempt = redis.call('HINCRBY', t, TASK_ATTEMPTS, -1) + 1
 move_count(KEYS[2], RUNNING, READY)
+event_writer(prefix)(EVENT_RELEASED, id, EVENT_HOST, host, EVENT_ATTEMPT, tostring(attempt))
 return {1, unpack(hosts)}

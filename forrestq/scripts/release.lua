@@ -4,11 +4,13 @@
 -- ARGV[5] (optional) "1": count the attempt (its process was killed from outside, e.g. by the OOM
 --         killer); else the attempt is not counted: the task did not fail, its worker left.
 -- Returns 1, or 0 when the token no longer holds the task.
+-- Events: EVENT_RELEASED (host, attempt).
 --- @include stream
 --- @include counts
+--- @include events
 local prefix, group, id = ARGV[1], ARGV[2], ARGV[3]
 local t = prefix .. SUFFIX_TASK .. id
-local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID)
+local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_HOST, TASK_ATTEMPTS)
 if f[1] ~= RUNNING or f[2] ~= ARGV[4] then return 0 end
 redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
 drop_entry(KEYS[1], group, f[3])
@@ -16,4 +18,5 @@ drop_entry(KEYS[1], group, f[3])
 redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id))
 if ARGV[5] ~= '1' then redis.call('HINCRBY', t, TASK_ATTEMPTS, -1) end
 move_count(KEYS[2], RUNNING, READY)
+event_writer(prefix)(EVENT_RELEASED, id, EVENT_HOST, f[4] or '', EVENT_ATTEMPT, f[5] or '0')
 return 1

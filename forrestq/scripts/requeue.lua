@@ -9,9 +9,12 @@
 -- Each node of the set gets a new generation, its attempts reset and its old result or error cleared;
 -- it goes on the stream if all its inputs are done, else it waits. A running node loses its attempt
 -- (the lease is dropped, so the old worker's completion is refused). Returns the ids in the set.
+-- Events: EVENT_REQUEUED per node of the set.
 --- @include stream
 --- @include counts
+--- @include events
 local prefix, group, now, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local emit = event_writer(prefix)
 local set, index = {}, {}
 for i = 5, #ARGV do
   if not index[ARGV[i]] and redis.call('EXISTS', prefix .. SUFFIX_TASK .. ARGV[i]) == 1 then
@@ -45,6 +48,7 @@ for _, id in ipairs(set) do
   redis.call('ZREM', KEYS[4], id)
   redis.call('ZREM', KEYS[5], id)
   redis.call('ZADD', KEYS[3], now, id)
+  emit(EVENT_REQUEUED, id)
 end
 for _, id in ipairs(set) do
   local t = prefix .. SUFFIX_TASK .. id

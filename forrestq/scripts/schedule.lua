@@ -7,20 +7,23 @@
 -- KEYS[5] failed   (zset)    failed task ids by finish time: a node whose input failed before it was
 --                            scheduled is failed at once
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
--- ARGV[4..] per node, 11 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
---           metadata blob, timeout, max attempts, key, retry policy blob
+-- ARGV[4..] per node, 13 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
+--           metadata blob, timeout, max attempts, key, retry policy blob, io-bound ("1"/""), soft timeout
 -- Returns, per node, its state after the call, then the newest id of the finished stream. An existing
 --   node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
+-- Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when an input had failed.
 --- @include stream
 --- @include counts
 --- @include finished
 --- @include upstream
+--- @include events
 local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local emit = event_writer(prefix)
 local out = {}
 local counts = {}
 local function bump(state, by) counts[state] = (counts[state] or 0) + by end
-local F = 11
+local F = 13
 for i = 0, n - 1 do
   local b = 4 + i * F
   local id, fn, args, inputs, name, root = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
@@ -59,10 +62,15 @@ for i = 0, n - 1 do
     if ARGV[b+7] ~= '' then fields[#fields+1] = TASK_TIMEOUT; fields[#fields+1] = ARGV[b+7] end
     if ARGV[b+9] ~= '' then fields[#fields+1] = TASK_KEY; fields[#fields+1] = ARGV[b+9] end
     if ARGV[b+10] ~= '' then fields[#fields+1] = TASK_RETRY_POLICY; fields[#fields+1] = ARGV[b+10] end
+    if ARGV[b+11] == '1' then fields[#fields+1] = TASK_IO_BOUND; fields[#fields+1] = '1' end
+    if ARGV[b+12] ~= '' then fields[#fields+1] = TASK_SOFT_TIMEOUT; fields[#fields+1] = ARGV[b+12] end
     if failed_input then
       -- an input failed before this node was scheduled: fail it the way complete.lua would
-      for _, v in ipairs(failure_after(prefix, failed_input, now)) do fields[#fields+1] = v end
+      local failure = failure_after(prefix, failed_input, now)
+      for _, v in ipairs(failure) do fields[#fields+1] = v end
       redis.call('HSET', t, unpack(fields))
+      emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
+      emit(EVENT_FAILED, id, EVENT_REASON, failure[6])  -- failure: HSET pairs, the 3rd one TASK_REASON
       redis.call('ZADD', KEYS[5], now, id)
       bump(FAILED, 1)
       if root == '1' then
@@ -80,6 +88,7 @@ for i = 0, n - 1 do
         fields[#fields+1] = TASK_STREAM_ID; fields[#fields+1] = push_entry(KEYS[1], id)
       end
       redis.call('HSET', t, unpack(fields))
+      emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
       redis.call('ZADD', KEYS[3], now, id)
       bump(state, 1)
       if root == '1' then bump(COUNT_OPEN, 1) end

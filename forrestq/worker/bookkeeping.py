@@ -8,6 +8,8 @@ away; each round tries again.
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,9 +17,12 @@ from typing import Any
 import redis
 
 from .. import codec, lease, log, ops, schema
-from ..errors import TaskLost, is_transient
+from ..errors import TaskKilled, TaskLost, is_transient
 from ..schema import GROUP, QueueKeys
+from .environment import EnvironmentNote
+from .forensics import Evidence, Kill, outside_kill_hint
 from .peers import loss_reason
+from .procs import signal_reason
 from .slots import SlotView
 
 logger = log.get("worker")
@@ -36,6 +41,7 @@ class Bookkeeper:
         self.lease_ms = lease_ms
         self.sweep_every = sweep_every
         self.outbox: list[tuple[str, Callable[[], Any]]] = []  # Redis writes owed, oldest first
+        self.env = EnvironmentNote(worker_id)  # its environment fingerprint, once its children run
         self.redis_down = False
 
     # --- the outbox -------------------------------------------------------------------------
@@ -61,19 +67,48 @@ class Bookkeeper:
                 logger.info("%s", what)
         return True
 
+    def settle(self, k: QueueKeys, view: SlotView, status: int, kill: Kill | None, ev: Evidence) -> None:
+        """Record what becomes of the task a dead child held (see :mod:`forrestq.worker.supervisor`),
+        with the evidence it left (``ev``: its figures, the output and stack it wrote up to its death);
+        ``kill``: why this worker killed the child, if it did."""
+        if kill is not None and kill.token != view.token:
+            kill = Kill("stop", view.token)  # it had moved on to another task: not that task's fault
+        if kill is not None and kill.why == "stop":
+            self.hand_back(k, view, counted=False)
+        elif kill is not None and kill.why == "lost":
+            pass  # the task is someone else's now
+        elif kill is not None:
+            self.fail(k, view.task, view.token, kill.reason(status), ev=ev)
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            if view.attempts >= view.max_attempts:
+                hint = outside_kill_hint(ev.peak_rss, self.host)
+                self.fail(k, view.task, view.token, f"{signal_reason(status, hint=hint)}; attempt {view.attempts} "
+                                                    f"of {view.max_attempts}", ev=ev)
+            else:
+                self.hand_back(k, view, counted=True)
+        else:
+            self.fail(k, view.task, view.token, signal_reason(status), ev=ev)
+
     def hand_back(self, k: QueueKeys, view: SlotView, counted: bool) -> None:
         """Give the task a dead child held back to its queue (``counted``: its attempt counts)."""
         args = ops.ReleaseArgs(view.task, view.token, counted)
         what = f"handed back {k.name} {view.task}" + (" (attempt counted)" if counted else "")
         self.send(what, lambda: ops.release(self.scripts, k, args))
 
-    def fail(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException) -> None:
-        """Record the failure of a task whose attempt cannot report it (``token`` "": a lost one)."""
-        self.send(f"failed {k.name} {task} {reason}", lambda: self.record_failure(k, task, token, reason, exc))
+    def fail(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException | None = None,
+             ev: Evidence | None = None) -> None:
+        """Record the failure of a task whose attempt cannot report it (``token`` "": a lost one),
+        with the evidence its dead child left (``ev``); ``exc``: default TaskKilled(reason)."""
+        exc = exc or TaskKilled(reason)
+        self.send(f"failed {k.name} {task} {reason}", lambda: self.record_failure(k, task, token, reason, exc, ev))
 
-    def record_failure(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException) -> bool:
+    def record_failure(self, k: QueueKeys, task: str, token: str, reason: str, exc: BaseException,
+                       ev: Evidence | None = None) -> bool:
+        ev = ev or Evidence()
         c = ops.Completion(task_id=task, token=token, outcome=schema.FAILED, error=codec.dump_exception(exc),
-                           traceback=reason, reason=reason, host=self.host)
+                           traceback=reason, reason=reason, host=self.host, runtime=ev.runtime,
+                           output=ev.output, cpu_time=ev.cpu_time, peak_rss=ev.peak_rss, pid=ev.pid,
+                           stack=ev.stack)
         return ops.complete(self.scripts, k, c)
 
     def note_redis_error(self, e: redis.RedisError) -> None:
@@ -118,10 +153,12 @@ class Bookkeeper:
                 gone.append(v)
         return gone
 
-    def publish(self, info: Mapping[str, Any], ttl: int) -> None:
-        """This worker's state (``forrestq status``): its hash, kept ``ttl`` s, and its heartbeat."""
+    def publish(self, info: Mapping[str, Any], ttl: int, forked: bool = False) -> None:
+        """This worker's state (``forrestq status``): its hash, kept ``ttl`` s, and its heartbeat; with
+        its environment's id once its children run (``forked``: described then, off the start path)."""
+        env = self.env.publish(self.r, forked)
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(schema.worker(self.id), mapping=dict(info))
+        pipe.hset(schema.worker(self.id), mapping={**info, schema.WORKER_ENV: env})
         pipe.expire(schema.worker(self.id), ttl)
         pipe.zadd(schema.WORKERS, {self.id: info[schema.WORKER_BEAT]})
         pipe.execute()

@@ -17,6 +17,7 @@ loop around it: claim, run with the output captured and the slot armed, record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
@@ -25,7 +26,7 @@ import resource
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,10 +34,11 @@ import redis
 
 from .. import log, ops, shared
 from ..connection import connect
-from ..errors import escape_controls, is_transient
+from ..errors import TimeLimitExceeded, escape_controls, is_transient
 from ..lease import new_token
 from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, one_line, unrecordable
 from ..schema import DONE, GROUP, QueueKeys
+from .forensics import Meter
 from .peers import what_became_of
 from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Backoff, Capture, kill_tree, live_children, prctl, rss
 from .refusals import Refuser
@@ -60,6 +62,7 @@ class ChildConfig:
     host: str
     lease_ms: int
     autokill: float = 0.0  # 0 = none
+    soft_timeout: float = 0.0  # s before TimeLimitExceeded is raised in a task without its own, 0 = none
     max_memory: int = 0  # bytes of address space, 0 = unlimited
     max_tasks: int = 0  # tasks before the child is replaced, 0 = unlimited
     max_rss: int = 0  # bytes: a child that grew past this after a task is replaced, 0 = unlimited
@@ -69,7 +72,28 @@ class ChildConfig:
     parent_pid: int = 0  # the worker; 0 = do not check
     wake_fd: int = -1  # a non-blocking pipe to the worker, written when a task ends
     async_concurrency: int = 1  # coroutine tasks run at once (one slot "lane" each)
+    out_fd: int = -1  # the worker's output file for this child slot (-1: a scratch file of its own)
+    stack_fd: int = -1  # the worker's stack file for this child slot (-1: no stack at death)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def soft_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeLimitExceeded in this (the main) thread after ``seconds`` (0: never), via SIGALRM."""
+    if seconds <= 0:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise TimeLimitExceeded(f"soft time limit of {seconds:g} s exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class Child:
@@ -80,12 +104,15 @@ class Child:
         self.slot = slot
         self.lanes = lanes or [slot]
         self.pid = os.getpid()
-        self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout)
+        # named by its consumer: a stopping worker finds it (CLIENT LIST) and ends its blocking read
+        self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout,
+                                      client_name=cfg.consumer)
         shared.set_client(self.r)  # shared inputs (Queue.put) load through this child's connection
         self.scripts = ops.Scripts(self.r)
         self.keys = [QueueKeys(q) for q in cfg.queues]
         self.runner = Runner(self._get, cfg.host)
-        self.capture = Capture()
+        self.capture = Capture(cfg.out_fd)
+        self.meter = Meter(cfg.stack_fd)
         log.redirect(self.capture.stderr)  # log lines go to the worker's stderr, not the task's output
         self.woke = 0.0
         self.tasks_run = 0
@@ -238,7 +265,7 @@ class Child:
         """Run one claimed task; its completion is left pending (sent with the next claim)."""
         cfg = self.cfg
         k = self.keys[qi]
-        self.slot.begin(qi, c.id, c.token, c.attempts, c.max_attempts)
+        self.slot.begin(qi, c.id, c.token, c.attempts, c.max_attempts, self.meter.begin())
         self.capture.start()
         try:
             loaded = self.runner.load(k, c)
@@ -247,7 +274,9 @@ class Child:
             else:
                 self.refuser.loaded()
                 self.slot.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
-                outcome = self.runner.call(c, loaded)
+                with soft_limit(c.soft_timeout or cfg.soft_timeout):
+                    outcome = self.runner.call(c, loaded)
+            outcome.cpu_time, outcome.peak_rss = self.meter.end()
         finally:
             if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
                 os._exit(0)
@@ -264,7 +293,7 @@ class Child:
         out = self.capture.tail(size)
         if cfg.logfile:
             self.capture.copy_to(cfg.logfile, c.id, size)
-        self.pending = (qi, completion(c, outcome, out, cfg.host))
+        self.pending = (qi, completion(c, outcome, out, cfg.host, self.pid))
         self.log_end(k, c.id, outcome)
         self.tasks_run += 1
         return outcome
@@ -275,7 +304,7 @@ class Child:
         lane.disarm()
         k = self.keys[qi]
         outcome = self.refused(k, c, outcome)
-        record = completion(c, outcome, b"", self.cfg.host)
+        record = completion(c, outcome, b"", self.cfg.host, self.pid)
         if outcome.state == REFUSED:
             pass
         elif outcome.state == RELEASE:
@@ -348,7 +377,18 @@ class AsyncLanes:
     function runs to its end when called, as usual. Each task holds its own lane, so the worker renews
     its lease and enforces its time limit (a limit kills the whole child: the other tasks it held are
     handed back). Output is not captured per task here (the tasks share the process's stdout); it goes
-    to the worker's log."""
+    to the worker's log.
+
+    Placement: only IO-bound coroutines (``Claimed.io_bound``) share the loop. Any other coroutine may
+    block it (``time.sleep``, CPU work), so it runs alone: while it runs the child claims nothing. One
+    claimed while IO-bound tasks run is *held*: called (which only makes the coroutine object; none
+    of its code runs) but not started, and the child claims nothing more until it has run. It starts
+    alone once those tasks have ended. It cannot starve: nothing new starts in this child while it
+    waits, so it waits only for the IO-bound tasks already running, each of which ends by itself or
+    by its time limit (that kills the child, and the worker hands every task the child held back,
+    this one too, its attempt not counted). It cannot be lost: it holds its lane from the claim, so
+    its lease is renewed like a running task's, and a stopping worker's child hands it back at once.
+    It is never handed back only to be claimed by another busy child (no ping-pong)."""
 
     def __init__(self, child: Child) -> None:
         self.child = child
@@ -356,11 +396,14 @@ class AsyncLanes:
         self.loop = asyncio.new_event_loop()
         self.running: dict[asyncio.Task[Any], tuple[int, ops.Claimed, Slot, float]] = {}
         self.free = list(reversed(child.lanes))
+        # a coroutine that is not IO-bound, claimed while IO-bound ones ran: waits to run alone
+        self.held: tuple[int, ops.Claimed, Slot, Coroutine[Any, Any, Any]] | None = None
 
     def run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            while self.running or not self.child.slot.stop:
+            while self.running or self.held or not self.child.slot.stop:
+                self.start_held()
                 self.claim_while_free()
                 if self.running:
                     self.collect()
@@ -371,7 +414,7 @@ class AsyncLanes:
         child = self.child
         if not self.running:
             child.refuser.pause(child.slot)  # after a refusal, and nothing else to do: wait a little
-        while self.free and not child.slot.stop and time.monotonic() >= child.refuser.ready_at:
+        while self.free and not self.alone() and not child.slot.stop and time.monotonic() >= child.refuser.ready_at:
             try:
                 claimed = child.next_task(block=not self.running)
                 child.backoff.reset()
@@ -399,14 +442,39 @@ class AsyncLanes:
         except BaseException as e:  # noqa: BLE001 - the task's failure
             self.free.append(child.record(lane, qi, c, self.runner.raised(c, e, t0)))
             return
-        if inspect.iscoroutine(value):
+        if inspect.iscoroutine(value) and not c.io_bound and self.running:
+            lane.disarm()  # it has not started: its time limit starts with it
+            self.held = (qi, c, lane, value)
+        elif inspect.iscoroutine(value):
             self.running[self.loop.create_task(value)] = (qi, c, lane, t0)
         else:
             self.free.append(child.record(lane, qi, c, self.runner.returned(value, t0)))
 
+    def alone(self) -> bool:
+        """A coroutine that is not IO-bound runs or waits to run: claim nothing more."""
+        return self.held is not None or any(not c.io_bound for _, c, _, _ in self.running.values())
+
+    def start_held(self) -> None:
+        """Start the held coroutine once no other task runs; hand it back if the worker is stopping."""
+        if self.held is None or (self.running and not self.child.slot.stop):
+            return
+        qi, c, lane, coro = self.held
+        self.held = None
+        child = self.child
+        if child.slot.stop:
+            coro.close()  # never started: none of its code ran
+            child._patiently(lambda: child._release(child.keys[qi], c.id, c.token))
+            lane.end(None)
+            child.wake()
+            self.free.append(lane)
+            return
+        lane.arm(c.timeout or child.cfg.autokill, own=c.timeout > 0)
+        self.running[self.loop.create_task(coro)] = (qi, c, lane, time.perf_counter())
+
     def collect(self) -> None:
         """Run the loop until a task ends (briefly, while more work might be claimed), record the ends."""
-        wait = 0.05 if self.free and not self.child.slot.stop else 0.5  # look for more work meanwhile
+        # look for more work meanwhile, unless nothing may be claimed
+        wait = 0.05 if self.free and not self.child.slot.stop and not self.alone() else 0.5
         done, _ = self.loop.run_until_complete(
             asyncio.wait(list(self.running), timeout=wait, return_when=asyncio.FIRST_COMPLETED))
         for fut in done:

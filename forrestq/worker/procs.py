@@ -71,6 +71,20 @@ def killpg(pid: int) -> None:
         pass
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc; just ``pid`` where /proc does not say)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 def rss(pids: list[int]) -> int:
     """Resident memory of these processes together, in bytes (the ones gone count 0)."""
     total = 0
@@ -83,6 +97,23 @@ def rss(pids: list[int]) -> int:
     return total
 
 
+def pss(pids: list[int]) -> int:
+    """Proportional resident memory of these processes together, in bytes: pages they share (a fork's
+    copy-on-write pages) count once in all, not once per process as in :func:`rss`. Costlier to read
+    (the kernel walks the page tables): for when the cheap :func:`rss` sum is over a limit."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
 def signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -90,15 +121,16 @@ def signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def signal_reason(status: int, limit: float | None = None, own: bool = False) -> str:
+def signal_reason(status: int, limit: float | None = None, own: bool = False,
+                  hint: str = " (out of memory?)") -> str:
     """Why a child ended (its wait status), in words a person can act on; ``limit``: the time limit
-    the worker killed it for, ``own``: the task's own timeout (else the worker's --autokill)."""
-    if limit is not None:
+    the worker killed it for, ``own``: the task's own timeout (else the worker's --autokill);
+    ``hint``: said after a SIGKILL nobody in forrestq sent."""
+    if limit:
         return f"killed after {limit:g} s ({'timeout of this task' if own else 'worker --autokill'})"
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        hint = " (out of memory?)" if sig == signal.SIGKILL else ""
-        return f"killed by signal {sig} ({signal_name(sig)}){hint}"
+        return f"killed by signal {sig} ({signal_name(sig)}){hint if sig == signal.SIGKILL else ''}"
     return f"the process running the task exited with code {os.WEXITSTATUS(status)}"
 
 
@@ -107,9 +139,13 @@ class Capture:
     task. The child's fds stay redirected between tasks (a child runs nothing else); its own log lines
     go to ``stderr``, a copy of the worker's stderr taken before."""
 
-    def __init__(self) -> None:
-        self.file = tempfile.TemporaryFile(prefix="forrestq-out-")  # unlinked: nothing left behind
-        self.fd = self.file.fileno()
+    def __init__(self, fd: int = -1) -> None:
+        """``fd``: the file to capture into (the worker's, so it can read a dead task's output); by
+        default a scratch file of this process."""
+        if fd < 0:
+            self.file = tempfile.TemporaryFile(prefix="forrestq-out-")  # unlinked: nothing left behind
+            fd = self.file.fileno()
+        self.fd = fd
         self.stderr = os.dup(2)
         self.redirected = False
 

@@ -27,6 +27,7 @@ class SlotView(NamedTuple):
     started: float  # time.monotonic() when the user's code started (the clock is system-wide)
     timeout: float  # seconds allowed from ``started``, 0 = no limit (loading, recording, none set)
     own_limit: bool  # the limit is the task's own ``timeout`` (else the worker's --autokill)
+    cpu0: float  # CPU seconds the child had used when it took the task (forrestq.worker.forensics)
 
 
 class Slot(ctypes.Structure):
@@ -42,6 +43,7 @@ class Slot(ctypes.Structure):
         ("max_attempts", ctypes.c_uint16),
         ("started", ctypes.c_double),
         ("timeout", ctypes.c_double),
+        ("cpu0", ctypes.c_double),
         ("done", ctypes.c_uint64),
         ("failed", ctypes.c_uint64),
         # signature hand-backs in a row (forrestq.worker.refusals), written by the child only; outside
@@ -51,9 +53,10 @@ class Slot(ctypes.Structure):
         ("token", ctypes.c_char * 24),
     ]
 
-    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int) -> None:
-        """The child holds a task (claimed; no time limit yet)."""
+    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int, cpu0: float = 0.0) -> None:
+        """The child holds a task (claimed; no time limit yet); ``cpu0``: its CPU seconds so far."""
         self.seq += 1
+        self.cpu0 = cpu0
         self.queue, self.task, self.token = queue, task.encode(), token.encode()
         self.attempts, self.max_attempts = min(attempts, 65535), min(max_attempts, 65535)
         self.timeout, self.started, self.busy = 0.0, time.monotonic(), 1
@@ -89,7 +92,8 @@ class Slot(ctypes.Structure):
             s1 = self.seq
             if s1 % 2 == 0:
                 got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
-                               self.attempts, self.max_attempts, self.started, self.timeout, bool(self.own_limit))
+                               self.attempts, self.max_attempts, self.started, self.timeout, bool(self.own_limit),
+                               self.cpu0)
                 if self.seq == s1:
                     return got
 

@@ -44,7 +44,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -52,11 +51,12 @@ from redis.retry import Retry
 
 from .. import log, schema, signing
 from ..connection import connect, resolve_url
-from ..errors import ConfigError, TaskKilled, shown
+from ..errors import ConfigError, shown
 from ..schema import QueueKeys
 from .bookkeeping import Bookkeeper
 from .child import ChildConfig, child_main
-from .procs import PR_SET_CHILD_SUBREAPER, kill_tree, killpg, own_children, prctl, rss, signal_reason
+from .forensics import Kill, TaskFiles, ask_for_stack, of_dead_child
+from .procs import PR_SET_CHILD_SUBREAPER, descendants, kill_tree, killpg, own_children, prctl, pss, rss
 from .refusals import SIGNATURE_LIMIT, stop_claiming_words
 from .slots import SlotTable, SlotView
 
@@ -65,6 +65,7 @@ logger = log.get("worker")
 TICK = 0.05  # seconds between supervision rounds when nothing wakes the worker earlier
 CRASH_LOOP = (5, 10.0, 5.0)  # 5 children of one slot failing on their own within 10 s: pause 5 s
 REDIS_TIMEOUT = 5.0  # seconds the worker waits for one answer from Redis
+UNBLOCK_EVERY = 0.1  # seconds between two unblock() while stopping
 MAX_PROCS = 4096  # more children than this is a typo (a fork bomb), not a machine
 MIB = 1024 * 1024
 CHILD_MARGIN = 64 * MIB  # address space a child needs beyond the worker's to start and load a task
@@ -83,6 +84,7 @@ class WorkerConfig:
     procs: int = os.cpu_count() or 1
     lease: float = 30.0  # seconds a claim lives without a heartbeat
     autokill: float = 0.0  # default per-task time limit in seconds, 0 = none
+    soft_timeout: float = 0.0  # default seconds before TimeLimitExceeded is raised in a task, 0 = none
     max_memory: int = 0  # bytes per child, 0 = unlimited
     max_tasks_per_child: int = 0
     max_child_rss: int = 0
@@ -109,6 +111,15 @@ class WorkerConfig:
             raise ConfigError("at least one queue is needed")
         if not 1 <= self.async_concurrency <= 64:
             raise ConfigError(f"--async-concurrency must be from 1 to 64, not {self.async_concurrency}")
+        if self.soft_timeout < 0 or (self.autokill and self.soft_timeout >= self.autokill):
+            raise ConfigError(f"--soft-timeout must be 0 (never) or a positive number of seconds below --autokill, "
+                              f"not {self.soft_timeout:g}")
+        if self.autokill < 0:
+            raise ConfigError(f"--autokill must be 0 (never) or a positive number of seconds, not {self.autokill:g}")
+        if self.grace < 0:
+            raise ConfigError(f"--grace must be 0 or more seconds, not {self.grace:g}")
+        if self.max_tasks_per_child < 0:
+            raise ConfigError(f"--max-tasks-per-child must be 0 (never) or more, not {self.max_tasks_per_child}")
         for path in self.paths:
             if not isinstance(path, str) or not os.path.isdir(path):
                 raise ConfigError(f"--path {shown(path)}: no such directory")
@@ -158,13 +169,17 @@ def check_start(cfg: WorkerConfig) -> None:
                               f"{-(-need // MIB)} MiB of address space before it runs a task")
 
 
-class Kill(NamedTuple):
-    """A child this worker killed: why, and the token of the task it held then."""
-
-    why: str  # "autokill" (a time limit) | "stop" | "lost" (the task was taken over)
-    token: str
-    limit: float = 0.0
-    own: bool = False  # with "autokill": the limit is the task's own timeout, not --autokill
+def unblock(r: redis.Redis, names: set[str], now: float) -> float:
+    """End the blocking XREADGROUP of the connections named ``names`` (a stopping worker's children,
+    named by their consumers): a child waiting for work would see its stop flag only when the read
+    times out (``block_ms``). CLIENT UNBLOCK, so an idle worker stops at once; returns ``now``."""
+    try:
+        for client in r.client_list() if names else ():
+            if client.get("name") in names:
+                r.client_unblock(int(client["id"]))
+    except redis.RedisError:  # Redis away, or CLIENT not allowed: the children leave at their timeout
+        pass
+    return now
 
 
 class Worker:
@@ -188,10 +203,13 @@ class Worker:
         self.pids: dict[int, int] = {}  # pid -> child index
         self.vacant: dict[int, float] = {}  # child index -> monotonic time it may be filled
         self.killed: dict[int, Kill] = {}  # pid -> why this worker killed it
+        self.dumping: dict[int, float] = {}  # pid -> when it was asked for its stack (a time-limit kill)
+        self.files: dict[int, TaskFiles] = {}  # child index -> its output and stack files
         self.crashes: list[list[float]] = [[] for _ in range(cfg.procs)]  # per child index, monotonic times
         self.stopping = 0.0  # monotonic time the stop began, 0 = running
         self.refusing = ""  # why this worker stopped claiming tasks ("": it claims)
         self.stop_announced = False
+        self.unblocked_at = 0.0  # monotonic time of the last unblock() while stopping
         self.hard_stop = False
         self.retired_done = 0
         self.retired_failed = 0
@@ -207,13 +225,13 @@ class Worker:
         try:
             self.vacant = {i: 0.0 for i in range(self.cfg.procs)}
             while self.pids or not self.stopping:
-                self.sleep()
                 self.reap()
                 self.check_refusals()
                 self.enforce_timeouts()
                 self.stop_round()
                 self.redis_round()
                 self.fill_vacant()
+                self.sleep()  # last: the first round (register, fork the children) starts at once
             self.books.last_words(self.cfg.grace)
             return 0
         finally:
@@ -242,6 +260,8 @@ class Worker:
             killpg(pid)
         self.books.leave()
         signal.set_wakeup_fd(-1)
+        for files in self.files.values():
+            files.close()
         os.close(self.wake_r)
         os.close(self.wake_fd)
 
@@ -257,12 +277,15 @@ class Worker:
     # --- children ---------------------------------------------------------------------------
     def child_config(self, index: int) -> ChildConfig:
         c = self.cfg
+        files = self.files.get(index) or self.files.setdefault(index, TaskFiles())
         return ChildConfig(url=self.url, queues=c.queues, worker_id=self.id,
                            consumer=f"{c.host}:{os.getpid()}:{index}", host=c.host,
-                           lease_ms=self.lease_ms, autokill=c.autokill, max_memory=c.max_memory,
+                           lease_ms=self.lease_ms, autokill=c.autokill, soft_timeout=c.soft_timeout,
+                           max_memory=c.max_memory,
                            max_tasks=c.max_tasks_per_child, max_rss=c.max_child_rss,
                            logfile=c.logfile, parent_pid=os.getpid(),
-                           wake_fd=self.wake_fd, async_concurrency=c.async_concurrency)
+                           wake_fd=self.wake_fd, async_concurrency=c.async_concurrency,
+                           out_fd=files.out_fd, stack_fd=files.stack_fd)
 
     def spawn(self, index: int) -> None:
         now = time.monotonic()
@@ -310,7 +333,7 @@ class Worker:
         """Collect dead children: settle the task each held, and mark its slot for a new child."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -321,6 +344,7 @@ class Worker:
             killpg(pid)  # grandchildren the task left behind
             kill_tree([p for p in own_children() if p not in self.pids and p not in self.foreign])
             kill = self.killed.pop(pid, None)
+            self.dumping.pop(pid, None)
             held = False
             for slot in self.slots.lanes(index):
                 view = slot.read()
@@ -329,34 +353,16 @@ class Worker:
                 slot.done = slot.failed = slot.busy = 0
                 if view.busy:
                     held = True
-                    self.settle(view, status, kill)
+                    ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started,
+                                                 self.files.get(index))
+                    self.books.settle(self.keys[view.queue], view, status, kill, ev)
             if not self.stopping and not self.refusing:
                 crashed = not held and kill is None and status != 0  # a retiring child exits 0
                 self.vacant[index] = self.respawn_at(index, crashed)
 
-    def settle(self, view: SlotView, status: int, kill: Kill | None) -> None:
-        """Record what becomes of the task a dead child held (see the module doc)."""
-        k = self.keys[view.queue]
-        if kill is not None and kill.token != view.token:
-            kill = Kill("stop", view.token)  # it had moved on to another task: not that task's fault
-        if kill is not None and kill.why == "stop":
-            self.books.hand_back(k, view, counted=False)
-        elif kill is not None and kill.why == "lost":
-            pass  # the task is someone else's now
-        elif kill is not None:
-            self.fail(k, view, signal_reason(status, kill.limit, kill.own))
-        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            if view.attempts >= view.max_attempts:
-                self.fail(k, view, f"{signal_reason(status)}; attempt {view.attempts} of {view.max_attempts}")
-            else:
-                self.books.hand_back(k, view, counted=True)
-        else:
-            self.fail(k, view, signal_reason(status))
-
-    def fail(self, k: QueueKeys, view: SlotView, reason: str) -> None:
-        self.books.fail(k, view.task, view.token, reason, TaskKilled(reason))
-
     def enforce_timeouts(self) -> None:
+        """Kill the children whose task is past its time limit (after asking for its stack), or
+        whose task's processes hold more than --max-memory."""
         now = time.monotonic()
         for pid, index in list(self.pids.items()):
             for slot in self.slots.lanes(index):
@@ -364,7 +370,16 @@ class Worker:
                     break
                 view = slot.read()
                 if view.busy and view.timeout > 0 and now - view.started > view.timeout:
-                    self.kill(pid, Kill("autokill", view.token, view.timeout, view.own_limit))
+                    self.kill_with_stack(pid, index, Kill("autokill", view.token, view.timeout, view.own_limit), now)
+                elif view.busy and self.cfg.max_memory:
+                    tree = descendants(pid)  # shared pages counted once (pss) when the cheap sum is over
+                    if rss(tree) > self.cfg.max_memory and (used := pss(tree)) > self.cfg.max_memory:
+                        self.kill(pid, Kill("memory", view.token, self.cfg.max_memory, peak=used))
+
+    def kill_with_stack(self, pid: int, index: int, why: Kill, now: float) -> None:
+        """Kill a child for its time limit once it wrote its stack (see :func:`ask_for_stack`)."""
+        if ask_for_stack(pid, self.dumping, self.files[index], now):
+            self.kill(pid, why)
 
     def check_refusals(self) -> None:
         """Stop claiming once the children handed back SIGNATURE_LIMIT payloads in a row for their
@@ -396,7 +411,8 @@ class Worker:
             if now >= self.next_beat:
                 self.heartbeat()
                 self.next_beat = now + self.beat_every
-            elif self.tally() != self.reported and (now >= self.reported_at + 1.0 or not self.tally()[0]):
+            elif self.tally() != self.reported and (now >= self.reported_at + 1.0 or not self.tally()[0]) \
+                    or self.books.env.due(bool(self.pids)):  # its environment: once the children run
                 self.heartbeat(renew=False)  # `forrestq status` follows within a second (idle: at once)
             if now >= self.next_sweep and not self.stopping:
                 self.books.sweep()
@@ -429,7 +445,7 @@ class Worker:
                 schema.WORKER_STARTED: self.started, schema.WORKER_BEAT: time.time(),
                 schema.WORKER_STOPPING: 1 if self.stopping else 0,
                 schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing}
-        self.books.publish(info, max(3, int(self.beat_every * 3) + 1))
+        self.books.publish(info, max(3, int(self.beat_every * 3) + 1), forked=bool(self.pids))
         self.reported, self.reported_at = self.tally(), time.monotonic()
 
     def tally(self) -> tuple[int, int, int]:
@@ -446,8 +462,8 @@ class Worker:
             self.stopping = time.monotonic()
 
     def stop_round(self) -> None:
-        """While stopping: ask every child to finish its task and leave; past the grace (or at a
-        second Ctrl-C) kill them (their tasks are handed back)."""
+        """While stopping: ask every child to finish its task and leave (an idle one's read is ended:
+        `unblock`); past the grace (or at a second Ctrl-C) kill them (their tasks are handed back)."""
         if not self.stopping:
             return
         now = time.monotonic()
@@ -462,3 +478,5 @@ class Worker:
             for pid, index in self.pids.items():
                 if pid not in self.killed:
                     self.kill(pid, Kill("stop", self.slots.first(index).read().token))
+        elif now - self.unblocked_at >= UNBLOCK_EVERY:  # again later: a child may have been about to block
+            self.unblocked_at = unblock(self.r, {self.child_config(i).consumer for i in self.pids.values()}, now)

@@ -1,0 +1,17 @@
+-- include stats: a function's statistics, kept as its tasks end (fq:{q}:stats and
+-- fq:{q}:stats:s:<name>, built from the queue prefix with SUFFIX_STATS and SUFFIX_STATS_SAMPLES, in
+-- the queue's slot like the per-task keys; forrestq.stats reads them). Counters of runs and failed
+-- runs per function name (fields STATS_RUNS .. name, STATS_FAILED .. name), and, for an attempt
+-- measured by its worker (a pid is known), a sample "runtime peak_rss host" (STATS_SEP between the
+-- parts) on a list capped at STATS_SAMPLES, newest first: p50/p95 are over the last runs only.
+local function record_stats(prefix, name, failed, runtime, peak, pid, host)
+  if not name or name == '' then return end
+  local stats = prefix .. SUFFIX_STATS
+  redis.call('HINCRBY', stats, STATS_RUNS .. name, 1)
+  if failed then redis.call('HINCRBY', stats, STATS_FAILED .. name, 1) end
+  if pid ~= '' then
+    local samples = prefix .. SUFFIX_STATS_SAMPLES .. name
+    redis.call('LPUSH', samples, runtime .. STATS_SEP .. peak .. STATS_SEP .. host)
+    redis.call('LTRIM', samples, 0, tonumber(STATS_SAMPLES) - 1)
+  end
+end
