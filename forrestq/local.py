@@ -89,6 +89,26 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``proc`` to exit (and reap it); True if it did. Woken by the
+    exit itself (a pidfd) where Linux has them: ``Popen.wait(timeout)`` polls, up to 50 ms late."""
+    if proc.poll() is not None:
+        return True
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd here: poll
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return proc.poll() is not None
+
+
 def _killpg(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -189,9 +209,7 @@ class LocalWorkers:
         try:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
+                wait_exit(proc, timeout)
         finally:
             if proc.poll() is None:  # hung, or Ctrl-C came while it stopped
                 for pgid in _children(proc.pid):  # each child leads a group (with its task's processes)

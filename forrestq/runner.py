@@ -101,9 +101,10 @@ def one_line(exc: BaseException) -> str:
 
 
 def failure(exc: BaseException, reason: str, runtime: float = 0.0) -> Outcome:
-    """A failed outcome for ``exc`` (call it inside the ``except`` block: it keeps the traceback)."""
-    return Outcome(FAILED, error=codec.dump_exception(exc), traceback=traceback.format_exc(),
-                   reason=reason, runtime=runtime)
+    """A failed outcome for ``exc``, with its traceback (also outside the ``except`` block: a
+    coroutine task's exception comes back from its future)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Outcome(FAILED, error=codec.dump_exception(exc), traceback=text, reason=reason, runtime=runtime)
 
 
 def completion(claimed: ops.Claimed, outcome: Outcome, output: bytes = b"", host: str = "",

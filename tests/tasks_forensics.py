@@ -81,3 +81,13 @@ def fork_and_hold(n: int, mib: int, seconds: float) -> str:
     for pid in pids:
         os.waitpid(pid, 0)
     return "shared"
+
+
+async def slow_io(marker: str, seconds: float = 60.0) -> None:
+    """An IO-bound coroutine that waits; writes ``marker`` in ``finally``."""
+    import asyncio
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        with open(marker, "w") as f:
+            f.write("cleaned up")

@@ -158,3 +158,14 @@ def test_memory_shared_by_a_tasks_forks_counts_once_against_max_memory(url: str)
     with worker(url, "mmfork", 1, *FAST, "--max-memory", "200M"):
         task = q.wait(ref, timeout=60)
     assert task.state == "done" and task.returnvalue == "shared", task.reason
+
+
+def test_a_soft_timeout_cancels_a_coroutine_sharing_the_loop(url: str, tmp_path: Path) -> None:
+    from forrestq import io_bound
+    q = Queue("softio")
+    marker = tmp_path / "marker"
+    ref = q.schedule(defer(io_bound(tf.slow_io), str(marker)), soft_timeout=1, timeout=30)
+    with worker(url, "softio", 1, *FAST, "--async-concurrency", "4"):
+        task = q.wait(ref, timeout=30)
+    assert task.state == "failed" and task.reason == "TimeLimitExceeded: soft time limit of 1 s exceeded"
+    assert marker.read_text() == "cleaned up" and "in slow_io" in task.traceback, task.traceback

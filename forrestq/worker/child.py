@@ -96,6 +96,24 @@ def soft_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+async def soft_limited(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
+    """Await a coroutine task sharing the loop; past ``seconds`` (0: never) it is cancelled where it
+    waits (its ``finally:`` blocks run) and fails with TimeLimitExceeded."""
+    if seconds <= 0:
+        return await coro
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        return task.result()
+    task.cancel()
+    expired = TimeLimitExceeded(f"soft time limit of {seconds:g} s exceeded")
+    try:
+        await task
+    except asyncio.CancelledError as stopped:
+        raise expired from stopped  # the cause's traceback names the line it waited on
+    raise expired
+
+
 class Child:
     """The claim/run/complete loop of one child process."""
 
@@ -446,7 +464,8 @@ class AsyncLanes:
             lane.disarm()  # it has not started: its time limit starts with it
             self.held = (qi, c, lane, value)
         elif inspect.iscoroutine(value):
-            self.running[self.loop.create_task(value)] = (qi, c, lane, t0)
+            self.running[self.loop.create_task(soft_limited(value, c.soft_timeout or child.cfg.soft_timeout))] = (
+                qi, c, lane, t0)
         else:
             self.free.append(child.record(lane, qi, c, self.runner.returned(value, t0)))
 
@@ -469,7 +488,8 @@ class AsyncLanes:
             self.free.append(lane)
             return
         lane.arm(c.timeout or child.cfg.autokill, own=c.timeout > 0)
-        self.running[self.loop.create_task(coro)] = (qi, c, lane, time.perf_counter())
+        soft = c.soft_timeout or child.cfg.soft_timeout
+        self.running[self.loop.create_task(soft_limited(coro, soft))] = (qi, c, lane, time.perf_counter())
 
     def collect(self) -> None:
         """Run the loop until a task ends (briefly, while more work might be claimed), record the ends."""
