@@ -25,7 +25,8 @@ Parts (each on a fresh private server, ``bench.harness.Bench``: valkey, loopback
               sends SCRIPT EXISTS before every pipeline holding a Script: one round trip more per
               task), ``no-capture`` (no fd 1/2 redirection per task), ``no-mtime`` (no stale-code
               ``os.stat`` per task), ``no-wake`` (no write to the worker's wake pipe per task end),
-              ``all``; drain rate of each with --procs, interleaved repetitions.
+              ``no-forensics`` (no per-task CPU and peak-memory measurement in the children: what
+              issue 14's bookkeeping costs), ``all``; drain rate of each with --procs, interleaved repetitions.
 ``protocol``  the floor set by the protocol alone: 1 or 2 plain loops that call only claim.lua and
               complete.lua the way a child does (completions pipelined with the next claims), with
               redis-py Scripts (SCRIPT EXISTS first) or plain EVALSHA, and K = 1, 4, 16 tasks per
@@ -122,6 +123,11 @@ if _variants & {"no-wake", "all"}:
     import forrestq.worker.child as _c
     if hasattr(_c.Child, "wake"):
         _c.Child.wake = lambda self: None
+if _variants & {"no-forensics"}:
+    # no per-task CPU and peak-memory measurement in the children (issue 14's bookkeeping)
+    import forrestq.worker.forensics as _f
+    _f.Meter.begin = lambda self: 0.0
+    _f.Meter.end = lambda self: (0.0, 0)
 if _variants & {"no-mtime", "all"}:
     # no os.stat of the function's module file per task (the stale-code check)
     import forrestq.runner as _r

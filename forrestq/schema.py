@@ -69,6 +69,10 @@ key                        type    what                                written b
 ``fq:{q}:events:cap``      string  how many events the queue keeps     Queue(events=...) (SET)
                                    (approximately); "0": none; unset:
                                    EVENTS_CAP
+``fq:{q}:unfit``           hash    task id -> its request, for tasks   release.lua (RELEASE_UNFIT);
+                                   a worker handed back because it     the child that starts one
+                                   has less than they need (forrestq   deletes it (HDEL); read by
+                                   status: "no live worker has it")    forrestq.status
 ``fq:{q}:stats``           hash    per function name: runs             complete (HINCRBY; not for
                                    (``STATS_RUNS`` + name) and failed   a cancel), read by
                                    ones (``STATS_FAILED`` + name)      forrestq.stats
@@ -84,7 +88,8 @@ Global keys (no hash tag: they are never used inside a script):
 ``fq:workers``             zset    worker id -> last heartbeat (s)     worker
 ``fq:w:<worker id>``       hash    one worker: host, pid, procs,       worker (with a TTL of
                                    busy, done, failed, rss, queues,    3 heartbeats)
-                                   env (its environment's id)
+                                   env (its environment's id),
+                                   resources (what it has)
 ``fq:env:<env id>``        string  one environment fingerprint, once:  worker (SET EX ENV_TTL, once
                                    JSON of python, forrestq, platform, its children run; refreshed
                                    sorted "name==version" list         hourly)
@@ -132,6 +137,8 @@ ONCE_DONE = "d"  # once_claim.lua status letter: the key completed before (skipp
 ONCE_BUSY = "b"  # once_claim.lua status letter: another lease holds the key
 ONCE_CLAIMED = "c"  # once_claim.lua status letter: claimed by this call
 ONCE_FREE = "free"  # once_release/once_mark mode: the key goes back to free (its record is deleted)
+RELEASE_WAIT = "wait"  # release.lua mode: not startable here now (its resources): TASK_WAITS + 1
+RELEASE_UNFIT = "unfit"  # release.lua mode: needs more than this host's worker has: noted on the task
 
 # --- exactly-once keys (fq:{q}:once:<v>:k:<key> hashes, fq:{q}:once:<v>:s:<state> indexes) -----------
 EXPIRED = "expired"  # once state: the lease ended before its holder settled the key
@@ -213,6 +220,9 @@ TASK_CPU = "cpu"  # CPU seconds of the attempt (user + system, its waited-for pr
 TASK_PEAK_RSS = "mem"  # peak resident bytes of the attempt (forrestq.worker.forensics)
 TASK_PID = "pid"  # pid of the process that ran the attempt
 TASK_STACK = "stk"  # Python stack at death (a time-limit kill, a crash), text
+TASK_RESOURCES = "res"  # what the task needs, "cpus=2,gpu=1,mem=6442450944" (forrestq.resources); "": cpus=1
+TASK_WAITS = "rw"  # times handed back unrun for its resources (release.lua RELEASE_WAIT/RELEASE_UNFIT)
+TASK_UNFIT = "unfit"  # comma-separated distinct hosts whose worker has less than the task needs
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -233,6 +243,7 @@ WORKER_STOPPING = "stopping"  # 1 while the worker stops
 WORKER_FINGERPRINT = "fingerprint"  # signing.fingerprint() of its secret ("none": no secret)
 WORKER_REFUSING = "refusing"  # why it stopped claiming tasks (its secret differs); "" while it claims
 WORKER_ENV = "env"  # id of its environment fingerprint (fq:env:<id>); "" until computed
+WORKER_RESOURCES = "resources"  # what it has, in forrestq.resources' text form ("cpus=8,gpu=2,mem=...")
 
 # --- function statistics (fq:{q}:stats, fq:{q}:stats:s:<name>; forrestq.stats) --------------------------
 STATS_RUNS = "n:"  # field prefix of fq:{q}:stats: runs of a function that ended (done or failed)
@@ -287,7 +298,7 @@ class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed", "signer", "events", "events_cap", "stats")
+                 "delayed", "signer", "events", "events_cap", "stats", "unfit")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -305,6 +316,7 @@ class QueueKeys:
         self.events = p + SUFFIX_EVENTS
         self.events_cap = p + SUFFIX_EVENTS_CAP
         self.stats = p + SUFFIX_STATS
+        self.unfit = p + "unfit"
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id
@@ -359,7 +371,7 @@ def glob_escape(text: str) -> str:
 _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE",
               "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
-              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
+              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "RELEASE_WAIT", "RELEASE_UNFIT", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
               "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",
               "ONCE_REASON", "ONCE_RENEWED", "SUFFIX_ONCE_KEY",
               # the event stream (include/events.lua)

@@ -6,7 +6,7 @@
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
---       io-bound ("1"/""), soft timeout, input results...}
+--       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, input results...}
 --- @include stream
 --- @include counts
 --- @include events
@@ -39,9 +39,10 @@ for _ = 1, 100 do
     move_count(KEYS[2], READY, RUNNING)
     event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
     local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
-                         TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT)
+                         TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT,
+                         TASK_RESOURCES, TASK_WAITS)
     local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0', f[8] or '',
-                 f[9] or ''}
+                 f[9] or '', f[10] or '', f[11] or '0'}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
         out[#out + 1] = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_RESULT) or ''

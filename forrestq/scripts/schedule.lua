@@ -7,8 +7,9 @@
 -- KEYS[5] failed   (zset)    failed task ids by finish time: a node whose input failed before it was
 --                            scheduled is failed at once
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
--- ARGV[4..] per node, 13 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
---           metadata blob, timeout, max attempts, key, retry policy blob, io-bound ("1"/""), soft timeout
+-- ARGV[4..] per node, 14 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
+--           metadata blob, timeout, max attempts, key, retry policy blob, io-bound ("1"/""), soft timeout,
+--           resources (forrestq.resources text form, "" = cpus=1)
 -- Returns, per node, its state after the call, then the newest id of the finished stream. An existing
 --   node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
@@ -23,7 +24,7 @@ local emit = event_writer(prefix)
 local out = {}
 local counts = {}
 local function bump(state, by) counts[state] = (counts[state] or 0) + by end
-local F = 13
+local F = 14
 for i = 0, n - 1 do
   local b = 4 + i * F
   local id, fn, args, inputs, name, root = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
@@ -64,6 +65,7 @@ for i = 0, n - 1 do
     if ARGV[b+10] ~= '' then fields[#fields+1] = TASK_RETRY_POLICY; fields[#fields+1] = ARGV[b+10] end
     if ARGV[b+11] == '1' then fields[#fields+1] = TASK_IO_BOUND; fields[#fields+1] = '1' end
     if ARGV[b+12] ~= '' then fields[#fields+1] = TASK_SOFT_TIMEOUT; fields[#fields+1] = ARGV[b+12] end
+    if ARGV[b+13] ~= '' then fields[#fields+1] = TASK_RESOURCES; fields[#fields+1] = ARGV[b+13] end
     if failed_input then
       -- an input failed before this node was scheduled: fail it the way complete.lua would
       local failure = failure_after(prefix, failed_input, now)

@@ -293,6 +293,7 @@ class Worker:
         for slot in lanes:
             slot.busy, slot.stop, slot.refused = 0, 0, 0
         cfg = self.child_config(index)
+        self.files[index].clear_stack()  # nothing of the child before
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
         try:
             pid = os.fork()
