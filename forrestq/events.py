@@ -23,9 +23,12 @@ cancelled      ``Queue.cancel`` (``host``, ``attempt`` if running)    complete.l
 =============  =====================================================  =====================
 
 An event's ``id`` is its stream entry id, its ``time`` the server's clock when it was written.
-The stream is capped (XADD MAXLEN ~, approximate trimming: whole stream nodes go, so a little more
-is kept) at :data:`forrestq.schema.EVENTS_CAP` events unless ``Queue(name, events=N)`` set another
-cap (``events=False``: none); the cap is stored in Redis, so every worker honours it.
+Events are opt-in per queue: ``Queue(name, events=True)`` keeps about
+:data:`forrestq.schema.EVENTS_CAP` (100,000) of them, ``events=N`` about N, ``events=False`` none
+again. The cap is stored in Redis (``fq:{q}:events:cap``), so every worker and producer honours it;
+the stream is trimmed with XADD MAXLEN ~ (approximate: whole stream nodes go, so a little more is
+kept). Why opt-in: two or three XADDs per task cost the no-op drain about 4 to 15 % on a 2-core
+machine (bench/RESULTS.md, "Events (issue 13)"); a queue without events pays one GET per script call.
 
 :func:`read` yields the kept events after ``since``, then, with ``follow``, blocks on the stream
 (XREAD BLOCK, no polling) for new ones, surviving a Redis outage the way the results follower does
@@ -120,7 +123,7 @@ def set_cap(r: redis.Redis, k: QueueKeys, value: str) -> None:
 
 def cap(r: redis.Redis, k: QueueKeys) -> int:
     """How many events the queue keeps (approximately); 0: none."""
-    return int(_text(r.get(k.events_cap) or schema.EVENTS_CAP))
+    return int(_text(r.get(k.events_cap) or schema.EVENTS_OFF))
 
 
 # ------------------------------------------------------------------------------------------ reading

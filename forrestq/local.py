@@ -41,7 +41,8 @@ STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 # the worker options a local worker takes (``forrestq worker``'s, spelled as Python names); the
 # launcher reads the same names
 WORKER_OPTIONS = ("autokill", "max_memory", "lease", "grace", "max_tasks_per_child", "max_child_rss",
-                  "logfile", "async_concurrency", "secret_file", "path", "verbose", "quiet")
+                  "logfile", "async_concurrency", "secret_file", "path", "verbose", "quiet", "resources",
+                  "admit_by_memory")
 DEFAULTS = {"grace": 0.0, "quiet": True}
 
 

@@ -256,7 +256,8 @@ def map(q: QueueCore, fn: Callable[..., Any], inputs: Iterable[Any], *, progress
     ``fail_fast``: raise the first failure at once and cancel the rest. ``chunksize``: inputs per
     task (cuts per-task overhead for short calls). ``timeout``: seconds without any of these tasks
     finishing before TimeoutError. Other keywords go to ``schedule_many`` (``timeout`` there is
-    spelled ``task_timeout`` here: seconds before a task is killed; ``max_attempts``). ``procs``:
+    spelled ``task_timeout`` here: seconds before a task is killed; ``max_attempts``; ``resources``:
+    what each task needs, e.g. ``{"mem": "6G", "gpu": 1}``). ``procs``:
     local workers for this call (see :func:`_served`)."""
     batch = _Batch([(fn, (x,), {}) for x in inputs], chunksize)
     with _served(q, procs, bool(batch.calls)) as served:
@@ -284,7 +285,7 @@ def _schedule_options(options: dict[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         if name == "task_timeout":
             out["timeout"] = value
-        elif name == "max_attempts":
+        elif name in ("max_attempts", "resources"):
             out[name] = value
         else:
             raise TypeError(f"unexpected keyword argument {shown(name)}")

@@ -223,11 +223,12 @@ class Node:
     retry_policy: bytes | str = ""
     io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop
     soft_timeout: str = ""  # seconds before TimeLimitExceeded is raised in the task; "": the worker's
+    resources: str = ""  # what it needs (forrestq.resources.request); "": cpus=1
 
     def row(self) -> list[Any]:
         return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
                 self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
-                "1" if self.io_bound else "", self.soft_timeout]
+                "1" if self.io_bound else "", self.soft_timeout, self.resources]
 
 
 @dataclass
@@ -288,6 +289,8 @@ class Claimed:
     token: str = ""  # the fencing token of this attempt (the claimer sets it)
     io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop with other such tasks
     soft_timeout: float = 0.0  # s before TimeLimitExceeded is raised in it; 0: the worker's --soft-timeout
+    resources: str = ""  # what it needs (forrestq.resources text form); "": cpus=1
+    waits: int = 0  # times it was handed back unrun for its resources (forrestq.worker.capacity)
 
 
 class Skip:
@@ -313,7 +316,7 @@ def _claimed(raw: Any) -> Claimed | Skip | None:
                    timeout=float(raw[4]) if raw[4] else 0.0, attempts=int(raw[5]),
                    max_attempts=int(raw[6] or 3), retry_policy=raw[7] or b"", retries_used=int(raw[8] or 0),
                    io_bound=raw[9] == b"1", soft_timeout=float(raw[10]) if raw[10] else 0.0,
-                   inputs=list(raw[11:]))
+                   resources=_text(raw[11]), waits=int(raw[12]), inputs=list(raw[13:]))
 
 
 claim: Op[ClaimArgs, Claimed | Skip | None] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
@@ -363,16 +366,21 @@ complete: Op[Completion, bool] = Op(
 
 @dataclass
 class ReleaseArgs:
-    """Hand a running task back at once; ``counted``: its attempt counts (killed from outside)."""
+    """Hand a running task back at once; ``counted``: its attempt counts (killed from outside);
+    ``why``: "" or, for a task handed back unrun for its resources, ``schema.RELEASE_WAIT`` or
+    ``schema.RELEASE_UNFIT`` (then ``host`` is noted on it as too small)."""
 
     task_id: str
     token: str
     counted: bool = False
+    why: str = ""
+    host: str = ""
 
 
 release: Op[ReleaseArgs, bool] = Op(
-    "release", _named("stream", "counts"),
-    lambda k, a: [k.prefix, GROUP, a.task_id, a.token, "1" if a.counted else ""], bool)
+    "release", _named("stream", "counts", "unfit"),
+    lambda k, a: [k.prefix, GROUP, a.task_id, a.token, "1" if a.counted else "", a.why, _host_word(a.host)],
+    bool)
 
 
 # --------------------------------------------------------------------------------------------- renew

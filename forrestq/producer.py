@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import codec, ops, schema, signing
+from . import resources as requests
 from .core import QueueCore
 from .deferred import Call, Deferred, _identity
 from .errors import Cancelled, ConfigError, SerializationError, UnknownTask, shown
@@ -93,8 +94,11 @@ class _Options:
     """The per-node options of one schedule call, validated once."""
 
     def __init__(self, q: QueueCore, timeout: float | None, max_attempts: int | None, retries: int,
-                 retry_backoff: float, retry_on: Any, soft_timeout: float | None = None) -> None:
+                 retry_backoff: float, retry_on: Any, soft_timeout: float | None = None,
+                 resources: Any = None, node_resources: dict[str, str] | None = None) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
+        self.resources = requests.request(resources)  # every node's, unless node_resources has its own
+        self.node_resources = node_resources or {}
         self.soft_timeout = seconds_or_empty(soft_timeout, "soft_timeout")
         if timeout is not None and soft_timeout is not None and soft_timeout >= timeout:
             raise ConfigError(f"soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s): "
@@ -134,7 +138,7 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
             nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
                                   md_blob if root else b"", o.timeout, o.max_attempts,
                                   (user_key or "") if root else "", o.policy, spec.io_bound,
-                                  o.soft_timeout))
+                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources)))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -174,14 +178,31 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
 def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                   timeout: float | None = None, max_attempts: int | None = None,
                   keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
-                  retry_on: Any = (Exception,), soft_timeout: float | None = None) -> list[TaskRef]:
-    """Schedule many task trees in one round trip (see ``Queue.schedule_many``)."""
-    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout)
+                  retry_on: Any = (Exception,), soft_timeout: float | None = None, resources: Any = None,
+                  node_resources: dict[str, str] | None = None) -> list[TaskRef]:
+    """Schedule many task trees in one round trip (see ``Queue.schedule_many``); ``resources``: what
+    every node needs, ``node_resources``: node id -> its own request (text form), for graphs."""
+    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
+                       node_resources)
     refs, nodes, fns = plan(tasks, metadata, keys, options)
     if not nodes:
         return [TaskRef(ref.id, q.name) for ref in refs]
     since = write(q, nodes, fns)
     return [TaskRef(ref.id, q.name, since) for ref in refs]
+
+
+def graph_resources(nodes: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``schedule_graph``'s options with ``resources`` split: a dict of name -> request (every value
+    a dict) gives each named node its own (checked here: a bad one, or an unknown name, raises and
+    writes nothing); any other value is one request for every node."""
+    given = options.get("resources")
+    if not isinstance(given, dict) or not given or not all(isinstance(v, dict) for v in given.values()):
+        return options
+    unknown = [n for n in given if n not in nodes]
+    if unknown:
+        raise ConfigError(f"resources= names {shown(unknown[0])}, which is not a scheduled task of the graph")
+    per_node = {nodes[n]._id: requests.request(v) for n, v in given.items()}
+    return {**{k: v for k, v in options.items() if k != "resources"}, "node_resources": per_node}
 
 
 def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
@@ -194,6 +215,7 @@ def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, 
         codec.check_task_fn(funcs[name], f"{shown(name)}: {codec.qualified_name(funcs[name])}")
     first = [n for n in dict.fromkeys(io) if n in nodes]
     names = first + [n for n in nodes if n not in first]
+    options = graph_resources(nodes, options)
     refs = schedule_many(q, [nodes[n] for n in names], metadata=[{"name": n} for n in names], **options)
     return dict(zip(names, refs))
 

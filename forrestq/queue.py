@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -41,8 +41,9 @@ class Queue:
     ``url``: a Redis URL; default ``$FORRESTQ_URL``, else the embedded local server (started on demand).
     ``max_attempts``: how often a task may be started before a lost worker counts as its failure.
     ``local=True``: debug mode (``results()`` runs the tasks in this process, one at a time).
-    ``events``: whether the queue keeps its tasks' history (:meth:`events`): True, False, or about how
-    many events to keep; stored in Redis for every worker and producer of the queue (None: as it is).
+    ``events``: whether the queue keeps its tasks' history (:meth:`events`; opt-in, it costs the
+    no-op drain a few %): True (about 100,000 events), about N events, or False; stored in Redis for
+    every worker and producer of the queue (None: leave it as it is).
     """
 
     def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
@@ -88,7 +89,7 @@ class Queue:
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
                  max_attempts: int | None = None, key: str | None = None, retries: int = 0,
                  retry_backoff: float = 1.0, retry_on: Any = (Exception,),
-                 soft_timeout: float | None = None) -> TaskRef:
+                 soft_timeout: float | None = None, resources: Mapping[str, Any] | None = None) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
         process group when exceeded; ``soft_timeout`` (below it) raises ``forrestq.TimeLimitExceeded``
         in the task first, so its ``finally:`` blocks run and its traceback names the line.
@@ -96,22 +97,28 @@ class Queue:
         ``key``: scheduling a key that exists already does nothing and returns the existing task,
         so a producer that crashed halfway can simply run again. ``retries``: run a task again up to
         this many times when it raises one of ``retry_on``, after ``retry_backoff * 2**n`` seconds.
-        ``timeout``, ``max_attempts`` and the retry policy apply to every node of the tree."""
+        ``resources``: what the task needs, e.g. ``{"mem": "6G", "cpus": 2, "gpu": 1}`` (any names;
+        memory with units): a worker starts it only while its free capacity covers that (default:
+        cpus=1); a GPU task gets its own ``CUDA_VISIBLE_DEVICES``.
+        ``timeout``, ``max_attempts``, ``resources`` and the retry policy apply to every node of the tree."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout, max_attempts=max_attempts,
                                   keys=None if key is None else [key], retries=retries,
-                                  retry_backoff=retry_backoff, retry_on=retry_on, soft_timeout=soft_timeout)[0]
+                                  retry_backoff=retry_backoff, retry_on=retry_on, soft_timeout=soft_timeout,
+                                  resources=resources)[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,
                       keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
-                      retry_on: Any = (Exception,), soft_timeout: float | None = None) -> Batch:
+                      retry_on: Any = (Exception,), soft_timeout: float | None = None,
+                      resources: Mapping[str, Any] | None = None) -> Batch:
         """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
         to ``tasks`` (see ``schedule``). Everything is serialised before anything is written, so an
         argument that cannot be serialised raises ``SerializationError`` and leaves Redis as it was.
         Returns a :class:`~forrestq.batch.Batch`: the TaskRefs, parallel to ``tasks``, whose
         ``results()`` yields these roots only (also those a ``key`` matched that had finished)."""
         batch = Batch(self.core, producer.schedule_many(self.core, tasks, metadata, timeout, max_attempts, keys,
-                                                        retries, retry_backoff, retry_on, soft_timeout))
+                                                        retries, retry_backoff, retry_on, soft_timeout,
+                                                        resources))
         self._scheduled.add(batch)
         return batch
 
@@ -122,7 +129,8 @@ class Queue:
         whose results are passed to ``funcs[name]``, in that order; ``None`` results are not passed.
         Names in ``done`` are not run; their ``results`` are passed instead. Every other name is a
         scheduled task, also a name of ``funcs`` without a ``dependencies`` entry (a task without
-        inputs; taskmap ignores those). ``io_bound`` names are IO-bound coroutines: they go on the
+        inputs; taskmap ignores those). ``resources={name: {"gpu": 1}, ...}`` gives named nodes their
+        own request (a plain request applies to every node). ``io_bound`` names are IO-bound coroutines: they go on the
         queue first when ready at once, and only they may share a worker child's event loop
         (``--async-concurrency``). A cycle or a missing name raises ``GraphError`` and writes nothing
         (``forrestq.check_graph`` checks a graph without scheduling it)."""

@@ -66,9 +66,9 @@ key                        type    what                                written b
                                    state change (EVENT_* fields; the   reclaim, requeue, release,
                                    entry id is its time), XADD MAXLEN  refuse (include/events.lua)
                                    ~ the cap below
-``fq:{q}:events:cap``      string  how many events the queue keeps     Queue(events=...) (SET)
-                                   (approximately); "0": none; unset:
-                                   EVENTS_CAP
+``fq:{q}:events:cap``      string  how many events the queue keeps     Queue(events=...) (SET),
+                                   (approximately); "0" or unset:      producer (again with each
+                                   none (events are opt-in)            schedule)
 ``fq:{q}:unfit``           hash    task id -> its request, for tasks   release.lua (RELEASE_UNFIT);
                                    a worker handed back because it     the child that starts one
                                    has less than they need (forrestq   deletes it (HDEL); read by
@@ -179,7 +179,7 @@ EVENT_REQUEUED = "requeued"  # requeue_failed / rerun: waiting or ready again un
 EVENT_CANCELLED = "cancelled"
 EVENT_KINDS = (EVENT_SCHEDULED, EVENT_STARTED, EVENT_DONE, EVENT_FAILED, EVENT_RETRIED, EVENT_LOST,
                EVENT_RELEASED, EVENT_REQUEUED, EVENT_CANCELLED)
-EVENTS_CAP = "100000"  # events a queue keeps (approximately) unless Queue(events=N) said otherwise
+EVENTS_CAP = "100000"  # events a queue keeps (approximately) with Queue(events=True); events=N: about N
 EVENTS_OFF = "0"  # the cap of a queue that keeps no events (a count: the scripts spell it '0')
 
 # --- task hash fields (kept short: they are stored once per task) -------------------------------------
@@ -371,14 +371,16 @@ def glob_escape(text: str) -> str:
 _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE",
               "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
-              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "RELEASE_WAIT", "RELEASE_UNFIT", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
+              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
               "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",
               "ONCE_REASON", "ONCE_RENEWED", "SUFFIX_ONCE_KEY",
               # the event stream (include/events.lua)
-              "SUFFIX_EVENTS", "SUFFIX_EVENTS_CAP", "EVENTS_CAP", "EVENT_KIND", "EVENT_HOST",
+              "SUFFIX_EVENTS", "SUFFIX_EVENTS_CAP", "EVENT_KIND", "EVENT_HOST",
               "EVENT_ATTEMPT", "EVENT_REASON", "EVENT_NAME", "EVENT_RUNTIME", "EVENT_DELAY", "EVENT_SCHEDULED",
               "EVENT_STARTED", "EVENT_DONE", "EVENT_FAILED", "EVENT_RETRIED", "EVENT_LOST", "EVENT_RELEASED",
               "EVENT_REQUEUED", "EVENT_CANCELLED",
+              # resources (release.lua; forrestq.worker.capacity)
+              "RELEASE_WAIT", "RELEASE_UNFIT",
               # function statistics (include/stats.lua)
               "SUFFIX_STATS", "SUFFIX_STATS_SAMPLES", "STATS_RUNS", "STATS_FAILED", "STATS_SEP", "STATS_SAMPLES")
 

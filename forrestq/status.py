@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import redis
 
+from . import resources as requests
 from . import schema
 from .codec import load_args
 from .environment import differences
@@ -173,6 +174,7 @@ def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
         info["fingerprint"] = _s(f.get(schema.WORKER_FINGERPRINT))
         info["refusing"] = _s(f.get(schema.WORKER_REFUSING))
         info["env"] = _s(f.get(schema.WORKER_ENV))  # its environment fingerprint's id ("" not known yet)
+        info["resources"] = _s(f.get(schema.WORKER_RESOURCES))  # what it has ("": an older worker)
         info["state"] = "stopping" if info["stopping"] else "refusing" if info["refusing"] else "running"
     else:  # the hash expired: only the id (host:pid:nonce) and the last beat are left
         parts = wid.rsplit(":", 2)  # worker ids are host:pid:nonce
@@ -180,7 +182,7 @@ def _worker_info(wid: str, f: dict[str, bytes], score: float) -> dict[str, Any]:
         pid_text = parts[1] if len(parts) == 3 else ""
         info.update(host=host or wid, pid=int(pid_text) if pid_text.isdigit() else None,
                     procs=None, busy=None, done=None, failed=None, rss=None, queues=[],
-                    started=None, stopping=0, fingerprint="", refusing="", env="", state="lost")
+                    started=None, stopping=0, fingerprint="", refusing="", env="", resources="", state="lost")
     info["beat"] = _num(f.get(schema.WORKER_BEAT), float, score)
     return info
 
@@ -192,6 +194,35 @@ def _drop_worker(r: redis.Redis, wid: bytes, score: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ gather
+
+UNFIT_SCAN = 1000  # tasks of a queue's unfit hash status looks at (HSCAN: a bounded read)
+
+
+def unfit_tasks(r: redis.Redis, name: str, live: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ready tasks of queue ``name`` that need more than any of the ``live`` workers serving it
+    has (issue 14): ``[{"tasks": 3, "need": "gpu=4", "request": "cpus=1,gpu=4"}]``, from the queue's
+    unfit hash (tasks a worker handed back as too big for it; at most :data:`UNFIT_SCAN` looked at)
+    compared with the workers' published resources. A worker that publishes none (an older one) may
+    run anything: then nothing is said."""
+    if any(not w.get("resources") for w in live):
+        return []
+    k = QueueKeys(name)
+    _, found = r.hscan(k.unfit, 0, count=UNFIT_SCAN)
+    if not found:
+        return []
+    ids = list(found)[:UNFIT_SCAN]
+    pipe = r.pipeline(transaction=False)
+    for tid in ids:
+        pipe.hget(k.task(_s(tid)), schema.TASK_STATE)
+    have = [requests.from_text(w["resources"]) for w in live]
+    most = {n: max(h.get(n, 0.0) for h in have) for n in {n for h in have for n in h}}
+    groups: dict[str, int] = {}
+    for tid, state in zip(ids, pipe.execute()):
+        text = _s(found[tid])
+        if _s(state) == schema.READY and not any(requests.fits(requests.from_text(text), h) for h in have):
+            groups[text] = groups.get(text, 0) + 1
+    return [{"tasks": n, "need": requests.exceeding(requests.from_text(text), most), "request": text}
+            for text, n in sorted(groups.items(), key=lambda kv: -kv[1])]
 
 
 def serves(worker: dict[str, Any], queue: str) -> bool:
@@ -215,6 +246,7 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
     queues = queue_status(r, names, now)
     for name, row in queues.items():
         row["workers"] = sum(1 for w in workers if serves(w, name))
+        row["unfit"] = unfit_tasks(r, name, [w for w in workers if serves(w, name)])
     unserved = [name for name, row in queues.items() if not row["workers"] and sum(row[s] for s in UNFINISHED)]
     if queue is not None:
         workers = [w for w in workers if queue in w["queues"] or w["state"] == "lost"]

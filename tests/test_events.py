@@ -38,7 +38,7 @@ def of(q: Queue, task_id: str) -> list[Event]:
 
 
 def test_fail_retry_succeed_is_told_in_order_with_hosts_and_attempts(url, tmp_path):
-    q = Queue("ev-retry")
+    q = Queue("ev-retry", events=True)
     ref = q.schedule(defer(tasks.flaky, str(tmp_path / "n"), 1), retries=2, retry_backoff=0.05, retry_on=OSError)
     with worker(url, "ev-retry", 1):
         assert q.wait(ref, timeout=60).state == "done"
@@ -55,7 +55,7 @@ def test_fail_retry_succeed_is_told_in_order_with_hosts_and_attempts(url, tmp_pa
 
 
 def test_a_failure_fails_its_dependents_with_a_reason_and_requeue_and_cancel_are_told(url):
-    q = Queue("ev-dag")
+    q = Queue("ev-dag", events=True)
     bad = defer(tasks.crash, "boom")
     ref = q.schedule(defer(tasks.add, bad, 1))
     with worker(url, "ev-dag", 1):
@@ -74,7 +74,7 @@ def test_a_failure_fails_its_dependents_with_a_reason_and_requeue_and_cancel_are
 def test_a_worker_killed_mid_task_gives_a_lost_event(url):
     """Killed with its children, the worker reports nothing: the next worker's sweep finds the expired
     leases. A task with attempts left is lost, then runs again; one on its last attempt is lost, then fails."""
-    q = Queue("ev-lost")
+    q = Queue("ev-lost", events=True)
     again = q.schedule(defer(tasks.sleep_then, 3.0, "ok"))
     last = q.schedule(defer(tasks.sleep_then, 3.0, "ok"), max_attempts=1)
     first = spawn_worker(url, "ev-lost", 2, *FAST)
@@ -97,26 +97,31 @@ def test_a_worker_killed_mid_task_gives_a_lost_event(url):
     assert got[2].host == host and got[3].reason == f"lost 1 times; last on host {host}"
 
 
-def test_the_stream_stays_capped_and_events_can_be_turned_off(url, r):
+def test_events_are_opt_in_per_queue_stored_for_every_process_and_capped(url, r):
+    plain = Queue("ev-plain")
+    with worker(url, "ev-plain", 1):
+        plain.wait(plain.schedule(defer(tasks.identity, 1)), timeout=60)
+    assert not r.exists(plain.keys.events) and list(plain.events()) == []
     node = int(r.config_get("stream-node-max-entries")["stream-node-max-entries"])
     q = Queue("ev-cap", events=300)
     q.schedule_many(defer(tasks.identity, i) for i in range(3000))
     assert 300 <= r.xlen(q.keys.events) <= 300 + node  # MAXLEN ~: whole stream nodes are trimmed
     assert next(iter(Queue("ev-cap").events())).kind == "scheduled"  # any process reads the same
 
-    off = Queue("ev-off", events=False)
-    off.schedule_many(defer(tasks.identity, i) for i in range(10))
-    assert not r.exists(off.keys.events) and list(off.events()) == []
-    off.clean(all=True)  # forgets the queue and its keys; scheduling again stores the setting again
-    off.schedule(defer(tasks.identity, 1))
-    assert list(off.events()) == []
+    on = Queue("ev-on", events=True)
+    on.schedule(defer(tasks.identity, 0))
+    on.clean(all=True)  # forgets the emptied queue and all its keys; scheduling again stores the setting
+    on.schedule(defer(tasks.identity, 1))
+    assert kinds(on) == ["scheduled"]
+    Queue("ev-on", events=False).schedule(defer(tasks.identity, 2))  # and it can be turned off again
+    assert kinds(on) == ["scheduled"]
     for bad in (0, -1, "yes", 1.5):
         with pytest.raises(ConfigError):
             Queue("ev-bad", events=bad)
 
 
 def test_since_resumes_after_an_event_or_a_time(url):
-    q = Queue("ev-since")
+    q = Queue("ev-since", events=True)
     q.schedule(defer(tasks.identity, 1))
     first = next(q.events())
     later = time.time() + 0.01
@@ -131,7 +136,7 @@ def test_since_resumes_after_an_event_or_a_time(url):
 
 
 def test_follow_sees_new_events_and_stops_after_its_timeout(url):
-    q = Queue("ev-follow")
+    q = Queue("ev-follow", events=True)
     seen: list[Event] = []
     following = q.events(since="now", follow=True, timeout=3)  # "now" is the call's now
     follower = threading.Thread(target=lambda: seen.extend(following))
@@ -145,7 +150,7 @@ def test_follow_sees_new_events_and_stops_after_its_timeout(url):
 def test_follow_rides_out_a_redis_outage(tmp_path):
     srv = ServerProcess(tmp_path / "srv", appendfsync="always").start()
     try:
-        q = Queue("ev-outage", url=srv.url)
+        q = Queue("ev-outage", url=srv.url, events=True)
         seen: list[Event] = []
         follower = threading.Thread(target=lambda: seen.extend(q.events(follow=True, timeout=20)), daemon=True)
         q.schedule(defer(tasks.identity, 1))
@@ -170,7 +175,7 @@ def fq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_cli_json_lines_parse_and_lines_show_user_text_literally(url):
-    q = Queue("ev-cli")
+    q = Queue("ev-cli", events=True)
     ref = q.schedule(defer(tasks.crash, "\x1b[2J[red]wiped[/red]\x07 end"))
     with worker(url, "ev-cli", 1):
         q.wait(ref, timeout=60)
@@ -185,10 +190,13 @@ def test_cli_json_lines_parse_and_lines_show_user_text_literally(url):
     assert lines[2].endswith(": ValueError: \\x1b[2J[red]wiped[/red]\\x07 end")
     assert f"failed    {ref.id} on {os.uname().nodename} (attempt 1) after " in lines[2]
     assert fq("events", "-q", "ev-nothing-here").returncode == 5
+    Queue("ev-cli-plain").schedule(defer(tasks.identity, 1))
+    plain = fq("events", "-q", "ev-cli-plain")
+    assert plain.returncode == 0 and plain.stdout == "" and "events=True" in plain.stderr
 
 
 def test_cli_follow_sees_an_event_written_after_it_started(url, tmp_path):
-    Queue("ev-cli-f").schedule(defer(tasks.identity, 0))
+    Queue("ev-cli-f", events=True).schedule(defer(tasks.identity, 0))
     log = tmp_path / "events.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "forrestq", "events", "-q", "ev-cli-f", "--follow", "--json",

@@ -389,8 +389,7 @@ def test_clean_deletes_all_but_running_and_needed(r: redis.Redis, k: QueueKeys, 
     assert done(s, k, a)
     assert ops.clean(s, k, ["a"]) == 0  # b still needs its result
     assert ops.clean(s, k, ["b", "c", "a"]) == 3
-    # counts: all 0; the events (the tasks' history) stay
-    assert sorted(r.keys(k.pattern())) == sorted([k.stream.encode(), k.counts.encode(), k.events.encode()])
+    assert sorted(r.keys(k.pattern())) == sorted([k.stream.encode(), k.counts.encode()])  # counts: all 0
     assert counts(r, k) == {} and not r.exists(k.finished)
 
 

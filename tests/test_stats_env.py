@@ -162,3 +162,23 @@ def test_one_environment_is_not_a_difference_and_the_fingerprint_is_stable(url: 
                  timeout=20, what="both workers' environment")
         assert json.loads(cli("status", "--json"))["environments"] == []
         assert "environments differ" not in cli("status")
+
+
+def test_the_samples_are_the_last_thousand_runs(url: str, r: redis.Redis) -> None:
+    """Counted ever, sampled over the last SAMPLES: the list is trimmed as it grows (the scripts
+    driven directly, as a worker child drives them, to end 1,150 tasks quickly)."""
+    from forrestq import ops
+    from forrestq.stats import SAMPLES
+    q = Queue("st-trim")
+    n = SAMPLES + 150
+    q.schedule_many(defer(tasks.identity, i) for i in range(n))
+    for i in range(n):
+        got = ops.claim(q.scripts, q.keys, ops.ClaimArgs("t:1:0", f"tok{i}", 60_000, "h", "t:1"))
+        assert isinstance(got, ops.Claimed)
+        assert ops.complete(q.scripts, q.keys, ops.Completion(got.id, f"tok{i}", schema.DONE, runtime=i,
+                                                              host="h", peak_rss=1000 + i, pid=1))
+        assert r.llen(q.keys.stats_samples("tasks.identity")) <= SAMPLES * 1.1
+    st = q.stats()["tasks.identity"]
+    assert (st.runs, st.failed, st.samples, st.hosts) == (n, 0, SAMPLES, {"h": SAMPLES})
+    first = n - SAMPLES  # runtime (and peak - 1000) of the oldest run kept: nearest ranks 500 and 950 of 1,000
+    assert (st.p50_runtime, st.p95_runtime, st.p95_peak_rss) == (first + 499, first + 949, 1000 + first + 949)

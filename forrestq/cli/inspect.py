@@ -273,7 +273,7 @@ def events(
         resolve_queues(r, name)  # UnknownQueue (exit 5) for a queue never scheduled
     q = Queue(name, url)
     if not event_stream.cap(r, q.keys):
-        _say(f"queue {name!r} keeps no events (Queue({name!r}, events=True) turns them on)")
+        _say(f"queue {name!r} keeps no events: they are opt-in, Queue({name!r}, events=True) turns them on")
     elif follow and not r.sismember(schema.QUEUES, name):
         _say(f"queue {name!r} was never scheduled; waiting for its events")
     try:

@@ -240,6 +240,18 @@ def _unserved_lines(queues: dict[str, dict[str, Any]], unserved: Sequence[str]) 
     return lines
 
 
+def _unfit_lines(queues: dict[str, dict[str, Any]]) -> list[Text]:
+    """One warning line per request of ready tasks that no live worker has the resources for
+    ("3 ready tasks need gpu=4; no live worker has it", the request literally)."""
+    lines = []
+    for name, c in queues.items():
+        for u in c.get("unfit", []):
+            lines.append(Text.assemble(("warning: ", "bold red"), "queue ", literal(name), ": ",
+                                       f"{u['tasks']:,} ready task" + (" needs " if u["tasks"] == 1 else "s need "),
+                                       literal(u["need"]), "; no live worker has it"))
+    return lines
+
+
 def _refusing_lines(workers: Sequence[dict[str, Any]]) -> list[Text]:
     """Why each refusing worker stopped claiming tasks, as it said it (literally)."""
     return [Text.assemble(("refusing: ", "bold red"), "worker on ", literal(w["host"]), f" (pid {w['pid']}) ",
@@ -267,6 +279,7 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
         rows = [_queue_row(name, c, name in unserved) for name, c in queues.items()]
         parts.append(Fitted("queues", _QUEUE_COLS, rows, caption=_NODES_CAPTION))
         parts += _unserved_lines(queues, unserved)
+        parts += _unfit_lines(queues)
     else:
         parts.append(Text("no queues yet: schedule tasks with Queue(name).schedule(...)", style="dim"))
     if data["workers"]:

@@ -74,6 +74,11 @@ def worker(
     logfile: str | None = typer.Option(None, metavar="FILE",
                                        help="Append every task's output here, tagged with its id."),
     async_concurrency: int = typer.Option(1, metavar="N", help="Coroutine (IO-bound) tasks one child runs at once."),
+    resources: str | None = typer.Option(None, metavar="NAME=AMOUNT,...", help="What this worker has, e.g. "
+                                         "mem=32G,gpu=2 (default: mem = the machine's, cpus = --procs, others 0); "
+                                         "it starts a task only while what is free covers the task's request."),
+    admit_by_memory: bool = typer.Option(False, "--admit-by-memory", help="Start no task without a declared mem "
+                                         "while the host's available memory is below its function's recent p95 peak."),
     secret_file: str | None = typer.Option(None, metavar="FILE", help="File holding the secret that signs payloads "
                                               "(as $FORRESTQ_SECRET_FILE)."),
     path: list[str] | None = _PATHS,
@@ -100,12 +105,13 @@ def worker(
                        max_tasks_per_child=max_tasks_per_child,
                        max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,
                        logfile=logfile, verbose=level, async_concurrency=async_concurrency,
-                       paths=list(path or []))
+                       paths=list(path or []), resources=resources, admit_by_memory=admit_by_memory)
     w = Worker(cfg)
     if _log.isEnabledFor(logging.INFO):  # not with --quiet
         signed = f"signed (secret fingerprint {fingerprint()})" if payloads_signed() else "unsigned"
-        _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s, payloads %s",
-                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)), signed)
+        _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s, payloads %s, resources %s",
+                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)), signed,
+                  w.capacity.text + (", admit by memory" if cfg.admit_by_memory else ""))
     raise typer.Exit(w.run())
 
 

@@ -38,6 +38,7 @@ from ..errors import TimeLimitExceeded, escape_controls, is_transient
 from ..lease import new_token
 from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, one_line, unrecordable
 from ..schema import DONE, GROUP, QueueKeys
+from .capacity import Capacity, Gate
 from .forensics import Meter
 from .peers import what_became_of
 from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Backoff, Capture, kill_tree, live_children, prctl, rss
@@ -75,6 +76,8 @@ class ChildConfig:
     out_fd: int = -1  # the worker's output file for this child slot (-1: a scratch file of its own)
     stack_fd: int = -1  # the worker's stack file for this child slot (-1: no stack at death)
     extra: dict[str, Any] = field(default_factory=dict)
+    capacity: Capacity | None = None  # the worker's, shared (forrestq.worker.capacity); None: admit all
+    index: int = 0  # this child's index among the worker's children (its slots in ``capacity``)
 
 
 @contextlib.contextmanager
@@ -139,6 +142,7 @@ class Child:
         self.backoff = Backoff()
         self.claim_args = ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host, cfg.worker_id)
         self.refuser = Refuser(self.r, self.scripts, cfg.host, slot)
+        self.gate = Gate(cfg.capacity, cfg.index, self.r, self.scripts, cfg.host, self.refuser, self._patiently)
 
     # --- Redis side -------------------------------------------------------------------------
     def _claim_args(self, token: str, sid: str = "") -> ops.ClaimArgs:
@@ -284,6 +288,9 @@ class Child:
         cfg = self.cfg
         k = self.keys[qi]
         self.slot.begin(qi, c.id, c.token, c.attempts, c.max_attempts, self.meter.begin())
+        if not self.gate.admit(k, c, self.slot):  # not startable here (now): handed back unrun
+            self.slot.end(None)
+            return Outcome(REFUSED, reason="not startable here")
         self.capture.start()
         try:
             loaded = self.runner.load(k, c)
@@ -298,6 +305,7 @@ class Child:
         finally:
             if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
                 os._exit(0)
+            self.gate.done()
             self.slot.disarm()
             size = self.capture.stop()
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
@@ -320,6 +328,7 @@ class Child:
         """Record one task's outcome now (fenced by its token); returns its lane, free again. (The
         async lanes record each task at once; output is not captured per task there.)"""
         lane.disarm()
+        self.gate.done(self.lanes.index(lane))
         k = self.keys[qi]
         outcome = self.refused(k, c, outcome)
         record = completion(c, outcome, b"", self.cfg.host, self.pid)
@@ -376,6 +385,8 @@ class Child:
         cfg = self.cfg
         if outcome.state == RELEASE:
             return "the code it serves changed"
+        if self.gate.used_gpu:
+            return "it ran a GPU task (CUDA reads CUDA_VISIBLE_DEVICES once per process)"
         if cfg.max_tasks and self.tasks_run >= cfg.max_tasks:
             return f"ran {self.tasks_run} tasks"
         if outcome.reason.startswith("MemoryError"):
@@ -448,6 +459,10 @@ class AsyncLanes:
         child = self.child
         lane = self.free.pop()
         lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts)
+        if not child.gate.admit(child.keys[qi], c, child.slot, child.lanes.index(lane), may_hold=not self.running):
+            lane.end(None)
+            self.free.append(lane)
+            return
         loaded = self.runner.load(child.keys[qi], c)
         if isinstance(loaded, Outcome):
             self.free.append(child.record(lane, qi, c, loaded))
@@ -483,6 +498,7 @@ class AsyncLanes:
         if child.slot.stop:
             coro.close()  # never started: none of its code ran
             child._patiently(lambda: child._release(child.keys[qi], c.id, c.token))
+            child.gate.done(child.lanes.index(lane))
             lane.end(None)
             child.wake()
             self.free.append(lane)

@@ -44,6 +44,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -54,6 +55,7 @@ from ..connection import connect, resolve_url
 from ..errors import ConfigError, shown
 from ..schema import QueueKeys
 from .bookkeeping import Bookkeeper
+from .capacity import Capacity, worker_totals
 from .child import ChildConfig, child_main
 from .forensics import Kill, TaskFiles, ask_for_stack, of_dead_child
 from .procs import PR_SET_CHILD_SUBREAPER, descendants, kill_tree, killpg, own_children, prctl, pss, rss
@@ -98,6 +100,11 @@ class WorkerConfig:
     # directories put in front of the import path of the children (``--path``), before the working
     # directory, which is always put there (as ``python -m`` does, and RQ and Celery)
     paths: list[str] = field(default_factory=list)
+    # what the worker has (``--resources mem=32G,gpu=2``: text or a dict; forrestq.worker.capacity);
+    # ``totals`` is the checked form, with the defaults (cpus = procs, mem = the machine's memory)
+    resources: str | dict[str, Any] | None = None
+    admit_by_memory: bool = False  # no task without a declared mem starts while MemAvailable < its p95 peak
+    totals: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queues = list(dict.fromkeys(self.queues))  # `--queue a --queue a` serves a once
@@ -123,6 +130,7 @@ class WorkerConfig:
         for path in self.paths:
             if not isinstance(path, str) or not os.path.isdir(path):
                 raise ConfigError(f"--path {shown(path)}: no such directory")
+        self.totals = worker_totals(self.resources, self.procs)
 
     def import_paths(self) -> list[str]:
         """What the children find modules in, before the rest of ``sys.path``: ``paths``, then the
@@ -200,6 +208,7 @@ class Worker:
         self.books = Bookkeeper(self.r, self.keys, self.id, cfg.host, self.lease_ms, self.sweep_every)
         # one slot per task a child may hold: ``async_concurrency`` lanes per child
         self.slots = SlotTable(cfg.procs, cfg.async_concurrency)
+        self.capacity = Capacity(cfg.totals, cfg.procs, cfg.async_concurrency, cfg.admit_by_memory)
         self.pids: dict[int, int] = {}  # pid -> child index
         self.vacant: dict[int, float] = {}  # child index -> monotonic time it may be filled
         self.killed: dict[int, Kill] = {}  # pid -> why this worker killed it
@@ -208,11 +217,9 @@ class Worker:
         self.crashes: list[list[float]] = [[] for _ in range(cfg.procs)]  # per child index, monotonic times
         self.stopping = 0.0  # monotonic time the stop began, 0 = running
         self.refusing = ""  # why this worker stopped claiming tasks ("": it claims)
-        self.stop_announced = False
+        self.stop_announced = self.hard_stop = False
         self.unblocked_at = 0.0  # monotonic time of the last unblock() while stopping
-        self.hard_stop = False
-        self.retired_done = 0
-        self.retired_failed = 0
+        self.retired_done = self.retired_failed = 0
         self.started = time.time()
         self.foreign: set[int] = set()  # children this process had before run(): not ours to kill
         self.wake_r = self.wake_fd = -1  # a pipe: signals and children write to it, the loop waits on it
@@ -266,8 +273,9 @@ class Worker:
         os.close(self.wake_fd)
 
     def sleep(self) -> None:
-        """Until a tick has passed, or a signal or a child's write to the wake pipe ends it."""
-        select.select([self.wake_r], [], [], TICK)
+        """Until a tick has passed, or a signal or a child's write to the wake pipe ends it (not at
+        all once the loop ends: stopping, and the last child is gone)."""
+        select.select([self.wake_r], [], [], 0 if self.stopping and not self.pids else TICK)
         try:
             while os.read(self.wake_r, 512):
                 pass
@@ -285,7 +293,7 @@ class Worker:
                            max_tasks=c.max_tasks_per_child, max_rss=c.max_child_rss,
                            logfile=c.logfile, parent_pid=os.getpid(),
                            wake_fd=self.wake_fd, async_concurrency=c.async_concurrency,
-                           out_fd=files.out_fd, stack_fd=files.stack_fd)
+                           out_fd=files.out_fd, stack_fd=files.stack_fd, capacity=self.capacity, index=index)
 
     def spawn(self, index: int) -> None:
         now = time.monotonic()
@@ -357,6 +365,7 @@ class Worker:
                     ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started,
                                                  self.files.get(index))
                     self.books.settle(self.keys[view.queue], view, status, kill, ev)
+            self.capacity.release_child(index)  # what its tasks reserved (forrestq.worker.capacity)
             if not self.stopping and not self.refusing:
                 crashed = not held and kill is None and status != 0  # a retiring child exits 0
                 self.vacant[index] = self.respawn_at(index, crashed)
@@ -444,7 +453,7 @@ class Worker:
                 schema.WORKER_BUSY: busy, schema.WORKER_DONE: done, schema.WORKER_FAILED: failed,
                 schema.WORKER_RSS: rss([os.getpid(), *self.pids]), schema.WORKER_QUEUES: ",".join(c.queues),
                 schema.WORKER_STARTED: self.started, schema.WORKER_BEAT: time.time(),
-                schema.WORKER_STOPPING: 1 if self.stopping else 0,
+                schema.WORKER_STOPPING: 1 if self.stopping else 0, schema.WORKER_RESOURCES: self.capacity.text,
                 schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing}
         self.books.publish(info, max(3, int(self.beat_every * 3) + 1), forked=bool(self.pids))
         self.reported, self.reported_at = self.tally(), time.monotonic()

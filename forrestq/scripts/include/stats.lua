@@ -3,7 +3,9 @@
 -- the queue's slot like the per-task keys; forrestq.stats reads them). Counters of runs and failed
 -- runs per function name (fields STATS_RUNS .. name, STATS_FAILED .. name), and, for an attempt
 -- measured by its worker (a pid is known), a sample "runtime peak_rss host" (STATS_SEP between the
--- parts) on a list capped at STATS_SAMPLES, newest first: p50/p95 are over the last runs only.
+-- parts) on a list of the last STATS_SAMPLES, newest first: p50/p95 are over the last runs only.
+-- The list is trimmed back to STATS_SAMPLES once it holds a tenth more (one call less per task; the
+-- reader reads the first STATS_SAMPLES).
 local function record_stats(prefix, name, failed, runtime, peak, pid, host)
   if not name or name == '' then return end
   local stats = prefix .. SUFFIX_STATS
@@ -11,7 +13,9 @@ local function record_stats(prefix, name, failed, runtime, peak, pid, host)
   if failed then redis.call('HINCRBY', stats, STATS_FAILED .. name, 1) end
   if pid ~= '' then
     local samples = prefix .. SUFFIX_STATS_SAMPLES .. name
-    redis.call('LPUSH', samples, runtime .. STATS_SEP .. peak .. STATS_SEP .. host)
-    redis.call('LTRIM', samples, 0, tonumber(STATS_SAMPLES) - 1)
+    local cap = tonumber(STATS_SAMPLES)
+    if redis.call('LPUSH', samples, runtime .. STATS_SEP .. peak .. STATS_SEP .. host) > cap + cap / 10 then
+      redis.call('LTRIM', samples, 0, cap - 1)
+    end
   end
 end
