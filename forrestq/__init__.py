@@ -1,6 +1,7 @@
 """forrestq: spread slow, crashy Python work over every core of many machines through Redis."""
 from .batch import Batch
-from .deferred import defer, io_bound
+from .context import TaskContext, current_task, progress
+from .deferred import Failed, allow_failed, defer, io_bound
 from .errors import (
                      AuthFailed,
                      Cancelled,
@@ -34,7 +35,8 @@ from .queue import Queue
 from .task import Task, TaskRef
 from .version import __version__ as __version__
 
-__all__ = ["Batch", "Queue", "Task", "TaskRef", "check_graph", "defer", "evaluate", "io_bound",
+__all__ = ["Batch", "Queue", "Task", "TaskContext", "TaskRef", "check_graph", "current_task", "defer", "evaluate",
+           "io_bound", "progress", "Failed", "allow_failed",
            "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "KeyBusy", "LeaseLost",
            "LeaseLostWarning",
            "NotClaimed", "NotSendable", "OrphanedServer", "PortInUse", "RemoteError", "SerializationError",

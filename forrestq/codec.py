@@ -52,12 +52,13 @@ import redis.client
 import redis.connection
 
 from . import signing
-from .deferred import Call, Deferred, _short, apply_path, base_and_path, fn_name
+from .deferred import Call, Deferred, Failed, _short, apply_path, base_and_path, fn_name
 from .errors import NotSendable, RemoteError, SerializationError, WorkerImportError, shown
+from .schema import INPUT_FAILED, INPUT_SEP
 from .signing import ARGS, FN, HEADER, VALUE
 
 __all__ = ["dump_fn", "load_fn", "dump_args", "load_args", "dumps", "loads", "dump_exception",
-           "WorkerImportError", "check_task_fn", "never_send"]
+           "WorkerImportError", "check_task_fn", "never_send", "load_input"]
 
 PROTOCOL = 5
 
@@ -544,6 +545,29 @@ def load_args(blob: bytes, inputs: Sequence[Any], host: str | None = None) -> tu
         return payload, {}
     args, kwargs = payload
     return args, kwargs
+
+
+_FAILED_MARK, _SEP = INPUT_FAILED.encode(), INPUT_SEP.encode()
+
+
+def load_input(blob: bytes, host: str | None = None) -> Any:
+    """An input's value for a task from what claim.lua sent: its result blob, or, for an allow-failed
+    task's input that failed, a :class:`~forrestq.deferred.Failed` (``schema.INPUT_FAILED``, then the
+    input's id, the id of the input that failed first and the length of its error blob, each ended by
+    ``schema.INPUT_SEP``, then the error blob and the reason). Only a claim of an allow-failed task sends the
+    marker, and no pickle (nor signed blob) starts with it."""
+    if not blob.startswith(_FAILED_MARK):
+        return loads(blob, host)
+    task_id, upstream, size, rest = blob[len(_FAILED_MARK):].split(_SEP, 3)
+    error, text = rest[:int(size)], rest[int(size):].decode(errors="replace")
+    if upstream:
+        kind = "UpstreamFailed"
+    else:
+        try:
+            kind = type(loads(error, host)).__name__ if error else text.split(":", 1)[0]
+        except Exception:  # noqa: BLE001 - an error class not importable here: its name from the reason
+            kind = text.split(":", 1)[0]
+    return Failed(task_id.decode(), text, kind, upstream.decode())
 
 
 # ------------------------------------------------------------------------------------ exceptions

@@ -27,7 +27,8 @@ from contextlib import contextmanager
 
 import redis
 
-from . import lease, ops, reading, shared
+from . import lease, ops, producer, reading, shared
+from .context import Where
 from .core import QueueCore
 from .progress import ResultsProgress
 from .runner import Outcome, Runner, completion
@@ -88,7 +89,8 @@ class _Session:
         self.timeout = timeout
         self.host = socket.gethostname()
         self.consumer = f"inline:{self.host}:{os.getpid()}"
-        self.runner = DebugRunner(self._get, self.host, stale_check=False)  # the user's own process
+        self.runner = DebugRunner(self._get, self.host, stale_check=False,  # the user's own process
+                                  where=Where(q.url, self.host, local=True))
         self.follower = reading.Follower(q.r, q.keys, since=since, timeout=timeout)
         self.live: dict[str, BaseException] = {}  # task id -> the exception raised here
         _ensure_group(q)
@@ -131,6 +133,7 @@ class _Session:
             raise
         if outcome.exc is not None:
             self.live[c.id] = outcome.exc
+        outcome = producer.continuation(self.q.r, k, outcome, c.max_attempts) if outcome.tree is not None else outcome
         ops.complete(scripts, k, completion(c, outcome, b"", self.host))
 
     def wait_for_ready(self, open_n: int) -> None:

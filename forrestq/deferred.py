@@ -28,7 +28,8 @@ from typing import Any, NoReturn
 
 from .errors import shown
 
-__all__ = ["Deferred", "Call", "Part", "IoBound", "defer", "io_bound", "new_id", "base_and_path", "apply_path"]
+__all__ = ["Deferred", "Call", "Part", "IoBound", "AllowFailed", "Failed", "defer", "io_bound", "allow_failed",
+           "new_id", "base_and_path", "apply_path"]
 
 # --------------------------------------------------------------------------------------------- ids
 
@@ -108,9 +109,10 @@ class Deferred:
 class Call(Deferred):
     """One deferred call ``_fn(*_args, **_kwargs)``: one node of the DAG, identified by ``_id``;
     ``_io``: an IO-bound coroutine (``defer(io_bound(fn), ...)``), which may share a worker child's
-    event loop with other IO-bound ones."""
+    event loop with other IO-bound ones; ``_allow_failed``: it runs when inputs failed, getting a
+    :class:`Failed` in place of each (``defer(allow_failed(fn), ...)``)."""
 
-    __slots__ = ("_fn", "_args", "_kwargs", "_id", "_io")
+    __slots__ = ("_fn", "_args", "_kwargs", "_id", "_io", "_allow_failed")
 
     def __init__(self, fn: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None,
                  io: bool = False) -> None:
@@ -119,6 +121,7 @@ class Call(Deferred):
         self._kwargs = kwargs if kwargs is not None else {}
         self._id = new_id()
         self._io = io
+        self._allow_failed = False
 
     def __hash__(self) -> int:
         # The hash of its node id, as a Task's and a TaskRef's: ``results[task]`` finds the value
@@ -181,13 +184,76 @@ def io_bound(fn: Any) -> IoBound:
     return IoBound(fn)
 
 
+class AllowFailed:
+    """``allow_failed(fn)``: ``fn`` marked for :func:`defer` as a reduction that tolerates failed
+    inputs. Only a marker, like :class:`IoBound` (the two combine: ``allow_failed(io_bound(fn))``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        if not callable(fn) and not isinstance(fn, Deferred):
+            raise TypeError(f"allow_failed() takes a function, not {_short(fn)} (a {type(fn).__name__})")
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"allow_failed({_short(self.fn, 60)})"
+
+
+def allow_failed(fn: Any) -> AllowFailed:
+    """Mark a function as a reduction that runs even when some of its inputs failed:
+    ``defer(allow_failed(join), [defer(work, f) for f in files])`` calls ``join`` once every input
+    has finished, with a :class:`Failed` (the input's task id, reason and exception type) in place of
+    each input that failed, instead of failing with ``UpstreamFailed``. Inputs that succeeded are
+    passed as usual. A marker, not a keyword of ``defer`` (every keyword stays the user's, as with
+    :func:`io_bound`), and per node, not a schedule option: the join that tolerates failures is
+    usually one node deep inside a tree, often one a task returned, where no ``schedule`` call is.
+    A part of a failed input (``t[0]`` of it) is the same :class:`Failed`."""
+    return AllowFailed(fn)
+
+
+class Failed:
+    """What an allow-failed task (:func:`allow_failed`) gets in place of an input that failed:
+    ``task_id`` (the failed input), ``reason`` (its one-line reason), ``exc_type`` (the name of its
+    exception type: ``"ValueError"``; ``"UpstreamFailed"`` when it failed because of its own input,
+    then named by ``upstream``; ``"Cancelled"`` for a cancel). A plain value, not an exception: test
+    for it with ``isinstance(x, forrestq.Failed)``; it pickles, so a join may return it."""
+
+    __slots__ = ("task_id", "reason", "exc_type", "upstream")
+
+    def __init__(self, task_id: str, reason: str, exc_type: str, upstream: str = "") -> None:
+        self.task_id, self.reason, self.exc_type, self.upstream = task_id, reason, exc_type, upstream
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Failed, (self.task_id, self.reason, self.exc_type, self.upstream))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Failed):
+            return NotImplemented
+        return self.__reduce__() == other.__reduce__()
+
+    def __hash__(self) -> int:
+        return hash((self.task_id, self.reason, self.exc_type))
+
+    def __repr__(self) -> str:
+        return f"Failed({self.task_id!r}, {_short(self.reason, 60)}, {self.exc_type!r})"
+
+
 def defer(fn: Any, /, *args: Any, **kwargs: Any) -> Deferred:
     """Record ``fn(*args, **kwargs)`` as a task instead of calling it.
 
     ``defer(value)`` with a non-callable wraps plain data; ``defer(deferred_fn, ...)`` calls the
     value a deferred function turns out to have; ``defer(io_bound(fn), ...)`` marks the task an
-    IO-bound coroutine (see :func:`io_bound`).
+    IO-bound coroutine (see :func:`io_bound`); ``defer(allow_failed(fn), ...)`` a reduction that
+    tolerates failed inputs (see :func:`allow_failed`).
     """
+    if isinstance(fn, AllowFailed):
+        call = defer(fn.fn, *args, **kwargs)
+        assert isinstance(call, Call)
+        call._allow_failed = True
+        return call
     if isinstance(fn, IoBound):
         call = defer(fn.fn, *args, **kwargs)
         assert isinstance(call, Call)

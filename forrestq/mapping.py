@@ -38,7 +38,7 @@ from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed, shown
 from .local import check_procs, serving
 from .progress import MapProgress
-from .reading import Follower, WorkerWatch, check_timeout, last_finished, no_worker_hint
+from .reading import Follower, RunningShares, WorkerWatch, check_timeout, last_finished, no_worker_hint
 from .runner import invoke
 from .task import Task
 
@@ -161,7 +161,7 @@ def _gather(q: QueueCore, batch: _Batch, *, progress: Any, return_exceptions: bo
                 errors[i] = exc
             first = exc
         failed = sum(1 for i in span if i in errors)
-        bar.advance(len(span) - failed, failed)
+        bar.advance(len(span) - failed, failed, task.id)
         return first
 
     bar = MapProgress(progress, n, description, transient)
@@ -198,7 +198,9 @@ def _finished_tasks(q: QueueCore, ids: list[str], since: str, timeout: float | N
                     return
     follower = Follower(q.r, q.keys, since=since, only=left, timeout=timeout)
     watch = WorkerWatch(q.r, q.name, enabled=bar.progress is not None and not q.local)
+    shares = RunningShares(q.r, q.keys, follower.only, enabled=bar.progress is not None and not q.local)
     while not follower.finished:
+        bar.running(shares.read())
         follower.check_deadline(lambda: f"none of this map's tasks on queue {q.name!r} finished for {timeout} s "
                                         f"({len(follower.only or ())} still unfinished)"
                                         f"{'' if q.local else no_worker_hint(q.r, q.name)}")

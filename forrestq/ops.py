@@ -44,7 +44,8 @@ _LEX = re.compile(r"""
       | --[^\n]*                                  # line comment
       | '(?:[^'\\\n]|\\.)*' | "(?:[^"\\\n]|\\.)*"      # strings
       | \[(?P<leq>=*)\[.*?\](?P=leq)\])            # [[long string]]
-  | (?P<local>\blocal\s+(?:function\s+)?[\w\s,]*?(?=\s*(?:=|\(|$|\n)))  # declared names
+  | (?P<params>\bfunction\b[\w\s.:]*\([\w\s,.]*\))      # a function's parameters (declared)
+  | (?P<local>\blocal\s+[\w\s,]*?(?=\s*(?:=|$|\n)))      # declared names
   | (?P<name>\b[A-Z][A-Z0-9_]*\b)                  # a constant
 """, re.S | re.X)
 _LUA_GLOBALS = {"KEYS", "ARGV"}
@@ -65,8 +66,8 @@ def expand(text: str, name: str = "script") -> str:
     constants, declared, unknown = lua_constants(), set(_LUA_GLOBALS), set()
 
     def sub(m: re.Match[str]) -> str:
-        if m.group("local"):
-            declared.update(re.findall(r"\w+", m.group("local"))[1:])
+        if m.group("local") or m.group("params"):
+            declared.update(re.findall(r"\w+", m.group("local") or m.group("params"))[1:])
         word = m.group("name")
         if word is None:
             return m.group(0)
@@ -224,11 +225,12 @@ class Node:
     io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop
     soft_timeout: str = ""  # seconds before TimeLimitExceeded is raised in the task; "": the worker's
     resources: str = ""  # what it needs (forrestq.resources.request); "": cpus=1
+    allow_failed: bool = False  # runs when inputs failed, with forrestq.Failed in their place
 
     def row(self) -> list[Any]:
         return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
                 self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
-                "1" if self.io_bound else "", self.soft_timeout, self.resources]
+                "1" if self.io_bound else "", self.soft_timeout, self.resources, "1" if self.allow_failed else ""]
 
 
 @dataclass
@@ -333,7 +335,7 @@ class Completion:
 
     task_id: str
     token: str
-    outcome: str  # schema.DONE | schema.FAILED | schema.RETRY
+    outcome: str  # schema.DONE | schema.FAILED | schema.RETRY | schema.CONTINUED (with ``continuation``)
     result: bytes = b""
     error: bytes = b""
     traceback: str = ""
@@ -348,12 +350,20 @@ class Completion:
     pid: int = 0  # of the process that ran the attempt; 0 = unknown (e.g. a cancel): fields kept
     stack: str = ""  # the Python stack at death
     now: float = field(default_factory=_now)
+    # with CONTINUED: the root id and the nodes of the deferred tree the task returned (issue 15)
+    continuation: tuple[str, list[Node]] | None = None
 
 
 def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
-    return [k.prefix, GROUP, c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
+    argv = [k.prefix, GROUP, c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
             f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay, "1" if c.cancelled else "",
             f"{c.cpu_time:.6f}", c.peak_rss, c.pid or "", c.stack]
+    if c.continuation is not None:
+        root, nodes = c.continuation
+        argv += [len(nodes), root]
+        for node in nodes:
+            argv.extend(node.row())
+    return argv
 
 
 complete: Op[Completion, bool] = Op(
@@ -599,3 +609,23 @@ def _refused(raw: list[Any]) -> Refused:
 
 
 refuse: Op[RefuseArgs, Refused] = Op("refuse", _named("stream", "counts"), _refuse_argv, _refused)
+
+
+# ------------------------------------------------------------------------------------------ progress
+
+
+@dataclass
+class ProgressArgs:
+    """A running attempt's progress (``value``: JSON, "" = nothing new), fenced by its ``token``;
+    ``final``: its last report (the task's code returned), which takes it out of the queue's index."""
+
+    task_id: str
+    token: str
+    value: str
+    final: bool = False
+    now: float = field(default_factory=_now)
+
+
+progress: Op[ProgressArgs, bool] = Op(
+    "progress", lambda k, a: [k.task(a.task_id), k.progress],
+    lambda k, a: [a.task_id, a.token, a.value, a.now, "1" if a.final else ""], bool)

@@ -26,6 +26,7 @@ class NodeSpec:
     args: bytes
     inputs: list[str]
     io_bound: bool = False  # an IO-bound coroutine (``defer(io_bound(fn), ...)``)
+    allow_failed: bool = False  # runs when inputs failed (``defer(allow_failed(fn), ...)``)
 
 
 class Planner:
@@ -55,7 +56,7 @@ class Planner:
         if not frame[2]:  # a root without inputs: the common case, no DFS needed
             (fn_sha, fn_blob, name), root_id = frame[4], root._id
             self.seen.add(root_id)
-            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [], root._io)]
+            return root_id, [NodeSpec(root_id, fn_sha, fn_blob, name, frame[1], [], root._io, root._allow_failed)]
         specs: list[NodeSpec] = []
         done: set[str] = set()
         stack = [frame]
@@ -77,7 +78,7 @@ class Planner:
             done.add(call._id)
             fn_sha, fn_blob, name = frame[4]
             specs.append(NodeSpec(call._id, fn_sha, fn_blob, name, frame[1],
-                                  [c._id for c in inputs], call._io))
+                                  [c._id for c in inputs], call._io, call._allow_failed))
         self.seen.update(done)
         return root._id, specs
 

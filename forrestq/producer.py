@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import socket
 import time
 import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from . import codec, ops, schema, signing
+from . import codec, context, ops, schema, signing
 from . import resources as requests
 from .core import QueueCore
 from .deferred import Call, Deferred, _identity
@@ -24,8 +25,8 @@ from .graph import DropNone, build
 from .lease import new_token
 from .plan import Planner
 from .reading import counts, get, task_id
-from .runner import invoke
-from .schema import GROUP
+from .runner import Outcome, failure, invoke, one_line
+from .schema import CONTINUED, GROUP, QueueKeys
 from .task import Task, TaskRef
 
 CHUNK_NODES = 2000  # nodes per schedule script call: bounds how long one call blocks the server
@@ -93,7 +94,7 @@ def ensure_group(q: QueueCore, pipe: Any) -> None:
 class _Options:
     """The per-node options of one schedule call, validated once."""
 
-    def __init__(self, q: QueueCore, timeout: float | None, max_attempts: int | None, retries: int,
+    def __init__(self, q: QueueCore | None, timeout: float | None, max_attempts: int | None, retries: int,
                  retry_backoff: float, retry_on: Any, soft_timeout: float | None = None,
                  resources: Any = None, node_resources: dict[str, str] | None = None) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
@@ -103,7 +104,8 @@ class _Options:
         if timeout is not None and soft_timeout is not None and soft_timeout >= timeout:
             raise ConfigError(f"soft_timeout ({soft_timeout:g} s) must be below timeout ({timeout:g} s): "
                               "the hard limit would kill the task before it could clean up")
-        self.max_attempts = str(check_attempts(max_attempts) if max_attempts is not None else q.max_attempts)
+        default = q.max_attempts if q is not None else 3
+        self.max_attempts = str(check_attempts(max_attempts) if max_attempts is not None else default)
         self.policy = retry_policy(retries, retry_backoff, retry_on)
 
 
@@ -138,7 +140,7 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
             nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
                                   md_blob if root else b"", o.timeout, o.max_attempts,
                                   (user_key or "") if root else "", o.policy, spec.io_bound,
-                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources)))
+                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -220,6 +222,36 @@ def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, 
     return dict(zip(names, refs))
 
 
+# ------------------------------------------------------------------------ continuations (issue 15)
+
+
+def continuation(r: Any, k: QueueKeys, outcome: Outcome, max_attempts: int) -> Outcome:
+    """The outcome of a task that returned a deferred tree (``outcome.state`` CONTINUED, ``outcome.tree``),
+    ready to record: the tree planned into nodes exactly as :func:`schedule_many` would (same
+    serialisation and signing, in the process that ran the task: a worker child signs with the
+    secret it checked the task with), its function blobs written now (content-addressed, SET NX: a
+    blob left by an attempt that is then refused is harmless), and the nodes carried on the outcome
+    for complete.lua, which writes them, fenced by the attempt's token, in the same atomic call
+    that makes the task wait for the tree's root. The nodes are not roots (``results()`` yields the
+    task itself once the tree is done); each gets ``max_attempts`` (the task's own), no time limit of
+    its own and no retry policy. A tree that cannot be planned (a function or argument that cannot be
+    serialised, a cycle) fails the task, saying so. ``r``: a client of the queue's server (Redis
+    errors propagate: the caller retries)."""
+    try:
+        options = _Options(None, None, max_attempts, 0, 1.0, (Exception,))
+        refs, nodes, fns = plan([outcome.tree], None, None, options)
+    except Exception as e:  # noqa: BLE001 - the tree is the task's result: its fault is the task's failure
+        return failure(e, f"could not schedule the deferred tree the task returned: {one_line(e)}", outcome.runtime)
+    for node in nodes:
+        node.root = False
+    pipe = r.pipeline(transaction=False)
+    for sha, blob in fns.items():
+        pipe.set(k.fn(sha), blob, nx=True)
+    pipe.execute()
+    return Outcome(CONTINUED, runtime=outcome.runtime, cpu_time=outcome.cpu_time, peak_rss=outcome.peak_rss,
+                   continuation=(refs[0].id, nodes))
+
+
 # ------------------------------------------------------------------------------ running again
 
 
@@ -297,7 +329,49 @@ def rerun(q: QueueCore, ref: TaskRef | str, fn: Any = None) -> list[str]:
 
 
 def cancel(q: QueueCore, ids: list[str]) -> list[str]:
-    """End unfinished tasks as failed, "cancelled" (see ``Queue.cancel``); returns the ids cancelled."""
+    """End unfinished tasks as failed, "cancelled" (see ``Queue.cancel``); returns the ids cancelled (of
+    ``ids``). A task that returned a deferred tree takes its continuation with it: the tree's unfinished
+    nodes (nested ones too) are cancelled after it, and looked for again once it is cancelled, so that
+    a continuation recorded while the cancel ran (the task was running) is cancelled as well."""
+    out = _cancel(q, ids)
+    seen, parents = set(ids), list(ids)
+    while parents:
+        extra = [n for n in continuation_nodes(q, parents) if n not in seen]
+        seen.update(extra)
+        if extra:
+            _cancel(q, extra)
+        parents = extra
+    return out
+
+
+def continuation_nodes(q: QueueCore, ids: list[str]) -> list[str]:
+    """The unfinished nodes of the continuations of ``ids`` (the trees they returned, see
+    :func:`continuation`), nested ones too: from each tree's root through the inputs, only nodes the
+    tree created (``TASK_OWNER``), never a node it merely used."""
+    pipe = q.r.pipeline(transaction=False)
+    for tid in ids:
+        pipe.hget(q.keys.task(tid), schema.TASK_CONT)
+    todo = [(cont.decode(), tid) for tid, cont in zip(ids, pipe.execute()) if cont]
+    found: list[str] = []
+    seen: set[str] = set()
+    while todo:
+        node, owner = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        st, own, inputs, cont = q.r.hmget(q.keys.task(node), schema.TASK_STATE, schema.TASK_OWNER,
+                                          schema.TASK_INPUTS, schema.TASK_CONT)
+        if own is None or own.decode() != owner:
+            continue
+        if st is not None and st.decode() not in schema.FINISHED_STATES:
+            found.append(node)
+        todo += [(dep, owner) for dep in (inputs or b"").decode().split(",") if dep]
+        if cont:
+            todo.append((cont.decode(), node))
+    return found
+
+
+def _cancel(q: QueueCore, ids: list[str]) -> list[str]:
     token = "cancel-" + new_token()
     error = codec.dump_exception(Cancelled("cancelled"))
     out: list[str] = []
@@ -326,7 +400,9 @@ def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = Fa
                 break
             n = ops.clean(q.scripts, k, ids)
             deleted += n
-            start += len(ids) - n  # the kept ones stay in front
+            # the kept ones stay in front (n also counts continuations deleted with their task, which
+            # may have stood further on: re-reading a few kept ones is harmless, skipping would not be)
+            start = max(0, start + len(ids) - n)
     if all and not sum(counts(q).values()):
         forget(q)
     return deleted
@@ -368,6 +444,8 @@ def run_here(q: QueueCore, ref: TaskRef | str, record: bool = False) -> Task:
     out: dict[bytes, bytes] = {}
     exc: BaseException | None = None
     value: Any = None
+    current = _by_hand(q, task, fields, t0)
+    entered = context.enter(current)  # current_task() inside; progress kept in memory (the Task below)
     try:
         value = invoke(fn, args, kwargs)
         out[schema.TASK_RESULT.encode()] = codec.dumps(value)
@@ -375,7 +453,11 @@ def run_here(q: QueueCore, ref: TaskRef | str, record: bool = False) -> Task:
         exc = e
         out[schema.TASK_TRACEBACK.encode()] = traceback.format_exc().encode()
         out[schema.TASK_REASON.encode()] = f"{type(e).__name__}: {e}".encode()
+    finally:
+        context.leave(entered)
     runtime = time.perf_counter() - t0
+    if current.stored():
+        out[schema.TASK_PROGRESS.encode()] = current.stored().encode()
     state = schema.FAILED if exc is not None else schema.DONE
     if record:
         _record_by_hand(q, task.id, state, out, exc, runtime)
@@ -386,6 +468,15 @@ def run_here(q: QueueCore, ref: TaskRef | str, record: bool = False) -> Task:
     else:
         result.__dict__["returnvalue"] = value
     return result
+
+
+def _by_hand(q: QueueCore, task: Task, fields: dict[bytes, bytes], t0: float) -> context.Current:
+    """The task run by hand as :func:`forrestq.current_task` gives it: its next attempt, no time limit,
+    progress kept in memory (under the token of its record, so the Task that comes back shows it)."""
+    token = fields.get(schema.TASK_TOKEN.encode(), b"").decode()
+    claimed = ops.Claimed(task.id, "", b"", b"", 0.0, task.attempts + 1, 0, b"", 0, [], token)
+    return context.Current(context.Where(q.url, socket.gethostname(), local=q.local, record=False), q.name,
+                           claimed, t0)
 
 
 def _record_by_hand(q: QueueCore, tid: str, state: str, out: dict[bytes, bytes], exc: BaseException | None,

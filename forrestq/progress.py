@@ -1,7 +1,12 @@
 """Progress bars (rich) for loops over finished tasks (``results``, ``map``): done, failed, total, rate,
 and a note while nothing finishes (e.g. "no live worker serves queue 'x'").
 
-User text (queue and function names, the note) is shown literally, never read as rich markup."""
+User text (queue and function names, the note) is shown literally, never read as rich markup.
+
+Both bars count the running tasks' reported progress too (:func:`forrestq.progress`): a task
+half-way counts 0.5 (:func:`counted`), so a run of a few long tasks does not sit at 0 % for an hour.
+The caller reads the shares (:class:`forrestq.reading.RunningShares`) and hands them to
+:meth:`running`; a task that finishes stops counting as a share (it counts whole)."""
 from __future__ import annotations
 
 import sys
@@ -23,6 +28,13 @@ def _rich() -> ModuleType:
     return rich.progress
 
 
+def counted(finished: int, shares: dict[str, float], total: int | None = None) -> float:
+    """What a bar shows as completed: the finished tasks plus the fraction done of each running one
+    (``shares``: task id -> 0..1), never more than ``total`` (when known)."""
+    n = finished + sum(min(1.0, max(0.0, share)) for share in shares.values())
+    return n if total is None else min(float(total), n)
+
+
 class ResultsProgress:
     """A bar over a queue's root tasks; total = yielded + still unfinished. Disabled = does nothing.
 
@@ -31,6 +43,7 @@ class ResultsProgress:
     def __init__(self, name: str, enabled: bool = True, transient: bool = False) -> None:
         self.enabled = enabled
         self.done = self.failed = 0
+        self.shares: dict[str, float] = {}  # running task id -> fraction done (see counted())
         if enabled:
             rp = _rich()
             self.progress = rp.Progress(
@@ -59,6 +72,13 @@ class ResultsProgress:
         if self.enabled:
             self.progress.update(self.bar, note=text)
 
+    def running(self, shares: dict[str, float] | None) -> None:
+        """The fraction done of each running task (None: no news: the last shares stay)."""
+        if self.enabled and shares is not None:
+            self.shares = shares
+            total = self.progress.tasks[0].total
+            self.progress.update(self.bar, completed=counted(self.done + self.failed, shares, total))
+
     def advance(self, task: Any) -> None:
         if not self.enabled:
             return
@@ -66,11 +86,12 @@ class ResultsProgress:
             self.done += 1
         else:
             self.failed += 1
+        self.shares.pop(getattr(task, "id", ""), None)
         t = self.progress.tasks[0]
         speed = f"{t.speed:,.0f}/s" if t.speed else ""
         total = max(t.total or 0, self.done + self.failed)
-        self.progress.update(self.bar, advance=1, total=total, done=self.done, failed=self.failed,
-                             speed_text=speed)
+        self.progress.update(self.bar, completed=counted(self.done + self.failed, self.shares, total), total=total,
+                             done=self.done, failed=self.failed, speed_text=speed)
 
 
 class MapProgress:
@@ -84,6 +105,7 @@ class MapProgress:
     def __init__(self, progress: Any, total: int, description: str, transient: bool = False) -> None:
         self.total = total
         self.done = self.failed = 0
+        self.shares: dict[str, float] = {}  # running task id -> fraction done (see counted())
         self.transient = transient
         self.own = progress is True
         self.progress: Progress | None
@@ -126,12 +148,20 @@ class MapProgress:
         if self.progress is not None and self.row is not None:
             self.progress.update(self.row, note=text)
 
-    def advance(self, ok: int, failed: int) -> None:
+    def running(self, shares: dict[str, float] | None) -> None:
+        """The fraction done of each running task of this map (None: no news: the last shares stay)."""
+        if shares is not None and self.progress is not None and self.row is not None:
+            self.shares = shares
+            self.progress.update(self.row, completed=counted(self.done + self.failed, shares, self.total))
+
+    def advance(self, ok: int, failed: int, task_id: str = "") -> None:
         self.done += ok
         self.failed += failed
+        self.shares.pop(task_id, None)
         if self.progress is None or self.row is None:
             return
         n = self.done + self.failed
         elapsed = time.monotonic() - self.t0
         rate = f"{n / elapsed:,.1f}/s" if elapsed > 0 and n else ""
-        self.progress.update(self.row, completed=n, done=self.done, failed=self.failed, rate=rate)
+        self.progress.update(self.row, completed=counted(n, self.shares, self.total), done=self.done,
+                             failed=self.failed, rate=rate)

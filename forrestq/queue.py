@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import codec, local, mapping, once, producer, reading, shared
+from . import codec, context, local, mapping, once, producer, reading, shared
 from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
@@ -382,6 +382,20 @@ class Queue:
 
 
 codec.never_send(Queue, "a Queue", "pass the queue's name (and url) and open Queue(name) inside the task")
+
+_task_queues: dict[tuple[str, str, bool, int], Queue] = {}
+
+
+def _queue_of_task(name: str, url: str, local: bool) -> Queue:
+    """``current_task().queue``: one Queue per process and (queue, URL, debug mode), made on first use."""
+    key = (name, url, local, os.getpid())
+    q = _task_queues.get(key)
+    if q is None:
+        q = _task_queues[key] = Queue(name, url, local=local)
+    return q
+
+
+context.set_queue_factory(_queue_of_task)  # context sits below the facade: it may not import it
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -19,6 +19,12 @@ it, and so all of them:
 Counters (constant time): :func:`counts` counts DAG nodes by state; :func:`root_counts` counts the
 roots (the tasks users scheduled, what ``results()`` yields): unfinished, done, failed. Listings
 (:func:`listing`) show roots unless asked for every node.
+
+Progress (:func:`running_progress`): the running tasks that reported progress are the queue's
+progress index (written by progress.lua, only by tasks that call :func:`forrestq.progress`); a read
+looks at :data:`PROGRESS_SCAN` of them at most, and the bars read it at most every
+:data:`PROGRESS_EVERY` s (:class:`RunningShares`), so a run without progress reports pays one empty
+read a second, and only with a bar.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -35,7 +41,7 @@ from .core import QueueCore
 from .errors import ConfigError, UnknownTask, shown
 from .progress import ResultsProgress
 from .schema import QueueKeys
-from .task import Task, TaskRef
+from .task import Task, TaskRef, fraction, parse_progress
 
 OUTAGE = 300.0  # seconds a follower keeps retrying while Redis is unreachable (with no timeout)
 SWEEP_EVERY = 10.0  # seconds without news before the records of ``only`` are read directly
@@ -44,8 +50,11 @@ FETCH_BATCH = 500  # task records per pipelined read
 QUIET_BEFORE_CHECK = 2.0  # seconds without a finished task before the workers are looked at
 CHECK_WORKERS_EVERY = 3.0  # seconds between two looks at the workers while nothing finishes
 ROOT_STATES = ("unfinished", "done", "failed")  # the keys of root_counts()
+PROGRESS_SCAN = 1000  # running tasks with progress one read looks at, at most (the oldest reports first)
+PROGRESS_EVERY = 1.0  # s between two reads of the running tasks' progress by a bar
 _RECORD = [f.encode() for f in schema.RECORD_FIELDS]
 _FINISHED = {s.encode() for s in schema.FINISHED_STATES}
+_RUNNING = schema.RUNNING.encode()
 _ENTRY_TASK, _ENTRY_GEN = schema.ENTRY_TASK.encode(), schema.ENTRY_GEN.encode()
 
 T = TypeVar("T")
@@ -69,6 +78,52 @@ def fetch_records(r: redis.Redis, k: QueueKeys, ids: Sequence[str]) -> list[Task
             if fields:
                 out.append(Task(k.name, tid, fields))
     return out
+
+
+def running_progress(r: redis.Redis, k: QueueKeys, limit: int = PROGRESS_SCAN, roots: bool = False,
+                     prune: bool = False) -> dict[str, dict[str, Any]]:
+    """The progress of running tasks that reported some (:func:`forrestq.progress`), by task id, in
+    the order of their last report, oldest first: at most ``limit`` of them looked at, ``roots``: of
+    roots only. Two round trips. ``prune``: ids of the index whose task no longer runs (its process
+    died before it could say so) are removed from it."""
+    ids = [_text(i) for i in cast("list[bytes]", r.zrange(k.progress, 0, max(0, limit) - 1))]
+    if not ids:
+        return {}
+    pipe = r.pipeline(transaction=False)
+    for tid in ids:
+        pipe.hmget(k.task(tid), schema.TASK_STATE, schema.TASK_PROGRESS, schema.TASK_TOKEN, schema.TASK_ROOT)
+    out: dict[str, dict[str, Any]] = {}
+    gone = []
+    for tid, (state, raw, token, root) in zip(ids, pipe.execute()):
+        if state != _RUNNING:
+            gone.append(tid)
+            continue
+        got = parse_progress(raw, token)
+        if got is not None and (root == b"1" or not roots):
+            out[tid] = got
+    if prune and gone:
+        r.zrem(k.progress, *gone)
+    return out
+
+
+class RunningShares:
+    """What a bar adds for running tasks: the fraction done of each (``only``: of these ids; else of
+    the queue's running roots), read at most every :data:`PROGRESS_EVERY` s; nothing when disabled."""
+
+    def __init__(self, r: redis.Redis, k: QueueKeys, only: set[str] | None = None, enabled: bool = True) -> None:
+        self.r, self.k, self.only, self.enabled = r, k, only, enabled
+        self.next_read = time.monotonic()
+
+    def read(self) -> dict[str, float] | None:
+        """Task id -> fraction done (0..1), or None when it is not time to look again."""
+        if not self.enabled or time.monotonic() < self.next_read:
+            return None
+        self.next_read = time.monotonic() + PROGRESS_EVERY
+        try:
+            got = running_progress(self.r, self.k, roots=self.only is None, prune=True)
+        except redis.RedisError:
+            return None
+        return {tid: fraction(p) for tid, p in got.items() if self.only is None or tid in self.only}
 
 
 def task_id(ref: TaskRef | Task | str) -> str:
@@ -387,10 +442,12 @@ def results(q: QueueCore, progress: bool = False, timeout: float | None = None,
     else:
         follower, tasks = follow_ids(q, only, timeout)
     watch = WorkerWatch(q.r, q.name, enabled=progress)
+    shares = RunningShares(q.r, q.keys, follower.only, enabled=progress)
     with ResultsProgress(q.name, enabled=progress) as bar:
         while True:
             more, open_n = follower.poll_open()
             tasks += more
+            bar.running(shares.read())
             if not tasks:
                 bar.update(len(follower.seen), open_n)
                 if open_n <= 0:

@@ -17,6 +17,9 @@ What an outcome can be:
 * ``failed``: it raised (no retry policy matched), its payload could not be loaded, or its return
   value could not be serialised or is too big for Redis;
 * ``retry``: it raised an exception its retry policy names, with retries left (``delay`` seconds);
+* ``continued`` (:data:`~forrestq.schema.CONTINUED`): it returned a deferred tree (``defer(...)``, or a
+  part of one): the task is not done but continues as that tree, whose result becomes its own
+  (``tree`` holds it; a worker child plans and records it, :mod:`forrestq.worker.continuation`);
 * ``release`` (:data:`RELEASE`): not run, because the module of its function changed on disk since
   this process imported it; the task is handed back for a fresh process;
 * ``refused`` (:data:`REFUSED`): not run, because this host cannot load it while another host might
@@ -28,7 +31,9 @@ payload that fails this process's signature check); a worker child hands such a 
 debug mode and ``run_here`` record the failure as it is.
 
 The runner never talks to Redis except to fetch a function blob (through the ``fetch`` callable it
-is given), and imports nothing of the worker, the queue or the producer.
+is given) and what the task itself asks for through :mod:`forrestq.context` (its metadata, its
+progress), and imports nothing of the worker, the queue or the producer. Around every call it makes
+the task the current one of its context (:func:`forrestq.current_task`; see :mod:`forrestq.context`).
 """
 from __future__ import annotations
 
@@ -45,11 +50,13 @@ from typing import Any, NamedTuple
 import redis
 
 from . import codec, ops
+from .context import Current, Where, enter, leave
+from .deferred import Deferred
 from .errors import SignatureMismatch, StaleCode, WorkerImportError
-from .schema import DONE, FAILED, RETRY, QueueKeys
+from .schema import CONTINUED, DONE, FAILED, RETRY, QueueKeys
 
 __all__ = ["BAD_SIGNATURE", "MISSING_IMPORT", "REFUSED", "RELEASE", "RESULT_LIMIT", "Loaded", "Outcome", "Runner",
-           "completion", "invoke", "one_line", "unrecordable"]
+           "completion", "discard", "invoke", "one_line", "unrecordable"]
 
 RELEASE = "release"  # an outcome that is not recorded: the task is handed back (stale code)
 REFUSED = "refused"  # an outcome that is not recorded: this host could not load it, another may
@@ -70,7 +77,7 @@ def invoke(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 class Outcome:
     """What became of one run of a task (see the module doc for the states)."""
 
-    state: str  # DONE | FAILED | RETRY | RELEASE | REFUSED
+    state: str  # DONE | FAILED | RETRY | CONTINUED | RELEASE | REFUSED
     result: bytes = b""
     error: bytes = b""
     traceback: str = ""
@@ -81,6 +88,8 @@ class Outcome:
     refusal: str = ""  # FAILED to load for a reason of this host: MISSING_IMPORT | BAD_SIGNATURE
     cpu_time: float = 0.0  # s, measured by a worker child (forrestq.worker.forensics)
     peak_rss: int = 0  # bytes, likewise
+    tree: Any = None  # with CONTINUED: the deferred tree the task returned
+    continuation: tuple[str, list[ops.Node]] | None = None  # ... planned: its root id and nodes
 
 
 class Loaded(NamedTuple):
@@ -89,6 +98,26 @@ class Loaded(NamedTuple):
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    queue: str = ""  # the queue's name (what current_task() says)
+
+
+async def _within(current: Current, coro: Any) -> Any:
+    """Await ``coro`` as the task ``current``: set in this asyncio task's own copy of the context."""
+    enter(current)
+    try:
+        return await coro
+    finally:
+        current.finish()
+
+
+def discard(coro: Any) -> None:
+    """Close a coroutine :meth:`Runner.start` returned that will never run (none of its code ran),
+    and the task's coroutine inside it, so that neither warns that it was never awaited."""
+    frame = getattr(coro, "cr_frame", None)
+    inner = frame.f_locals.get("coro") if frame is not None else None
+    coro.close()
+    if inspect.iscoroutine(inner):
+        inner.close()
 
 
 def one_line(exc: BaseException) -> str:
@@ -112,9 +141,12 @@ def completion(claimed: ops.Claimed, outcome: Outcome, output: bytes = b"", host
     """What complete.lua records for ``outcome`` of the attempt ``claimed`` (fenced by its token)."""
     # positional, in the field order of ops.Completion (once per task: keywords cost 3x here);
     # tests/test_runner.py checks every field lands where it belongs
-    return ops.Completion(claimed.id, claimed.token, outcome.state, outcome.result, outcome.error,
-                          outcome.traceback, outcome.reason, outcome.runtime, output, host, outcome.delay,
-                          False, outcome.cpu_time, outcome.peak_rss, pid)
+    c = ops.Completion(claimed.id, claimed.token, outcome.state, outcome.result, outcome.error,
+                       outcome.traceback, outcome.reason, outcome.runtime, output, host, outcome.delay,
+                       False, outcome.cpu_time, outcome.peak_rss, pid)
+    if outcome.continuation is not None:
+        c.continuation = outcome.continuation
+    return c
 
 
 def unrecordable(c: ops.Completion, refusal: BaseException) -> ops.Completion:
@@ -144,12 +176,16 @@ class Runner:
     ``fetch(key)`` reads a function blob from Redis (a worker child passes one that waits out an
     outage). ``stale_check``: hand a task back (:data:`RELEASE`) when the module of its function
     changed on disk since this process imported it — right for a worker child, which a fresh one
-    replaces; wrong for debug mode, which runs in the user's own process."""
+    replaces; wrong for debug mode, which runs in the user's own process. ``where``: what the tasks'
+    :class:`~forrestq.context.TaskContext` says of where they run (its URL, the worker's limits, debug
+    mode); without it, progress is kept in memory only."""
 
-    def __init__(self, fetch: Callable[[str], bytes | None], host: str, *, stale_check: bool = True) -> None:
+    def __init__(self, fetch: Callable[[str], bytes | None], host: str, *, stale_check: bool = True,
+                 where: Where | None = None) -> None:
         self.fetch = fetch
         self.host = host
         self.stale_check = stale_check
+        self.where = where or Where("", host, record=False)
         self.fns: dict[bytes, Callable[..., Any]] = {}  # function blob sha -> the loaded function
         self.modules: dict[str, int | None] = {}  # module name -> source mtime when first used
 
@@ -174,9 +210,9 @@ class Runner:
         A lost connection to Redis propagates: it is not the task's fault."""
         try:
             fn = self.load_fn(k, claimed.fn_sha)
-            inputs = [codec.loads(b) for b in claimed.inputs]
+            inputs = [codec.load_input(b) for b in claimed.inputs]  # Failed for an allow-failed one's failed input
             args, kwargs = codec.load_args(claimed.args, inputs)
-            return Loaded(fn, args, kwargs)
+            return Loaded(fn, args, kwargs, k.name)
         except StaleCode as e:
             return Outcome(RELEASE, reason=str(e))
         except (redis.ConnectionError, redis.TimeoutError):
@@ -191,13 +227,38 @@ class Runner:
 
     # --- step 2: call -------------------------------------------------------------------------
     def call(self, claimed: ops.Claimed, loaded: Loaded) -> Outcome:
-        """Run the user's code (awaited if it is a coroutine) and judge what it returned or raised."""
+        """Run the user's code (awaited if it is a coroutine), the task current in its context, and
+        judge what it returned or raised."""
         t0 = time.perf_counter()
+        current = Current(self.where, loaded.queue, claimed, t0)
+        token = enter(current)
         try:
-            value = invoke(*loaded)
+            value = invoke(loaded.fn, loaded.args, loaded.kwargs)
         except BaseException as e:  # noqa: BLE001 - SystemExit and KeyboardInterrupt in user code too
             return self.raised(claimed, e, t0)
+        finally:
+            leave(token)
+            current.finish()
         return self.returned(value, t0)
+
+    def start(self, claimed: ops.Claimed, loaded: Loaded, t0: float) -> Any:
+        """Call the task's function, the task current in its context, without awaiting what it returns
+        (a worker child's coroutine lanes do): a coroutine comes back wrapped so that wherever it runs
+        it is the current task of its own asyncio task (and flushes its progress when it ends); close
+        one that never runs with :func:`discard`. Raises what the function raised."""
+        current = Current(self.where, loaded.queue, claimed, t0)
+        token = enter(current)
+        try:
+            value = loaded.fn(*loaded.args, **loaded.kwargs)
+        except BaseException:
+            current.finish()
+            raise
+        finally:
+            leave(token)
+        if inspect.iscoroutine(value):
+            return _within(current, value)
+        current.finish()
+        return value
 
     def run(self, k: QueueKeys, claimed: ops.Claimed) -> Outcome:
         """Load and call: the outcome of one attempt."""
@@ -222,8 +283,12 @@ class Runner:
         return outcome
 
     def returned(self, value: Any, t0: float) -> Outcome:
-        """The outcome of a task that returned ``value``: done, unless the value cannot be stored."""
+        """The outcome of a task that returned ``value``: done, unless the value cannot be stored;
+        CONTINUED when it is a deferred tree (only the value itself is looked at, not what it holds:
+        a list of deferred values is a value; ``defer(list_of, *ts)`` makes one tree of them)."""
         runtime = time.perf_counter() - t0
+        if isinstance(value, Deferred):
+            return Outcome(CONTINUED, runtime=runtime, tree=value)
         try:
             result = codec.dumps(value)
         except Exception as e:  # noqa: BLE001

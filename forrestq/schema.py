@@ -79,6 +79,10 @@ key                        type    what                                written b
 ``fq:{q}:stats:s:<name>``  list    the function's last STATS_SAMPLES   complete (LPUSH + LTRIM),
                                    measured runs, newest first:        for attempts with evidence
                                    "runtime peak_rss host" (STATS_SEP) (a pid)
+``fq:{q}:progress``        zset    ids of running tasks that reported  progress.lua (ZADD; ZREM at
+                                   progress (TASK_PROGRESS), by the    the task's end); readers
+                                   time of their last report: what     (forrestq.reading) drop
+                                   the bars and status read            ids no longer running
 =========================  ======  ==================================  ==========================
 
 Global keys (no hash tag: they are never used inside a script):
@@ -128,6 +132,7 @@ ROOT_COUNTS = (COUNT_OPEN, COUNT_ROOTS_DONE, COUNT_ROOTS_FAILED)
 
 # --- outcomes a worker reports to complete.lua (besides DONE and FAILED) ----------------------------
 RETRY = "retry"  # back to ready after a delay (a retry policy matched)
+CONTINUED = "continued"  # the task returned a deferred tree: it waits (WAITING) for that tree's root (issue 15)
 
 # --- protocol words of the scripts (replies and modes; Python callers compare with these) ------------
 CLAIM_SKIP = "skip"  # claim.lua's reply ({CLAIM_SKIP}) for a delivered stream entry that was stale
@@ -156,6 +161,11 @@ ONCE_RENEWED = "renew"  # "1": a lease renewed by its holder (lease=); "": not r
 SUFFIX_ONCE_KEY = "k:"  # below fq:{q}:once:<v>: (the leases are SUFFIX_LEASE there)
 SUFFIX_ONCE_STATE = "s:"
 
+# claim.lua, in place of an allow-failed task's failed input: "<this><id>|<upstream>|<n>|<error blob><reason>"
+# (no pickle nor signed blob starts so; forrestq.codec.load_input makes a forrestq.Failed of it)
+INPUT_FAILED = "fq!failed:"
+INPUT_SEP = "|"  # between the parts above (task ids never hold it: producer._SAFE_KEY)
+
 # --- stream entry fields -----------------------------------------------------------------------------
 ENTRY_TASK = "t"  # task id, in fq:{q}:stream and fq:{q}:finished entries
 ENTRY_GEN = "g"  # generation of the finished task, in fq:{q}:finished entries
@@ -177,8 +187,9 @@ EVENT_LOST = "lost"  # its worker vanished (lease expired): ready again, or fail
 EVENT_RELEASED = "released"  # handed back unrun or unfinished (worker stopping, host cannot load it)
 EVENT_REQUEUED = "requeued"  # requeue_failed / rerun: waiting or ready again under a new generation
 EVENT_CANCELLED = "cancelled"
+EVENT_CONTINUED = "continued"  # returned a deferred tree: waits for it (its own done/failed event follows)
 EVENT_KINDS = (EVENT_SCHEDULED, EVENT_STARTED, EVENT_DONE, EVENT_FAILED, EVENT_RETRIED, EVENT_LOST,
-               EVENT_RELEASED, EVENT_REQUEUED, EVENT_CANCELLED)
+               EVENT_RELEASED, EVENT_REQUEUED, EVENT_CANCELLED, EVENT_CONTINUED)
 EVENTS_CAP = "100000"  # events a queue keeps (approximately) with Queue(events=True); events=N: about N
 EVENTS_OFF = "0"  # the cap of a queue that keeps no events (a count: the scripts spell it '0')
 
@@ -223,6 +234,13 @@ TASK_STACK = "stk"  # Python stack at death (a time-limit kill, a crash), text
 TASK_RESOURCES = "res"  # what the task needs, "cpus=2,gpu=1,mem=6442450944" (forrestq.resources); "": cpus=1
 TASK_WAITS = "rw"  # times handed back unrun for its resources (release.lua RELEASE_WAIT/RELEASE_UNFIT)
 TASK_UNFIT = "unfit"  # comma-separated distinct hosts whose worker has less than the task needs
+# the attempt's progress (forrestq.progress() inside the task; progress.lua, fenced by TASK_TOKEN): JSON
+# {"done", "total", "message", "at", "tok"}; "tok" is the writer's token: shown only while it is TASK_TOKEN
+TASK_PROGRESS = "prg"
+# dynamic DAGs (issue 15)
+TASK_CONT = "cont"  # on a task that returned a deferred tree: id of that tree's root (its continuation)
+TASK_OWNER = "cof"  # on each node a continuation created: the id of the task whose continuation it is
+TASK_ALLOW_FAILED = "af"  # "1": runs when inputs failed, getting forrestq.Failed for each (allow_failed)
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -264,6 +282,7 @@ SUFFIX_EVENTS = "events"
 SUFFIX_EVENTS_CAP = "events:cap"
 SUFFIX_STATS = "stats"
 SUFFIX_STATS_SAMPLES = "stats:s:"
+SUFFIX_PROGRESS = "progress"
 
 QUEUES = "fq:queues"
 
@@ -298,7 +317,7 @@ class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed", "signer", "events", "events_cap", "stats", "unfit")
+                 "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -317,6 +336,7 @@ class QueueKeys:
         self.events_cap = p + SUFFIX_EVENTS_CAP
         self.stats = p + SUFFIX_STATS
         self.unfit = p + "unfit"
+        self.progress = p + SUFFIX_PROGRESS
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id
@@ -381,6 +401,8 @@ _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "CO
               "EVENT_REQUEUED", "EVENT_CANCELLED",
               # resources (release.lua; forrestq.worker.capacity)
               "RELEASE_WAIT", "RELEASE_UNFIT",
+              # dynamic DAGs (issue 15: continuations, allow_failed inputs)
+              "CONTINUED", "EVENT_CONTINUED", "INPUT_FAILED", "INPUT_SEP",
               # function statistics (include/stats.lua)
               "SUFFIX_STATS", "SUFFIX_STATS_SAMPLES", "STATS_RUNS", "STATS_FAILED", "STATS_SEP", "STATS_SAMPLES")
 

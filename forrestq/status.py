@@ -37,11 +37,12 @@ from . import schema
 from .codec import load_args
 from .environment import differences
 from .errors import UnknownQueue, UnknownTask
-from .reading import fetch_records, roots_of
+from .reading import fetch_records, roots_of, running_progress
 from .schema import QueueKeys, check_name
 from .task import Task
 
 __all__ = ["RATE_WINDOW", "DROP_AFTER", "queue_names", "resolve_queues", "queue_status", "worker_status", "gather",
+           "running_tasks",
            "serves", "find_task", "queues_of", "records", "list_tasks", "list_tasks_of", "why_not_cancelled",
            "why_not_requeued", "summarize_call", "task_history", "short_repr", "short_error", "json_value",
            "human_bytes", "human_age", "human_duration"]
@@ -196,6 +197,20 @@ def _drop_worker(r: redis.Redis, wid: bytes, score: float) -> None:
 # ------------------------------------------------------------------------------------------ gather
 
 UNFIT_SCAN = 1000  # tasks of a queue's unfit hash status looks at (HSCAN: a bounded read)
+RUNNING_SHOWN = 20  # running tasks with progress status shows per queue (the oldest reports first)
+
+
+def running_tasks(r: redis.Redis, name: str, limit: int = RUNNING_SHOWN) -> list[dict[str, Any]]:
+    """The running tasks of queue ``name`` that reported progress (:func:`forrestq.progress`), at most
+    ``limit``: ``[{"id", "function", "host", "progress": {"done", "total", "message", "at"}}]``. Read
+    from the queue's progress index (a bounded read: a few times ``limit`` entries looked at), never
+    from a scan of the tasks; nothing is written."""
+    found = list(running_progress(r, QueueKeys(name), limit=limit * 5).items())[:limit]
+    if not found:
+        return []
+    tasks = {t.id: t for t in records(r, name, [tid for tid, _ in found])}
+    return [{"id": tid, "function": tasks[tid].name, "host": tasks[tid].host, "progress": p}
+            for tid, p in found if tid in tasks]
 
 
 def unfit_tasks(r: redis.Redis, name: str, live: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,7 +249,9 @@ def serves(worker: dict[str, Any], queue: str) -> bool:
 def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
            prune: bool = True) -> dict[str, Any]:
     """Everything ``forrestq status`` shows: ``{"time", "queues": {name: counts + rates + roots +
-    workers}, "workers": [...], "unserved": [...], "environments": [...]}``. Each queue's ``workers`` is
+    workers + running_tasks}, "workers": [...], "unserved": [...], "environments": [...]}``.
+    ``running_tasks``: up to :data:`RUNNING_SHOWN` running tasks with their progress
+    (:func:`running_tasks`). Each queue's ``workers`` is
     the number of live workers serving it (:func:`serves`); ``unserved`` names the queues with
     unfinished tasks and no such worker (nothing will run them); ``environments`` says how the
     environments of the live workers shown differ (:func:`forrestq.environment.differences`; [] when
@@ -247,6 +264,7 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
     for name, row in queues.items():
         row["workers"] = sum(1 for w in workers if serves(w, name))
         row["unfit"] = unfit_tasks(r, name, [w for w in workers if serves(w, name)])
+        row["running_tasks"] = running_tasks(r, name) if row[schema.RUNNING] else []
     unserved = [name for name, row in queues.items() if not row["workers"] and sum(row[s] for s in UNFINISHED)]
     if queue is not None:
         workers = [w for w in workers if queue in w["queues"] or w["state"] == "lost"]

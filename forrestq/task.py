@@ -1,6 +1,7 @@
 """What a user gets back for a task: a reference after scheduling, a record once it ran."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -56,6 +57,31 @@ def _float(v: bytes | None) -> float | None:
 
 def _int(v: bytes | None) -> int | None:
     return int(v) if v else None
+
+
+def parse_progress(raw: bytes | None, token: bytes | None) -> dict[str, Any] | None:
+    """A TASK_PROGRESS value as readers see it (see :attr:`Task.progress`); None if there is none, if
+    it is another attempt's than the one ``token`` (TASK_TOKEN) names, or if it cannot be read."""
+    if not raw:
+        return None
+    try:
+        got = json.loads(raw)
+        if got.pop("tok", None) != (token or b"").decode():
+            return None
+        return {"done": got["done"], "total": got.get("total"), "message": str(got.get("message") or ""),
+                "at": got.get("at")}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def fraction(progress: dict[str, Any] | None) -> float:
+    """The share of its work a task reported done, 0 to 1 (0 without a report or a total)."""
+    if not progress or not progress.get("total"):
+        return 0.0
+    try:
+        return min(1.0, max(0.0, float(progress["done"]) / float(progress["total"])))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 0.0
 
 
 class Task:
@@ -129,6 +155,14 @@ class Task:
     def metadata(self) -> Any:
         blob = self._f.get(b"md")
         return codec.loads(blob) if blob else None
+
+    @cached_property
+    def progress(self) -> dict[str, Any] | None:
+        """How far the task's current (or last) attempt got, as it reported with
+        :func:`forrestq.progress`: ``{"done", "total", "message", "at"}`` (``total`` None when not
+        known, ``at`` the time of the report); None if this attempt reported none (a new attempt
+        starts with none: a report is shown only while its writer's token is the task's)."""
+        return parse_progress(self._f.get(schema.TASK_PROGRESS.encode()), self._f.get(schema.TASK_TOKEN.encode()))
 
     @property
     def output(self) -> str:

@@ -22,7 +22,7 @@ from forrestq import Queue, defer, signing
 from forrestq.cli import EXIT_AUTH, EXIT_FAILURE, EXIT_USAGE
 from forrestq.server import ensure_local_server
 
-COMMANDS = ("worker", "status", "tasks", "show", "server", "requeue", "run", "clean", "cancel")
+COMMANDS = ("worker", "status", "tasks", "show", "events", "server", "requeue", "run", "clean", "cancel")
 
 
 def one_error_line(out, code: int, *expected: str) -> str:

@@ -43,7 +43,8 @@ from ..task import Task
 
 __all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
            "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json",
-           "task_detail", "traceback_view", "value_view", "event_line", "stats_view", "environment_text"]
+           "task_detail", "traceback_view", "value_view", "event_line", "stats_view", "environment_text",
+           "progress_text"]
 
 History = Sequence[tuple[float, str, str]]
 
@@ -198,6 +199,32 @@ _WORKER_COLS = (Col("host", 1, "left", wrap=True, keep=NAME_MIN), Col("pid", 2),
                 Col("state", 3, "left", wrap=True))
 _NODES_CAPTION = ("waiting to failed count DAG nodes (one per deferred call); "
                   "scheduled: the tasks users scheduled (roots), open, done and failed")
+_RUNNING_COLS = (Col("queue", 2, "left", "bold", wrap=True, keep=NAME_MIN), Col("task", 1, "left"),
+                 Col("function", 4, "left", wrap=True), Col("host", 5, "left", wrap=True),
+                 Col("progress", 3, "left"), Col("message", 6, "left", wrap=True), Col("reported", 7))
+
+
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """``5/10 (50%)``, or ``5`` without a total, or "-": a task's reported progress (the message apart)."""
+    if not progress:
+        return "-"
+    done, total = progress.get("done"), progress.get("total")
+    if not total:
+        return f"{done:g}" if isinstance(done, (int, float)) else str(done)
+    return f"{done:g}/{total:g} ({100 * min(1.0, done / total):.0f}%)"
+
+
+def _running_rows(queues: dict[str, dict[str, Any]], now: float | None) -> list[list[Text]]:
+    """One row per running task with progress (status shows the first of each queue): the message literally."""
+    rows = []
+    for name, c in queues.items():
+        for t in c.get("running_tasks", []):
+            p = t["progress"]
+            age = None if now is None or p.get("at") is None else max(0.0, now - p["at"])
+            rows.append([literal(name), literal(t["id"]), literal(t["function"]), literal(t["host"] or "-"),
+                         Text(progress_text(p)), literal(p.get("message") or ""),
+                         Text(human_age(age) if age is not None else "-")])
+    return rows
 
 
 def _roots_text(roots: dict[str, int]) -> Text:
@@ -280,6 +307,9 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
         parts.append(Fitted("queues", _QUEUE_COLS, rows, caption=_NODES_CAPTION))
         parts += _unserved_lines(queues, unserved)
         parts += _unfit_lines(queues)
+        running = _running_rows(queues, data.get("time"))
+        if running:
+            parts.append(Fitted("running, with progress", _RUNNING_COLS, running))
     else:
         parts.append(Text("no queues yet: schedule tasks with Queue(name).schedule(...)", style="dim"))
     if data["workers"]:
@@ -301,10 +331,11 @@ def task_json(task: Task, width: int = 200) -> dict[str, Any]:
             "metadata": metadata_json(task, width), "runtime": task.runtime, "host": task.host,
             "attempts": task.attempts, "reason": task.reason, "upstream": task.upstream,
             "created": task.created, "started": task.started, "finished": task.finished,
-            "cpu_time": task.cpu_time, "peak_rss": task.peak_rss, "pid": task.pid, "worker": task.worker or None}
+            "cpu_time": task.cpu_time, "peak_rss": task.peak_rss, "pid": task.pid, "worker": task.worker or None,
+            "progress": task.progress}
 
 
-def _task_table(found: Sequence[Task], show_queue: bool) -> Table:
+def _task_table(found: Sequence[Task], show_queue: bool, with_progress: bool = False) -> Table:
     table = Table()
     table.add_column("id", no_wrap=True, min_width=13)
     if show_queue:
@@ -315,6 +346,8 @@ def _task_table(found: Sequence[Task], show_queue: bool) -> Table:
     table.add_column("runtime", justify="right")
     table.add_column("host")
     table.add_column("error", overflow="fold", max_width=ERROR_WIDTH // 2)
+    if with_progress:
+        table.add_column("progress", overflow="fold", max_width=40)
     for t in found:
         row: list[Text | str] = [literal(t.id)]
         if show_queue:
@@ -322,6 +355,9 @@ def _task_table(found: Sequence[Task], show_queue: bool) -> Table:
         row += [literal(t.state, style=state_style(t.state)), literal(t.name), literal(metadata_text(t)),
                 human_duration(t.runtime), literal(t.host or "-"),
                 literal(short_error(t.reason, ERROR_WIDTH), style="red")]
+        if with_progress:
+            message = (t.progress or {}).get("message") or ""
+            row.append(literal(progress_text(t.progress) + (f"  {message}" if message else "")))
         table.add_row(*row)
     return table
 
@@ -331,7 +367,8 @@ def tasks_view(found: Sequence[Task], queue: str | None, state: str | None, part
     or a line saying there are none; a note when the search for ``state`` stopped early."""
     if not found:
         return Group(literal(f"no {state + ' ' if state else ''}tasks" + (f" in queue {queue!r}" if queue else "")))
-    parts: list[RenderableType] = [_task_table(found, show_queue=queue is None)]
+    with_progress = state == schema.RUNNING or any(t.progress for t in found)  # a progress column
+    parts: list[RenderableType] = [_task_table(found, show_queue=queue is None, with_progress=with_progress)]
     if partial:
         parts.append(literal(f"the search for {state} tasks ran out of time before it read every unfinished "
                              "task: there may be more", style="dim"))
@@ -364,6 +401,7 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         ("started", when(task.started)),
         ("finished", when(task.finished)),
         ("runtime", human_duration(task.runtime)),
+        ("progress", literal(_progress_line(task.progress))),
         ("resources", literal(resources_text(task))),
         ("environment", literal(environment or "-")),
         ("metadata", literal(metadata))]
@@ -378,6 +416,15 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         rows.append(("history", literal("\n".join(f"{when(t)}  {s}{'  on ' + h if h else ''}"
                                                   for t, s, h in history))))
     return rows
+
+
+def _progress_line(progress: dict[str, Any] | None) -> str:
+    """``5/10 (50%)  step 5  (reported 2026-01-01 10:00:00)``: the show row of a task's progress."""
+    if not progress:
+        return "-"
+    message = progress.get("message") or ""
+    return progress_text(progress) + (f"  {message}" if message else "") + \
+        (f"  (reported {when(progress['at'])})" if progress.get("at") else "")
 
 
 def resources_text(task: Task) -> str:

@@ -7,6 +7,9 @@
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
 --       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, input results...}
+--   For an allow-failed task (TASK_ALLOW_FAILED), a failed input's result is INPUT_FAILED .. its id, then
+--   INPUT_SEP, the id of the input that failed first ("" = itself), INPUT_SEP, the error blob's length,
+--   INPUT_SEP, the error blob and its reason (forrestq.codec.load_input).
 --- @include stream
 --- @include counts
 --- @include events
@@ -40,12 +43,20 @@ for _ = 1, 100 do
     event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
     local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
                          TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT,
-                         TASK_RESOURCES, TASK_WAITS)
+                         TASK_RESOURCES, TASK_WAITS, TASK_ALLOW_FAILED)
     local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0', f[8] or '',
                  f[9] or '', f[10] or '', f[11] or '0'}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
-        out[#out + 1] = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_RESULT) or ''
+        local d = prefix .. SUFFIX_TASK .. dep
+        if f[12] == '1' and redis.call('HGET', d, TASK_STATE) == FAILED then
+          local g = redis.call('HMGET', d, TASK_UPSTREAM, TASK_ERROR, TASK_REASON)
+          local err = g[2] or ''
+          out[#out + 1] = INPUT_FAILED .. dep .. INPUT_SEP .. (g[1] or '') .. INPUT_SEP .. #err .. INPUT_SEP .. err ..
+                          (g[3] or FAILED)
+        else
+          out[#out + 1] = redis.call('HGET', d, TASK_RESULT) or ''
+        end
       end
     end
     return out

@@ -3,15 +3,24 @@
 -- KEYS[5] failed (zset)     KEYS[6] finished (stream)   KEYS[7] delayed (zset)
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] task id
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
--- ARGV[5] DONE | FAILED | RETRY (back to ready after ARGV[14] s; the error is kept for show)
+-- ARGV[5] DONE | FAILED | RETRY (back to ready after ARGV[14] s; the error is kept for show, the progress
+--         dropped) | CONTINUED
+--         (the task returned a deferred tree, its continuation: ARGV[20] nodes (include/nodes.lua) from
+--         ARGV[22], root ARGV[21]; they are written, each marked TASK_OWNER = this task, and the task
+--         waits (WAITING, TASK_CONT = the root, a dependent of it) until the root ends, then ends as it did)
 -- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail
 -- ARGV[13] host of the attempt ("" = unknown: the host recorded at claim stays, e.g. for a cancel)
 -- ARGV[14] retry delay (s), with RETRY   ARGV[15] "1": a cancel (its event is EVENT_CANCELLED)
 -- ARGV[16] CPU time (s)   ARGV[17] peak resident memory (bytes)   ARGV[18] pid of the attempt ("" =
 -- unknown: the figures recorded so far stay)   ARGV[19] Python stack at death ("" = none)
--- Events: EVENT_DONE, EVENT_FAILED (EVENT_CANCELLED) or EVENT_RETRIED for the task, after EVENT_LOST when
--- token is ""; EVENT_FAILED for each dependent failed because of it.
+-- Events: EVENT_DONE, EVENT_FAILED (EVENT_CANCELLED), EVENT_RETRIED or EVENT_CONTINUED for the task, after
+-- EVENT_LOST when token is ""; EVENT_FAILED for each dependent failed because of it; EVENT_DONE or
+-- EVENT_FAILED for each task that waited for it as its continuation's root (and so on up: nested).
+-- Dependents: a done node releases the waiting ones whose last input it was; a task waiting for its
+-- continuation (TASK_CONT) ends with the root's result or fails naming the node that failed first. A
+-- failed node fails its waiting dependents, breadth first, except allow-failed ones (TASK_ALLOW_FAILED):
+-- for them it counts as a finished input.
 -- Stats (include/stats.lua): a DONE or FAILED end that is not a cancel counts for the task's function
 -- (TASK_NAME); a sample of its runtime, peak memory and host is kept when ARGV[18] names its pid.
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
@@ -21,6 +30,7 @@
 --- @include upstream
 --- @include events
 --- @include stats
+--- @include nodes
 local prefix, group, id, token, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
 local emit = event_writer(prefix)
 local t = prefix .. SUFFIX_TASK .. id
@@ -35,12 +45,49 @@ elseif f[2] ~= token then
 end
 -- the events' host: the caller's, unless the task was lost (then the host it was lost on, from the claim)
 local host, attempt = (token ~= '' and ARGV[13] ~= '') and ARGV[13] or (f[6] or ''), f[7] or '0'
+-- what this attempt leaves on the record whatever its end: host, output tail, CPU and memory, stack
+local function evidence(fields)
+  if ARGV[13] ~= '' then fields[#fields+1] = TASK_HOST; fields[#fields+1] = ARGV[13] end
+  if ARGV[12] ~= '' then fields[#fields+1] = TASK_OUTPUT; fields[#fields+1] = ARGV[12] end
+  if ARGV[18] ~= '' then
+    fields[#fields+1] = TASK_CPU; fields[#fields+1] = ARGV[16]
+    fields[#fields+1] = TASK_PEAK_RSS; fields[#fields+1] = ARGV[17]
+    fields[#fields+1] = TASK_PID; fields[#fields+1] = ARGV[18]
+  end
+  if ARGV[19] ~= '' then fields[#fields+1] = TASK_STACK; fields[#fields+1] = ARGV[19] end
+  return fields
+end
+local result, reason, failure = ARGV[6], ARGV[9], nil  -- failure: HSET pairs, when it fails unrun
+if outcome == CONTINUED then
+  local croot = ARGV[21]
+  write_nodes(prefix, now, tonumber(ARGV[20]), 22, {KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[5]}, emit,
+              {TASK_OWNER, id})
+  local c = redis.call('HMGET', prefix .. SUFFIX_TASK .. croot, TASK_STATE, TASK_RESULT)
+  if c[1] == DONE then  -- the root is a node that had finished already (shared): so does this task, now
+    outcome, result = DONE, c[2]
+  elseif c[1] == FAILED then
+    outcome, failure = FAILED, failure_after(prefix, croot, now)
+    reason = failure[6]
+  else  -- wait for the root, as its dependent; counted as waiting, still unfinished (a root stays open)
+    redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT,
+               TASK_STACK, TASK_STREAM_ID)
+    redis.call('HSET', t, unpack(evidence({TASK_STATE, WAITING, TASK_CONT, croot, TASK_PENDING, 1,
+                                           TASK_RUNTIME, ARGV[10]})))
+    redis.call('SADD', prefix .. SUFFIX_DEPENDENTS .. croot, id)
+    redis.call('DEL', lease)
+    drop_entry(KEYS[1], group, f[3])
+    move_count(KEYS[2], RUNNING, WAITING)
+    record_stats(prefix, f[8], false, ARGV[10], ARGV[17], ARGV[18], host)
+    emit(EVENT_CONTINUED, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt, EVENT_RUNTIME, ARGV[10])
+    return 1
+  end
+end
 if outcome == RETRY then
   redis.call('HSET', t, TASK_STATE, READY, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
              TASK_RUNTIME, ARGV[10])  -- TASK_TOKEN stays until the next claim: the worker knows its own attempt
   if ARGV[13] ~= '' then redis.call('HSET', t, TASK_HOST, ARGV[13]) end
   redis.call('HINCRBY', t, TASK_RETRIES_USED, 1)
-  redis.call('HDEL', t, TASK_STREAM_ID)
+  redis.call('HDEL', t, TASK_STREAM_ID, TASK_PROGRESS)  -- the next attempt starts with no progress
   redis.call('DEL', lease)
   drop_entry(KEYS[1], group, f[3])
   redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[14]), id)
@@ -60,21 +107,16 @@ local function finish(node, from, to, root, gen)
   end
 end
 local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[10]}
-if ARGV[13] ~= '' then fields[#fields+1] = TASK_HOST; fields[#fields+1] = ARGV[13] end
 if outcome == DONE then
-  fields[#fields+1] = TASK_RESULT; fields[#fields+1] = ARGV[6]
+  fields[#fields+1] = TASK_RESULT; fields[#fields+1] = result
+elseif failure then  -- its continuation failed: UpstreamFailed, naming the node that failed first
+  for _, v in ipairs(failure) do fields[#fields+1] = v end
 else
   fields[#fields+1] = TASK_ERROR; fields[#fields+1] = ARGV[7]
   fields[#fields+1] = TASK_TRACEBACK; fields[#fields+1] = ARGV[8]
   fields[#fields+1] = TASK_REASON; fields[#fields+1] = ARGV[9]
 end
-if ARGV[12] ~= '' then fields[#fields+1] = TASK_OUTPUT; fields[#fields+1] = ARGV[12] end
-if ARGV[18] ~= '' then
-  fields[#fields+1] = TASK_CPU; fields[#fields+1] = ARGV[16]
-  fields[#fields+1] = TASK_PEAK_RSS; fields[#fields+1] = ARGV[17]
-  fields[#fields+1] = TASK_PID; fields[#fields+1] = ARGV[18]
-end
-if ARGV[19] ~= '' then fields[#fields+1] = TASK_STACK; fields[#fields+1] = ARGV[19] end
+evidence(fields)
 redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
@@ -86,25 +128,46 @@ if outcome == DONE then
   emit(EVENT_DONE, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt, EVENT_RUNTIME, ARGV[10])
 else
   emit(ARGV[15] == '1' and EVENT_CANCELLED or EVENT_FAILED, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt,
-       EVENT_REASON, ARGV[9], EVENT_RUNTIME, ARGV[10])
+       EVENT_REASON, reason, EVENT_RUNTIME, ARGV[10])
 end
 if outcome == DONE then
-  for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. id)) do
-    local d = prefix .. SUFFIX_TASK .. dep
-    if redis.call('HGET', d, TASK_STATE) == WAITING and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
-      redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
-      move_count(KEYS[2], WAITING, READY)
-    end
-  end
-else
-  -- fail every waiting node downstream, breadth first, naming the node that failed first
-  local failure = upstream_failure(id, ARGV[9], now)
+  -- release the waiting dependents; a task waiting for this node as its continuation ends with its result
   local queue, head = {id}, 1
   while head <= #queue do
-    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. queue[head])) do
+    local x = queue[head]
+    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. x)) do
       local d = prefix .. SUFFIX_TASK .. dep
-      local g = redis.call('HMGET', d, TASK_STATE, TASK_ROOT, TASK_GEN)
-      if g[1] == WAITING then
+      local g = redis.call('HMGET', d, TASK_STATE, TASK_CONT, TASK_ROOT, TASK_GEN)
+      if g[1] == WAITING and g[2] == x then
+        redis.call('HSET', d, TASK_STATE, DONE, TASK_RESULT, result, TASK_FINISHED, now)
+        finish(dep, WAITING, DONE, g[3], g[4])
+        emit(EVENT_DONE, dep)
+        queue[#queue + 1] = dep
+      elseif g[1] == WAITING and not g[2] and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
+        redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
+        move_count(KEYS[2], WAITING, READY)
+      end
+    end
+    head = head + 1
+  end
+else
+  -- fail every waiting node downstream, breadth first, naming the node that failed first; an allow-failed
+  -- node takes the failure as a finished input; a continued task fails only by its continuation's root
+  failure = failure or upstream_failure(id, ARGV[9], now)
+  local queue, head = {id}, 1
+  while head <= #queue do
+    local x = queue[head]
+    for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. x)) do
+      local d = prefix .. SUFFIX_TASK .. dep
+      local g = redis.call('HMGET', d, TASK_STATE, TASK_ROOT, TASK_GEN, TASK_CONT, TASK_ALLOW_FAILED)
+      if g[1] ~= WAITING or (g[4] and g[4] ~= x) then  -- not waiting, or waiting for another continuation
+        -- nothing to do
+      elseif g[5] == '1' and not g[4] then
+        if redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
+          redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
+          move_count(KEYS[2], WAITING, READY)
+        end
+      else
         redis.call('HSET', d, unpack(failure))
         finish(dep, WAITING, FAILED, g[2], g[3])
         emit(EVENT_FAILED, dep, EVENT_REASON, failure[6])  -- failure: HSET pairs, the 3rd one TASK_REASON

@@ -34,11 +34,13 @@ import redis
 
 from .. import log, ops, shared
 from ..connection import connect
+from ..context import Where
 from ..errors import TimeLimitExceeded, escape_controls, is_transient
 from ..lease import new_token
-from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, one_line, unrecordable
-from ..schema import DONE, GROUP, QueueKeys
+from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, discard, one_line, unrecordable
+from ..schema import CONTINUED, DONE, GROUP, QueueKeys
 from .capacity import Capacity, Gate
+from .continuation import planned
 from .forensics import Meter
 from .peers import what_became_of
 from .procs import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, Backoff, Capture, kill_tree, live_children, prctl, rss
@@ -131,7 +133,7 @@ class Child:
         shared.set_client(self.r)  # shared inputs (Queue.put) load through this child's connection
         self.scripts = ops.Scripts(self.r)
         self.keys = [QueueKeys(q) for q in cfg.queues]
-        self.runner = Runner(self._get, cfg.host)
+        self.runner = Runner(self._get, cfg.host, where=Where(cfg.url, cfg.host, cfg.autokill, cfg.soft_timeout))
         self.capture = Capture(cfg.out_fd)
         self.meter = Meter(cfg.stack_fd)
         log.redirect(self.capture.stderr)  # log lines go to the worker's stderr, not the task's output
@@ -171,7 +173,7 @@ class Child:
             logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
                            c.task_id, what_became_of(self.r, self.keys[qi], c.task_id, c.token))
         self.pending = None
-        self.slot.end(c.outcome == DONE)
+        self.slot.end(c.outcome in (DONE, CONTINUED))
         self.wake()
 
     def next_task(self, block: bool = True) -> tuple[int, ops.Claimed] | None:
@@ -308,6 +310,7 @@ class Child:
             self.gate.done()
             self.slot.disarm()
             size = self.capture.stop()
+        outcome = planned(outcome, self.r, k, c, self._patiently)  # a returned tree: its continuation
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
             self._patiently(lambda: self._release(k, c.id, c.token))
             logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id,
@@ -330,7 +333,7 @@ class Child:
         lane.disarm()
         self.gate.done(self.lanes.index(lane))
         k = self.keys[qi]
-        outcome = self.refused(k, c, outcome)
+        outcome = planned(self.refused(k, c, outcome), self.r, k, c, self._patiently)
         record = completion(c, outcome, b"", self.cfg.host, self.pid)
         if outcome.state == REFUSED:
             pass
@@ -339,7 +342,7 @@ class Child:
         elif not self._patiently(lambda: ops.complete(self.scripts, k, record)):
             logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
                            c.id, what_became_of(self.r, k, c.id, c.token))
-        lane.end(None if outcome.state in (RELEASE, REFUSED) else outcome.state == DONE)
+        lane.end(None if outcome.state in (RELEASE, REFUSED) else outcome.state in (DONE, CONTINUED))
         self.wake()
         if outcome.state == REFUSED:
             return lane
@@ -471,7 +474,7 @@ class AsyncLanes:
         lane.arm(c.timeout or child.cfg.autokill, own=c.timeout > 0)
         t0 = time.perf_counter()
         try:
-            value = loaded.fn(*loaded.args, **loaded.kwargs)
+            value = self.runner.start(c, loaded, t0)  # a coroutine carries the task's context
         except BaseException as e:  # noqa: BLE001 - the task's failure
             self.free.append(child.record(lane, qi, c, self.runner.raised(c, e, t0)))
             return
@@ -496,7 +499,7 @@ class AsyncLanes:
         self.held = None
         child = self.child
         if child.slot.stop:
-            coro.close()  # never started: none of its code ran
+            discard(coro)  # never started: none of its code ran
             child._patiently(lambda: child._release(child.keys[qi], c.id, c.token))
             child.gate.done(child.lanes.index(lane))
             lane.end(None)

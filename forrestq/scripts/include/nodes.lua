@@ -1,0 +1,96 @@
+-- include nodes: write DAG nodes, inputs before dependents, and push the ready ones onto the stream
+-- (schedule.lua; complete.lua for the tree a task returned, its continuation). Needs the stream,
+-- counts, finished, upstream and events includes before it.
+-- write_nodes(prefix, now, n, b, keys, emit, extra): `n` nodes from ARGV[b..], NODE_FIELDS each: id, fn sha,
+--   args blob, inputs ("a,b,c" or ""), name, root ("1"/""), metadata blob, timeout, max attempts, key, retry
+--   policy blob, io-bound ("1"/""), soft timeout, resources (forrestq.resources text form, "" = cpus=1),
+--   allow-failed ("1"/""). keys: {stream, counts, todo, finished, failed} keys. `extra`: HSET pairs added to
+--   every new node (nil: none). Returns the list of each node's state after the call.
+-- An existing node is left as it is (a shared node runs once), except that a root flag and its metadata
+-- are added (and a node already finished is announced on the finished stream at once). A node whose
+-- input failed before it was written fails at once, unless it is allow-failed: then a failed input
+-- counts as finished. Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when
+-- an input had failed.
+local NODE_FIELDS = 15
+local function write_nodes(prefix, now, n, first, keys, emit, extra)
+  local out, counts = {}, {}
+  local function bump(state, by) counts[state] = (counts[state] or 0) + by end
+  for i = 0, n - 1 do
+    local b = first + i * NODE_FIELDS
+    local id, fn, args, inputs, name, root = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
+    local allow = ARGV[b+14] == '1'
+    local t = prefix .. SUFFIX_TASK .. id
+    local st = redis.call('HGET', t, TASK_STATE)
+    if st then
+      if root == '1' and redis.call('HGET', t, TASK_ROOT) ~= '1' then
+        redis.call('HSET', t, TASK_ROOT, '1')
+        if ARGV[b+6] ~= '' then redis.call('HSET', t, TASK_META, ARGV[b+6]) end
+        if st == DONE or st == FAILED then
+          announce(keys[4], id, redis.call('HGET', t, TASK_GEN))
+          bump(root_count(st), 1)
+        else
+          bump(COUNT_OPEN, 1)
+        end
+      end
+      out[#out + 1] = st
+    else
+      local pend, failed_input = 0, nil
+      if inputs ~= '' then
+        for dep in string.gmatch(inputs, '[^,]+') do
+          local dst = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_STATE)
+          if dst == FAILED then
+            if not allow then failed_input = failed_input or dep end  -- allow-failed: a finished input
+          elseif dst ~= DONE then
+            -- waiting, ready or running (or not written yet: impossible, inputs come first)
+            redis.call('SADD', prefix .. SUFFIX_DEPENDENTS .. dep, id)
+            pend = pend + 1
+          end
+        end
+      end
+      local fields = {TASK_FN, fn, TASK_ARGS, args, TASK_INPUTS, inputs, TASK_NAME, name, TASK_CREATED, now,
+                      TASK_ATTEMPTS, 0, TASK_GEN, 0, TASK_MAX_ATTEMPTS, ARGV[b+8]}
+      if root == '1' then fields[#fields+1] = TASK_ROOT; fields[#fields+1] = '1' end
+      if ARGV[b+6] ~= '' then fields[#fields+1] = TASK_META; fields[#fields+1] = ARGV[b+6] end
+      if ARGV[b+7] ~= '' then fields[#fields+1] = TASK_TIMEOUT; fields[#fields+1] = ARGV[b+7] end
+      if ARGV[b+9] ~= '' then fields[#fields+1] = TASK_KEY; fields[#fields+1] = ARGV[b+9] end
+      if ARGV[b+10] ~= '' then fields[#fields+1] = TASK_RETRY_POLICY; fields[#fields+1] = ARGV[b+10] end
+      if ARGV[b+11] == '1' then fields[#fields+1] = TASK_IO_BOUND; fields[#fields+1] = '1' end
+      if ARGV[b+12] ~= '' then fields[#fields+1] = TASK_SOFT_TIMEOUT; fields[#fields+1] = ARGV[b+12] end
+      if ARGV[b+13] ~= '' then fields[#fields+1] = TASK_RESOURCES; fields[#fields+1] = ARGV[b+13] end
+      if allow then fields[#fields+1] = TASK_ALLOW_FAILED; fields[#fields+1] = '1' end
+      if extra then for _, v in ipairs(extra) do fields[#fields+1] = v end end
+      if failed_input then
+        -- an input failed before this node was written: fail it the way complete.lua would
+        local failure = failure_after(prefix, failed_input, now)
+        for _, v in ipairs(failure) do fields[#fields+1] = v end
+        redis.call('HSET', t, unpack(fields))
+        emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
+        emit(EVENT_FAILED, id, EVENT_REASON, failure[6])  -- failure: HSET pairs, the 3rd one TASK_REASON
+        redis.call('ZADD', keys[5], now, id)
+        bump(FAILED, 1)
+        if root == '1' then
+          announce(keys[4], id, '0')
+          bump(COUNT_ROOTS_FAILED, 1)
+        end
+        out[#out + 1] = FAILED
+      else
+        -- waiting for inputs, or ready at once (on the stream)
+        local state = pend > 0 and WAITING or READY
+        fields[#fields+1] = TASK_STATE; fields[#fields+1] = state
+        if pend > 0 then
+          fields[#fields+1] = TASK_PENDING; fields[#fields+1] = pend
+        else
+          fields[#fields+1] = TASK_STREAM_ID; fields[#fields+1] = push_entry(keys[1], id)
+        end
+        redis.call('HSET', t, unpack(fields))
+        emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
+        redis.call('ZADD', keys[3], now, id)
+        bump(state, 1)
+        if root == '1' then bump(COUNT_OPEN, 1) end
+        out[#out + 1] = state
+      end
+    end
+  end
+  for state, by in pairs(counts) do redis.call('HINCRBY', keys[2], state, by) end
+  return out
+end
