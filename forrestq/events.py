@@ -20,6 +20,8 @@ released       handed back (worker stopping, child killed from        release.lu
                outside, host cannot load it): ready again             refuse.lua
 requeued       ``requeue_failed`` / ``rerun``: to run again           requeue.lua
 cancelled      ``Queue.cancel`` (``host``, ``attempt`` if running)    complete.lua
+continued      it returned a deferred tree and waits for it (its own  complete.lua
+               ``done``/``failed`` follows when the tree finishes)
 =============  =====================================================  =====================
 
 An event's ``id`` is its stream entry id, its ``time`` the server's clock when it was written.

@@ -348,10 +348,12 @@ def continuation_nodes(q: QueueCore, ids: list[str]) -> list[str]:
     """The unfinished nodes of the continuations of ``ids`` (the trees they returned, see
     :func:`continuation`), nested ones too: from each tree's root through the inputs, only nodes the
     tree created (``TASK_OWNER``), never a node it merely used."""
-    pipe = q.r.pipeline(transaction=False)
-    for tid in ids:
-        pipe.hget(q.keys.task(tid), schema.TASK_CONT)
-    todo = [(cont.decode(), tid) for tid, cont in zip(ids, pipe.execute()) if cont]
+    todo: list[tuple[str, str]] = []
+    for i in range(0, len(ids), CANCEL_BATCH):
+        pipe = q.r.pipeline(transaction=False)
+        for tid in ids[i:i + CANCEL_BATCH]:
+            pipe.hget(q.keys.task(tid), schema.TASK_CONT)
+        todo += [(cont.decode(), tid) for tid, cont in zip(ids[i:i + CANCEL_BATCH], pipe.execute()) if cont]
     found: list[str] = []
     seen: set[str] = set()
     while todo:

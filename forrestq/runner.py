@@ -154,7 +154,7 @@ def unrecordable(c: ops.Completion, refusal: BaseException) -> ops.Completion:
     for the server's limits, a broken blob): same attempt, same timings, no payload."""
     reason = f"could not record the result: {one_line(refusal)}"
     return replace(c, outcome=FAILED, result=b"", error=codec.dump_exception(RuntimeError(reason)),
-                   traceback="", reason=reason, output=b"", delay=0.0)
+                   traceback="", reason=reason, output=b"", delay=0.0, continuation=None)
 
 
 def _mtime(fn: Any) -> int | None:
