@@ -54,6 +54,10 @@ class UnknownTask(ForrestqError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownSchedule(UnknownTask):
+    """No periodic schedule of that name exists in the queue (``Queue.every``/``cron`` make them)."""
+
+
 class TaskFailed(ForrestqError):
     """Raised by helpers that return values (``Queue.map``) when a task failed and the original
     exception could not be restored; carries the remote traceback text."""

@@ -226,11 +226,13 @@ class Node:
     soft_timeout: str = ""  # seconds before TimeLimitExceeded is raised in the task; "": the worker's
     resources: str = ""  # what it needs (forrestq.resources.request); "": cpus=1
     allow_failed: bool = False  # runs when inputs failed, with forrestq.Failed in their place
+    due: str = ""  # not before: "" at once, "+S" S s from now by the server's clock, else a server-clock time
 
     def row(self) -> list[Any]:
         return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
                 self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
-                "1" if self.io_bound else "", self.soft_timeout, self.resources, "1" if self.allow_failed else ""]
+                "1" if self.io_bound else "", self.soft_timeout, self.resources, "1" if self.allow_failed else "",
+                self.due]
 
 
 @dataclass
@@ -257,7 +259,51 @@ def _scheduled(raw: list[Any]) -> Scheduled:
 
 
 schedule: Op[ScheduleArgs, Scheduled] = Op(
-    "schedule", _named("stream", "counts", "todo", "finished", "failed"), _schedule_argv, _scheduled)
+    "schedule", _named("stream", "counts", "todo", "finished", "failed", "delayed"), _schedule_argv, _scheduled)
+
+
+# ------------------------------------------------------------------------- the clock (issue 16)
+
+
+@dataclass(frozen=True)
+class Promoted:
+    """promote.lua's look at a queue's clock: the server's time, the earliest due time left among its
+    SCHEDULED tasks and among its periodic schedules (None: none), and the schedules due now."""
+
+    now: float
+    next_task: float | None
+    next_tick: float | None
+    due: list[str]
+
+
+def _time_or_none(raw: Any) -> float | None:
+    text = _text(raw)
+    return float(text) if text not in ("", "inf") else None
+
+
+promote: Op[int, Promoted] = Op(
+    "promote", _named("stream", "counts", "delayed", "periodic"), lambda k, limit: [k.prefix, limit],
+    lambda raw: Promoted(float(raw[0]), _time_or_none(raw[1]), _time_or_none(raw[2]), [_text(n) for n in raw[3:]]))
+"""Move the SCHEDULED tasks due by the server's clock (at most the argument) onto the stream."""
+
+
+@dataclass
+class TickArgs:
+    """One due tick of periodic schedule ``name``, fenced by what the caller read of it (``tick``: its
+    PERIODIC_NEXT text, ``spec``: its PERIODIC_SPEC), moving it on to ``next_due``; ``node``: its task."""
+
+    name: str
+    tick: str
+    spec: str
+    next_due: float
+    node: Node
+    now: float = field(default_factory=_now)
+
+
+tick: Op[TickArgs, bool] = Op(
+    "periodic_tick", lambda k, a: [k.stream, k.counts, k.todo, k.finished, k.failed, k.delayed, k.periodic,
+                                   k.schedule(a.name)],
+    lambda k, a: [k.prefix, a.name, a.tick, a.spec, repr(a.next_due), repr(a.now), *a.node.row()], bool)
 
 
 # --------------------------------------------------------------------------------------------- claim

@@ -7,6 +7,7 @@ leaves Redis as it was. Large schedules are cut into chunks (:data:`CHUNK_NODES`
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 import re
@@ -48,6 +49,27 @@ def seconds_or_empty(value: float | None, what: str) -> str:
             or value <= 0:
         raise ConfigError(f"{what} must be a positive number of seconds, not {shown(value)}")
     return repr(float(value))
+
+
+def due_text(delay: Any, at: Any) -> str:
+    """When the nodes of one schedule call may start, as their ``ops.Node.due``: "" at once, "+S" S
+    seconds after the call by the Redis server's clock (so skewed hosts agree), else ``at`` as a time
+    (an ``at`` in the past runs at once). ConfigError for a negative or non-numeric ``delay`` (seconds
+    or a ``timedelta``), an ``at`` that is not a timezone-aware ``datetime``, or both given."""
+    if delay is not None and at is not None:
+        raise ConfigError("give delay= or at=, not both")
+    if isinstance(delay, datetime.timedelta):
+        delay = delay.total_seconds()
+    if delay is not None:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay) or delay < 0:
+            raise ConfigError(f"delay must be a non-negative number of seconds (or a timedelta), not {shown(delay)}")
+        return f"+{float(delay)!r}" if delay > 0 else ""
+    if at is None:
+        return ""
+    if not isinstance(at, datetime.datetime) or at.utcoffset() is None:
+        raise ConfigError(f"at must be a timezone-aware datetime (e.g. datetime.now(timezone.utc) + timedelta("
+                          f"hours=1)), not {shown(at)}")
+    return repr(at.timestamp())
 
 
 def check_attempts(value: Any) -> int:
@@ -96,8 +118,10 @@ class _Options:
 
     def __init__(self, q: QueueCore | None, timeout: float | None, max_attempts: int | None, retries: int,
                  retry_backoff: float, retry_on: Any, soft_timeout: float | None = None,
-                 resources: Any = None, node_resources: dict[str, str] | None = None) -> None:
+                 resources: Any = None, node_resources: dict[str, str] | None = None, delay: Any = None,
+                 at: Any = None) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
+        self.due = due_text(delay, at)  # every new node's: a tree starts no earlier than that
         self.resources = requests.request(resources)  # every node's, unless node_resources has its own
         self.node_resources = node_resources or {}
         self.soft_timeout = seconds_or_empty(soft_timeout, "soft_timeout")
@@ -140,7 +164,8 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
             nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
                                   md_blob if root else b"", o.timeout, o.max_attempts,
                                   (user_key or "") if root else "", o.policy, spec.io_bound,
-                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed))
+                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed,
+                                  due=o.due))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -181,11 +206,12 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
                   timeout: float | None = None, max_attempts: int | None = None,
                   keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
                   retry_on: Any = (Exception,), soft_timeout: float | None = None, resources: Any = None,
-                  node_resources: dict[str, str] | None = None) -> list[TaskRef]:
+                  node_resources: dict[str, str] | None = None, delay: Any = None, at: Any = None) -> list[TaskRef]:
     """Schedule many task trees in one round trip (see ``Queue.schedule_many``); ``resources``: what
-    every node needs, ``node_resources``: node id -> its own request (text form), for graphs."""
+    every node needs, ``node_resources``: node id -> its own request (text form), for graphs;
+    ``delay``/``at``: no new node starts before then (:func:`due_text`)."""
     options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
-                       node_resources)
+                       node_resources, delay, at)
     refs, nodes, fns = plan(tasks, metadata, keys, options)
     if not nodes:
         return [TaskRef(ref.id, q.name) for ref in refs]

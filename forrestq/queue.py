@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import codec, context, local, mapping, once, producer, reading, shared
+from . import codec, context, local, mapping, once, periodic, producer, reading, shared
 from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
@@ -29,6 +29,7 @@ from .local import LocalWorkers
 from .mapping import Submitter
 from .once import KeyClaim, KeyRecord
 from .ops import Scripts
+from .periodic import Periodic
 from .schema import QueueKeys, check_name
 from .stats import FunctionStats
 from .stats import read as read_stats
@@ -89,7 +90,8 @@ class Queue:
     def schedule(self, task: Any, metadata: Any = None, timeout: float | None = None,
                  max_attempts: int | None = None, key: str | None = None, retries: int = 0,
                  retry_backoff: float = 1.0, retry_on: Any = (Exception,),
-                 soft_timeout: float | None = None, resources: Mapping[str, Any] | None = None) -> TaskRef:
+                 soft_timeout: float | None = None, resources: Mapping[str, Any] | None = None,
+                 delay: Any = None, at: Any = None) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
         process group when exceeded; ``soft_timeout`` (below it) raises ``forrestq.TimeLimitExceeded``
         in the task first, so its ``finally:`` blocks run and its traceback names the line.
@@ -100,25 +102,28 @@ class Queue:
         ``resources``: what the task needs, e.g. ``{"mem": "6G", "cpus": 2, "gpu": 1}`` (any names;
         memory with units): a worker starts it only while its free capacity covers that (default:
         cpus=1); a GPU task gets its own ``CUDA_VISIBLE_DEVICES``.
+        ``delay`` (seconds or a timedelta, by the Redis server's clock) or ``at`` (an aware datetime;
+        in the past: at once): no node of the tree starts before then; meanwhile it is ``scheduled``.
         ``timeout``, ``max_attempts``, ``resources`` and the retry policy apply to every node of the tree."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout, max_attempts=max_attempts,
                                   keys=None if key is None else [key], retries=retries,
                                   retry_backoff=retry_backoff, retry_on=retry_on, soft_timeout=soft_timeout,
-                                  resources=resources)[0]
+                                  resources=resources, delay=delay, at=at)[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,
                       keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
                       retry_on: Any = (Exception,), soft_timeout: float | None = None,
-                      resources: Mapping[str, Any] | None = None) -> Batch:
+                      resources: Mapping[str, Any] | None = None, delay: Any = None, at: Any = None) -> Batch:
         """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
         to ``tasks`` (see ``schedule``). Everything is serialised before anything is written, so an
         argument that cannot be serialised raises ``SerializationError`` and leaves Redis as it was.
         Returns a :class:`~forrestq.batch.Batch`: the TaskRefs, parallel to ``tasks``, whose
-        ``results()`` yields these roots only (also those a ``key`` matched that had finished)."""
+        ``results()`` yields these roots only (also those a ``key`` matched that had finished).
+        ``delay``/``at`` as for ``schedule``, for every task of the batch."""
         batch = Batch(self.core, producer.schedule_many(self.core, tasks, metadata, timeout, max_attempts, keys,
                                                         retries, retry_backoff, retry_on, soft_timeout,
-                                                        resources))
+                                                        resources, delay=delay, at=at))
         self._scheduled.add(batch)
         return batch
 
@@ -138,6 +143,37 @@ class Queue:
         self._scheduled.add(refs.values())
         return refs
 
+    # --- periodic tasks (issue 16) ---------------------------------------------------------------
+    def every(self, seconds: Any, task: Any, key: str, **options: Any) -> Periodic:
+        """Run ``task`` (one deferred call) every ``seconds`` (at least 1; or a timedelta), the first
+        time one interval from now, as a schedule named ``key`` kept in Redis and served by the
+        workers: each tick makes exactly one task (a root, id ``p-<key>@<tick ms>``), whatever the
+        number of workers and hosts. ``options``: ``metadata`` and those of ``schedule``. A tick missed
+        while no worker ran runs once when one is back; then the cadence goes on. Registering ``key``
+        again replaces its task (and keeps its next tick when the interval is the same)."""
+        return periodic.every(self.core, seconds, task, key, **options)
+
+    def cron(self, expr: str, task: Any, key: str, tz: str | None = None, **options: Any) -> Periodic:
+        """Like :meth:`every`, at the times of a five-field cron expression (``"0 3 * * *"``: 03:00 each
+        day; ``@daily`` and the like too) read in the IANA zone ``tz`` (default UTC)."""
+        return periodic.cron(self.core, expr, task, key, tz, **options)
+
+    def periodic(self) -> list[Periodic]:
+        """The queue's periodic schedules, the next due first (paused ones last)."""
+        return periodic.listing(self.r, self.keys)
+
+    def pause_periodic(self, key: str) -> Periodic:
+        """Stop making tasks for schedule ``key`` until :meth:`resume_periodic` (UnknownSchedule if none)."""
+        return periodic.pause(self.core, key)
+
+    def resume_periodic(self, key: str) -> Periodic:
+        """Make tasks again for schedule ``key``, from its first due time after now."""
+        return periodic.resume(self.core, key)
+
+    def remove_periodic(self, key: str) -> None:
+        """Delete schedule ``key`` (the tasks it made stay)."""
+        periodic.remove(self.core, key)
+
     def scheduled(self) -> Batch:
         """The roots scheduled through this Queue object (``schedule``, ``schedule_many``,
         ``schedule_graph``; not ``map``'s, which it reads itself) that no ``run()`` has yielded yet,
@@ -156,7 +192,7 @@ class Queue:
         return reading.get(self.core, ref)
 
     def todo_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
-        """The roots (the tasks scheduled) not finished yet (waiting, ready, running), oldest first.
+        """The roots (the tasks scheduled) not finished yet (waiting, scheduled, ready, running), oldest first.
         ``nodes=True``: every DAG node, the inner calls of trees too."""
         return reading.listing(self.core, self.keys.todo, limit, nodes)
 
@@ -170,13 +206,13 @@ class Queue:
         return reading.listing(self.core, self.keys.failed, limit, nodes)
 
     def counts(self) -> dict[str, int]:
-        """Number of tasks (DAG nodes: a tree of three calls is three) in each state: waiting, ready,
+        """Number of tasks (DAG nodes: a tree of three calls is three) in each state: waiting, scheduled, ready,
         running, done, failed; read from counters (constant time)."""
         return reading.counts(self.core)
 
     def root_counts(self) -> dict[str, int]:
         """Number of the tasks you scheduled (roots, what ``results()`` yields; a tree counts once)
-        that are ``unfinished`` (waiting, ready or running), ``done`` and ``failed``; read from
+        that are ``unfinished`` (waiting, scheduled, ready or running), ``done`` and ``failed``; read from
         counters (constant time)."""
         return reading.root_counts(self.r, self.keys)
 

@@ -15,7 +15,8 @@ key                        type    what                                written b
                                    ``workers``; an entry is deleted    (XADD), complete (XACK+XDEL)
                                    once its task ends or is re-added
 ``fq:{q}:counts``          hash    state -> number of tasks (waiting,  every script
-                                   ready, running, done, failed) and
+                                   scheduled, ready, running, done,
+                                   failed) and
                                    of roots: ``open`` (not finished
                                    yet), ``roots_done``,
                                    ``roots_failed``
@@ -23,9 +24,16 @@ key                        type    what                                written b
                                    creation time
 ``fq:{q}:done``            zset    ids of done tasks, by finish time   complete
 ``fq:{q}:failed``          zset    ids of failed tasks, by finish time complete
-``fq:{q}:delayed``         zset    ids of tasks waiting out a retry    complete (retry);
-                                   backoff, by the time they are due   claim moves due ones to
-                                                                       the stream
+``fq:{q}:delayed``         zset    ids of SCHEDULED tasks (a delay or  schedule (delay/at),
+                                   ``at``, a retry backoff), by the    complete (retry, release);
+                                   server-clock time they are due      claim and promote move due
+                                                                       ones to the stream
+``fq:{q}:periodic``        zset    periodic schedule name -> its next  Queue.every/cron, pause
+                                   due time (server clock, s); paused: (+inf), resume, remove;
+                                   +inf                                periodic_tick (next due)
+``fq:{q}:p:<name>``        hash    one periodic schedule: PERIODIC_*   the same; periodic_tick
+                                   fields, and the task it plans once  (CAS on PERIODIC_NEXT and
+                                   (TASK_* fields of one node)         PERIODIC_SPEC)
 ``fq:{q}:finished``        stream  finished root tasks (``t`` id,      complete
                                    ``g`` generation): what
                                    ``Queue.results`` blocks on
@@ -118,11 +126,12 @@ GROUP = "workers"  # the consumer group of every queue stream
 
 # --- task states (also the counter fields of ``fq:{q}:counts``) ------------------------------------
 WAITING = "waiting"
+SCHEDULED = "scheduled"  # its time (delay=, at=, a retry backoff) has not come: in fq:{q}:delayed
 READY = "ready"
 RUNNING = "running"
 DONE = "done"
 FAILED = "failed"
-STATES = (WAITING, READY, RUNNING, DONE, FAILED)
+STATES = (WAITING, SCHEDULED, READY, RUNNING, DONE, FAILED)
 FINISHED_STATES = (DONE, FAILED)
 COUNT_OPEN = "open"  # counter: roots not finished yet
 # counters of the roots (what users scheduled) that finished; the state counters above count DAG nodes
@@ -241,6 +250,9 @@ TASK_PROGRESS = "prg"
 TASK_CONT = "cont"  # on a task that returned a deferred tree: id of that tree's root (its continuation)
 TASK_OWNER = "cof"  # on each node a continuation created: the id of the task whose continuation it is
 TASK_ALLOW_FAILED = "af"  # "1": runs when inputs failed, getting forrestq.Failed for each (allow_failed)
+# delayed and periodic tasks (issue 16)
+TASK_DUE = "due"  # server-clock time (s) before which it does not start (delay=, at=); absent: at once
+TASK_PERIODIC = "per"  # the name of the periodic schedule whose tick made it
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -268,6 +280,21 @@ STATS_RUNS = "n:"  # field prefix of fq:{q}:stats: runs of a function that ended
 STATS_FAILED = "f:"  # field prefix of fq:{q}:stats: those of them that failed
 STATS_SEP = " "  # between the parts of a sample: runtime, peak_rss, host (the host last: it may hold spaces)
 STATS_SAMPLES = "1000"  # recent runs kept per function: p50/p95 are over these
+
+# --- periodic schedules (fq:{q}:p:<name> hashes besides the TASK_* fields of their task; forrestq.periodic) ----
+PERIODIC_EVERY = "every"  # interval in seconds ("" for a cron schedule)
+PERIODIC_CRON = "cron"  # the cron expression ("" for an interval)
+PERIODIC_TZ = "tz"  # the IANA zone the cron expression is read in ("" = UTC)
+PERIODIC_NEXT = "next"  # next due time (s, server clock), as text: the tick's compare-and-set value
+PERIODIC_SPEC = "spec"  # random token of this registration: a tick planned from an older one is refused
+PERIODIC_PAUSED = "paused"  # "1" while paused
+PERIODIC_LAST = "last"  # due time of the last tick that made a task
+PERIODIC_LAST_TASK = "lt"  # id of that task
+PERIODIC_RUNS = "runs"  # ticks that made a task
+PERIODIC_CREATED = "ct"  # when it was first registered (s, server clock)
+PERIODIC_FIELDS = (PERIODIC_EVERY, PERIODIC_CRON, PERIODIC_TZ, PERIODIC_NEXT, PERIODIC_SPEC, PERIODIC_PAUSED,
+                   PERIODIC_LAST, PERIODIC_LAST_TASK, PERIODIC_RUNS, PERIODIC_CREATED)
+SUFFIX_PERIODIC = "p:"
 
 # --- environment fingerprints (fq:env:<id>, fq:wenv:<worker id>; forrestq.environment) -------------------
 ENV_TTL = 30 * 86400  # seconds an environment description (and a worker's env id) is kept
@@ -317,7 +344,7 @@ class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress")
+                 "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress", "periodic")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -337,6 +364,7 @@ class QueueKeys:
         self.stats = p + SUFFIX_STATS
         self.unfit = p + "unfit"
         self.progress = p + SUFFIX_PROGRESS
+        self.periodic = p + "periodic"
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id
@@ -349,6 +377,10 @@ class QueueKeys:
 
     def fn(self, sha: str) -> str:
         return self.prefix + SUFFIX_FN + sha
+
+    def schedule(self, name: str) -> str:
+        """One periodic schedule (hash: PERIODIC_* fields and the TASK_* fields of its task)."""
+        return self.prefix + SUFFIX_PERIODIC + name
 
     def once_prefix(self, version: int) -> str:
         """Prefix of the exactly-once keys of ``version`` (the once_* scripts extend it)."""
@@ -403,6 +435,9 @@ _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "CO
               "RELEASE_WAIT", "RELEASE_UNFIT",
               # dynamic DAGs (issue 15: continuations, allow_failed inputs)
               "CONTINUED", "EVENT_CONTINUED", "INPUT_FAILED", "INPUT_SEP",
+              # delayed and periodic tasks (issue 16)
+              "SCHEDULED", "PERIODIC_NEXT", "PERIODIC_SPEC", "PERIODIC_PAUSED", "PERIODIC_LAST",
+              "PERIODIC_LAST_TASK", "PERIODIC_RUNS",
               # function statistics (include/stats.lua)
               "SUFFIX_STATS", "SUFFIX_STATS_SAMPLES", "STATS_RUNS", "STATS_FAILED", "STATS_SEP", "STATS_SAMPLES")
 

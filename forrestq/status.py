@@ -37,6 +37,7 @@ from . import schema
 from .codec import load_args
 from .environment import differences
 from .errors import UnknownQueue, UnknownTask
+from .periodic import Periodic, listing
 from .reading import fetch_records, roots_of, running_progress
 from .schema import QueueKeys, check_name
 from .task import Task
@@ -51,8 +52,8 @@ RATE_WINDOW = 60.0  # seconds: rates are tasks finished in the last minute
 DROP_AFTER = 300.0  # seconds since the last heartbeat after which a lost worker is removed
 SCAN_BATCH = 2_000  # unfinished tasks whose state is read per round trip when filtering by state
 SCAN_SECONDS = 30.0  # longest time spent filtering unfinished tasks by state
-LISTED_STATES = ("waiting", "ready", "running", "done", "failed")
-UNFINISHED = (schema.WAITING, schema.READY, schema.RUNNING)
+LISTED_STATES = ("waiting", "scheduled", "ready", "running", "done", "failed")
+UNFINISHED = (schema.WAITING, schema.SCHEDULED, schema.READY, schema.RUNNING)
 
 
 def _s(value: bytes | str | None, default: str = "") -> str:
@@ -95,10 +96,12 @@ def resolve_queues(r: redis.Redis, queue: str | None) -> list[str]:
 
 
 def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None) -> dict[str, dict[str, Any]]:
-    """Per queue: the counts of :meth:`Queue.counts` (waiting, ready, running, done, failed: DAG
-    nodes) plus ``done_per_min`` and ``failed_per_min`` over the last :data:`RATE_WINDOW` seconds,
-    ``retrying``: how many of the ``ready`` ones wait out a retry backoff (``fq:{q}:delayed``), and
-    ``roots``: the tasks users scheduled, ``{"unfinished", "done", "failed"}``. One round trip."""
+    """Per queue: the counts of :meth:`Queue.counts` (waiting, scheduled, ready, running, done, failed:
+    DAG nodes) plus ``done_per_min`` and ``failed_per_min`` over the last :data:`RATE_WINDOW` seconds,
+    ``next_due``: when the first ``scheduled`` one is due (server clock; None: none; a delay, ``at``
+    or a retry backoff: ``fq:{q}:delayed``), ``periodic``: the schedules of ``Queue.every``/``cron``
+    (:func:`forrestq.periodic.listing`, the next due first), and ``roots``: the tasks users
+    scheduled, ``{"unfinished", "done", "failed"}``. Two round trips."""
     now = time.time() if now is None else now
     pipe = r.pipeline(transaction=False)
     for name in names:
@@ -106,20 +109,28 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
         pipe.hgetall(k.counts)
         pipe.zcount(k.done, now - RATE_WINDOW, "+inf")
         pipe.zcount(k.failed, now - RATE_WINDOW, "+inf")
-        pipe.zcard(k.delayed)
+        pipe.zrange(k.delayed, 0, 0, withscores=True)
     replies = pipe.execute()
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
-        raw, done_n, failed_n, delayed_n = replies[4 * i: 4 * i + 4]
+        raw, done_n, failed_n, first_due = replies[4 * i: 4 * i + 4]
         got = {_s(k): int(v) for k, v in raw.items()}
         row: dict[str, Any] = {s: got.get(s, 0) for s in schema.STATES}
         scale = 60.0 / RATE_WINDOW
         row["done_per_min"] = round(done_n * scale, 1)
         row["failed_per_min"] = round(failed_n * scale, 1)
-        row["retrying"] = delayed_n  # of ``ready``: waiting out a retry backoff
+        row["next_due"] = float(first_due[0][1]) if first_due else None
+        row["periodic"] = [periodic_row(p) for p in listing(r, QueueKeys(name))]
         row["roots"] = roots_of(raw)
         out[name] = row
     return out
+
+
+def periodic_row(p: Periodic) -> dict[str, Any]:
+    """One periodic schedule as ``status --json`` and ``periodic list --json`` show it."""
+    return {"name": p.name, "every": p.every, "cron": p.cron or None, "tz": p.tz or None, "next_due": p.next_due,
+            "paused": p.paused, "function": p.function, "runs": p.runs, "last": p.last,
+            "last_task": p.last_task or None}
 
 
 # ----------------------------------------------------------------------------------------- workers

@@ -117,6 +117,10 @@ class Task:
         self.pid: int | None = _int(f(schema.TASK_PID.encode()))
         self.worker: str = _s(f(schema.TASK_WORKER.encode()))
         self.stack: str = _s(f(schema.TASK_STACK.encode()))  # the Python stack at death, if it died
+        # not before this time (s, the Redis server's clock): schedule(delay=, at=); `forrestq show` also
+        # gives a retry's (issue 16)
+        self.due: float | None = _float(f(schema.TASK_DUE.encode()))
+        self.periodic: str | None = _s(f(schema.TASK_PERIODIC.encode())) or None  # the schedule that made it
 
     @property
     def ref(self) -> TaskRef:

@@ -56,7 +56,7 @@ def check_recorded_once(q: Queue, r: redis.Redis, refs, got, n: int) -> None:
     values = {t.id: t.returnvalue for t in got}
     assert all(t.state == "done" for t in got)
     assert [values[ref.id] for ref in refs] == list(range(n))
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": n, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": n, "failed": 0}
     assert r.xlen(k.finished) == n  # one completion recorded per task, never two
     assert r.zcard(k.done) == n and r.zcard(k.todo) == 0
 

@@ -109,7 +109,7 @@ def test_status_counts_and_workers_after_a_real_worker(url):
     q.schedule(defer(tasks.identity, gate))
     data = json.loads(cli("status", "--json", "--queue", "stat").stdout)
     counts = {k: v for k, v in data["queues"]["stat"].items() if k in q.counts()}
-    assert counts == q.counts() == {"waiting": 1, "ready": 1, "running": 0, "done": 6, "failed": 1}
+    assert counts == q.counts() == {"waiting": 1, "scheduled": 0, "ready": 1, "running": 0, "done": 6, "failed": 1}
     assert data["queues"]["stat"]["done_per_min"] == 6 and data["queues"]["stat"]["failed_per_min"] == 1
     assert data["workers"] == []  # the worker removed itself when it stopped
 
@@ -436,7 +436,7 @@ def test_cancel_kills_a_running_task_and_the_worker_carries_on(url):
         assert q.get(long).reason == "cancelled"  # the killed attempt did not overwrite it
         after = q.schedule(defer(tasks.identity, "still working"))
         assert q.wait(after, timeout=30).returnvalue == "still working"
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 3, "failed": 1}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 3, "failed": 1}
 
 
 def test_cancel_all_and_bad_usage(url):
@@ -462,7 +462,7 @@ def test_clean_done_deletes_done_tasks_only(url, r):
     assert q.counts()["done"] == 3
     out = cli("clean", "--done", "--yes")
     assert out.exit_code == 0 and out.stdout.strip() == "deleted 3 task(s) from 1 queue(s)"
-    assert q.counts() == {"waiting": 1, "ready": 1, "running": 0, "done": 0, "failed": 1}
+    assert q.counts() == {"waiting": 1, "scheduled": 0, "ready": 1, "running": 0, "done": 0, "failed": 1}
     assert q.get(bad).state == "failed" and q.get(waiting).state == "waiting"
     assert all(not r.exists(q.keys.task(ref.id)) for ref in good)
     assert json.loads(cli("tasks", "-s", "done", "--json").stdout) == []

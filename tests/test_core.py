@@ -35,7 +35,7 @@ def test_readme_example_end_to_end(url, tmp_path):
         assert task.errorvalue is None and task.traceback == ""
         assert task.runtime is not None and task.runtime >= 0
         assert task.host and task.attempts == 1
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 80, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 80, "failed": 0}
 
 
 def test_shared_subtask_runs_once(url, tmp_path):

@@ -90,7 +90,7 @@ def test_failure_marks_exactly_the_downstream_nodes(url, tmp_path):
         task = q.wait(top_ref, timeout=60)
     assert task.state == "done" and task.returnvalue == "top(mid(bad)(ok1))"
     assert sorted(lines(log)) == ["bad", "bad", "mid", "ok1", "side", "top"]
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 5, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 5, "failed": 0}
 
 
 def test_requeue_dry_run_and_error_type_filter(url):

@@ -36,7 +36,7 @@ def test_run_inline_in_order_in_this_process(url):
     got = list(debug.run_inline(q.core))
     assert [t.id for t in got] == [r.id for r in refs]  # in order
     assert [t.returnvalue for t in got] == [(i, os.getpid()) for i in range(10)]  # no child process
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 10, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 10, "failed": 0}
     assert all(t.host for t in got) and all(t.runtime is not None for t in got)
 
 

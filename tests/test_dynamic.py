@@ -37,7 +37,7 @@ def test_a_listing_task_fans_out_over_two_workers_and_finishes_with_the_join(url
     joined = q.get(parent._id)
     assert joined.state == "done" and joined.returnvalue["items"] == [f"f{i}={i}" for i in range(6)]
     assert joined.returnvalue["workers"] == 2, "the continuation did not spread over both workers"
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 6 + 1 + 2, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 6 + 1 + 2, "failed": 0}
     assert q.root_counts() == {"unfinished": 0, "done": 1, "failed": 0}
 
 
@@ -108,7 +108,7 @@ def test_cancelling_a_waiting_parent_cancels_its_continuation(url):
                  what="everything to end")
     reasons = {t.name.rsplit(".", 1)[-1]: t.reason for t in q.fail_tasks(nodes=True)}
     assert reasons["slow_fanout"] == "cancelled" and reasons["sleepy"] == "cancelled"
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 0, "failed": 5}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 0, "failed": 5}
     assert q.root_counts() == {"unfinished": 0, "done": 0, "failed": 1}
 
 
@@ -143,7 +143,7 @@ def test_a_worker_killed_in_the_middle_of_a_continuation_loses_nothing(url):
     with worker(url, "dyn-kill", 2, *FAST):
         task = q.wait(ref, timeout=60)
     assert task.state == "done" and task.returnvalue == [0, 1, 2, 3]
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 6, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 6, "failed": 0}
 
 
 def test_a_task_schedules_more_tasks_on_its_queue_and_another(url):
@@ -184,7 +184,8 @@ def test_counters_and_results_at_each_step_of_a_continuation(url):
     assert _run(q, c)
     parent = q.get(ref.id)
     assert parent.state == "waiting" and q.root_counts() == {"unfinished": 1, "done": 0, "failed": 0}
-    assert q.counts() == {"waiting": 2, "ready": 2, "running": 0, "done": 0, "failed": 0}  # parent + join
+    # parent + join
+    assert q.counts() == {"waiting": 2, "scheduled": 0, "ready": 2, "running": 0, "done": 0, "failed": 0}
     assert q.r.xlen(q.keys.finished) == 0
     stale = fops.complete(q.scripts, q.keys, completion(c, Outcome(schema.DONE, result=b"x"), b"", "h"))
     assert not stale  # the attempt's token no longer holds the parent
@@ -192,9 +193,9 @@ def test_counters_and_results_at_each_step_of_a_continuation(url):
     assert _run(q, inner[0])
     assert q.clean(done=True) == 0  # the join still needs it
     assert _run(q, inner[1])
-    assert q.counts() == {"waiting": 1, "ready": 1, "running": 0, "done": 2, "failed": 0}
+    assert q.counts() == {"waiting": 1, "scheduled": 0, "ready": 1, "running": 0, "done": 2, "failed": 0}
     assert _run(q, _claim(q))  # the join: the parent ends with its result, in the same call
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 4, "failed": 0}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 4, "failed": 0}
     assert q.root_counts() == {"unfinished": 0, "done": 1, "failed": 0}
     got = list(q.results(timeout=5))
     assert [t.id for t in got] == [ref.id] and got[0].returnvalue == 10
@@ -210,7 +211,7 @@ def test_a_stale_attempt_writes_no_continuation(url):
     c = _claim(q)
     producer.cancel(q, [ref.id])
     assert not _run(q, c)
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 0, "failed": 1}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 0, "failed": 1}
 
 
 def test_returning_a_node_that_finished_already_finishes_at_once(url):

@@ -36,7 +36,7 @@ def test_root_counts_count_what_was_scheduled_nodes_stay_apart(url: str) -> None
         got = list(q.results(timeout=60))
     assert len(got) == 10
     assert q.root_counts() == {"unfinished": 0, "done": 8, "failed": 2}
-    assert q.counts() == {"waiting": 0, "ready": 0, "running": 0, "done": 16, "failed": 4}
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": 16, "failed": 4}
     assert reading.root_counts(q.r, q.keys) == q.root_counts()
     assert q.requeue_failed() and q.root_counts() == {"unfinished": 2, "done": 8, "failed": 0}
     q.cancel(all=True)

@@ -343,13 +343,17 @@ def test_retry_waits_in_delayed_then_claim_brings_it_back(r: redis.Redis, k: Que
     a = claim(s, k, "T1", now=100.0)
     retry = ops.Completion("a", "T1", schema.RETRY, error=b"E", reason="flaky", delay=10.0, now=100.0)
     assert ops.complete(s, k, retry) is True
-    assert field(r, k, "a", schema.TASK_STATE) == schema.READY and field(r, k, "a", schema.TASK_STREAM_ID) is None
-    assert r.zscore(k.delayed, "a") == 110.0 and r.xlen(k.stream) == 0
-    assert counts(r, k) == {schema.READY: 1}
-    assert ops.claim(s, k, ops.ClaimArgs("c1", "T2", 60_000, "h1", "w1", now=105.0)) is None  # not due
+    assert field(r, k, "a", schema.TASK_STATE) == schema.SCHEDULED and field(r, k, "a", schema.TASK_STREAM_ID) is None
+    sec, usec = r.time()
+    due = r.zscore(k.delayed, "a")  # 10 s on the server's clock (issue 16), not on the worker's (now=100)
+    assert abs(due - (sec + usec / 1e6 + 10.0)) < 2.0 and r.xlen(k.stream) == 0
+    assert counts(r, k) == {schema.SCHEDULED: 1}
+    assert ops.claim(s, k, ops.ClaimArgs("c1", "T2", 60_000, "h1", "w1", now=due + 5)) is None  # not due yet
+    r.zadd(k.delayed, {"a": due - 20})  # as if the server's clock had passed it
     again = claim(s, k, "T3", now=110.0)
     assert (again.id, again.attempts, again.retries_used) == ("a", 2, 1) and again.sid != a.sid
     assert r.zcard(k.delayed) == 0 and field(r, k, "a", schema.TASK_REASON) == "flaky"
+    assert counts(r, k) == {schema.RUNNING: 1}
 
 
 def test_claim_of_a_stale_delivered_entry_skips(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
@@ -438,7 +442,8 @@ def test_root_counters_follow_every_script(r: redis.Redis, k: QueueKeys, s: ops.
     c = claim(s, k, "T2", now=100.0)
     assert c.id == "c"
     assert ops.complete(s, k, ops.Completion("c", "T2", schema.RETRY, delay=0.0, now=100.0))  # no end
-    assert counts(r, k) == {schema.READY: 2, schema.WAITING: 1, schema.COUNT_OPEN: 2}
+    # scheduled (in the delayed zset) until a claim or the worker's clock moves it to ready (issue 16)
+    assert counts(r, k) == {schema.READY: 1, schema.SCHEDULED: 1, schema.WAITING: 1, schema.COUNT_OPEN: 2}
     a = claim(s, k, "T3", now=100.0)
     assert a.id == "a" and done(s, k, a)  # an inner node: no root counter moves
     assert counts(r, k) == {schema.READY: 2, schema.DONE: 1, schema.COUNT_OPEN: 2}

@@ -23,7 +23,7 @@ import typer
 
 from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
 from ..version import __version__
-from . import inspect, manage, work
+from . import inspect, manage, periodic, work
 from .common import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -138,6 +138,7 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Sh
 for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, inspect.events, inspect.stats, work.server,
                  manage.requeue, manage.run, manage.clean, manage.cancel):
     app.command(cls=Command)(_command)
+app.add_typer(periodic.app, name="periodic")  # forrestq periodic list|pause|resume|remove (issue 16)
 
 
 def main(argv: list[str] | None = None) -> None:

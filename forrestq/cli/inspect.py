@@ -129,7 +129,7 @@ def status(
 def tasks(
     queue: str | None = QUEUE,
     state: str | None = typer.Option(None, "--state", "-s", metavar="STATE",
-                                     help="waiting, ready, running, done or failed (default: all)."),
+                                     help="waiting, scheduled, ready, running, done or failed (default: all)."),
     limit: int = typer.Option(20, "--limit", "-n", metavar="N", help="Show at most this many tasks."),
     as_json: bool = JSON,
     url: str | None = URL,
@@ -179,6 +179,8 @@ def show(
     set_verbose(verbose)
     r = client(url)
     task = Queue(find_task(r, task_id, queue), url).get(task_id)
+    if task.state == schema.SCHEDULED:  # its due time: a retry's backoff is only in the delayed zset
+        task.due = r.zscore(QueueKeys(task.queue).delayed, task.id) or task.due
     call = summarize_call(r, task)
     history = task_history(task)
     metadata = _metadata(task)

@@ -169,7 +169,7 @@ def clean(
     r = client(url)
     names = resolve_queues(r, queue)
     counts = queue_status(r, names)
-    states = ("waiting", "ready", "done", "failed") if all_ else tuple(
+    states = ("waiting", "scheduled", "ready", "done", "failed") if all_ else tuple(
         s for s, on in (("done", done), ("failed", failed)) if on)
     planned = sum(c[s] for c in counts.values() for s in states)
     what = "every task that is not running" if all_ else " and ".join(f"{s} tasks" for s in states)

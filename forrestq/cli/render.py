@@ -237,7 +237,7 @@ def _roots_text(roots: dict[str, int]) -> Text:
 
 
 def _queue_row(name: str, c: dict[str, Any], unserved: bool) -> list[Text]:
-    ready = f"{c['ready']:,}" + (f" ({c['retrying']:,} retrying)" if c.get("retrying") else "")
+    ready = f"{c['ready']:,}" + (f" (+{c['scheduled']:,} scheduled)" if c.get("scheduled") else "")
     workers = Text("no worker", style="bold red") if unserved else Text(f"{c.get('workers', 0):,}")
     return [literal(name), Text(f"{c['waiting']:,}"), Text(ready),
             *(Text(f"{c[s]:,}") for s in ("running", "done", "failed")),
@@ -251,6 +251,26 @@ def _worker_row(w: dict[str, Any]) -> list[Text]:
             Text("-" if lost else f"{w['busy']}/{w['procs']}"),
             Text("-" if lost else f"{w['done']:,}"), Text("-" if lost else f"{w['failed']:,}"),
             Text("-" if lost else human_bytes(w["rss"])), Text(human_age(w["age"])), state]
+
+
+def _time_lines(queues: dict[str, dict[str, Any]], now: float | None) -> list[Text]:
+    """When each queue's first scheduled task is due, and one line per periodic schedule (name, timing,
+    next due, function; user text literally): ``scheduled`` tasks are not in the ready count."""
+    lines = []
+    now = time.time() if now is None else now
+    for name, c in queues.items():
+        if c.get("scheduled") and c.get("next_due") is not None:
+            lines.append(Text.assemble(("scheduled: ", "bold"), "queue ", literal(name), f": {c['scheduled']:,} "
+                                       f"task(s) wait for their time, the first due in "
+                                       f"{human_duration(max(0.0, c['next_due'] - now))}"))
+        for p in c.get("periodic", []):
+            timing = f"every {p['every']:g} s" if p["every"] is not None else f"cron {p['cron']} ({p['tz'] or 'UTC'})"
+            due = "paused" if p["paused"] or p["next_due"] is None else \
+                f"next in {human_duration(max(0.0, p['next_due'] - now))}"
+            lines.append(Text.assemble(("periodic: ", "bold"), "queue ", literal(name), " ", literal(p["name"]), ": ",
+                                       literal(timing), f", {due}, ", literal(p["function"]),
+                                       f", {p['runs']:,} run(s)"))
+    return lines
 
 
 def _unserved_lines(queues: dict[str, dict[str, Any]], unserved: Sequence[str]) -> list[Text]:
@@ -305,6 +325,7 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
     if queues:
         rows = [_queue_row(name, c, name in unserved) for name, c in queues.items()]
         parts.append(Fitted("queues", _QUEUE_COLS, rows, caption=_NODES_CAPTION))
+        parts += _time_lines(queues, data.get("time"))
         parts += _unserved_lines(queues, unserved)
         parts += _unfit_lines(queues)
         running = _running_rows(queues, data.get("time"))
@@ -332,7 +353,7 @@ def task_json(task: Task, width: int = 200) -> dict[str, Any]:
             "attempts": task.attempts, "reason": task.reason, "upstream": task.upstream,
             "created": task.created, "started": task.started, "finished": task.finished,
             "cpu_time": task.cpu_time, "peak_rss": task.peak_rss, "pid": task.pid, "worker": task.worker or None,
-            "progress": task.progress}
+            "progress": task.progress, "due": task.due, "periodic": task.periodic}
 
 
 def _task_table(found: Sequence[Task], show_queue: bool, with_progress: bool = False) -> Table:
@@ -398,6 +419,7 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         ("attempts", literal(f"{task.attempts}{lost}")),
         ("host", literal(task.host or "-")),
         ("created", when(task.created)),
+        *([("due", literal(f"{when(task.due)}  (not before; server clock)"))] if task.due is not None else []),
         ("started", when(task.started)),
         ("finished", when(task.finished)),
         ("runtime", human_duration(task.runtime)),
@@ -407,6 +429,8 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         ("metadata", literal(metadata))]
     if task.key:
         rows.append(("key", literal(task.key)))
+    if task.periodic:
+        rows.append(("periodic", literal(f"{task.periodic}  (forrestq periodic list)")))
     rows.append(("inputs", literal(", ".join(task.inputs) or "-")))
     if task.upstream:
         rows.append(("upstream", literal(f"{task.upstream}  (forrestq show {task.upstream})")))

@@ -1,8 +1,8 @@
 -- claim: take one ready task for this consumer, set its lease, return what the child needs to run it.
--- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] delayed (zset): retries due are moved
---                                                    onto the stream first
+-- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] delayed (zset): SCHEDULED tasks due by the
+--                                                    server's clock (TIME) are moved onto the stream first
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
--- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s)
+-- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s, the worker's clock: TASK_STARTED)
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
@@ -13,15 +13,10 @@
 --- @include stream
 --- @include counts
 --- @include events
+--- @include delayed
 local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local sid = ARGV[9]
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[8], 'LIMIT', 0, 16)) do
-  redis.call('ZREM', KEYS[3], id)
-  local t = prefix .. SUFFIX_TASK .. id
-  if redis.call('HGET', t, TASK_STATE) == READY then
-    redis.call('HSET', t, TASK_STREAM_ID, push_entry(KEYS[1], id))
-  end
-end
+promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
 for _ = 1, 100 do
   local tid
   if sid == '' then

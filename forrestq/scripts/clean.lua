@@ -22,7 +22,7 @@ while head <= #work do
   if not keep and (st == DONE or st == FAILED) then
     for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. id)) do
       local dst = redis.call('HGET', prefix .. SUFFIX_TASK .. dep, TASK_STATE)
-      if dst == WAITING or dst == READY or dst == RUNNING then keep = true; break end
+      if dst == WAITING or dst == SCHEDULED or dst == READY or dst == RUNNING then keep = true; break end
     end
   end
   if not keep then

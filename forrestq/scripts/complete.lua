@@ -3,8 +3,8 @@
 -- KEYS[5] failed (zset)     KEYS[6] finished (stream)   KEYS[7] delayed (zset)
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] task id
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
--- ARGV[5] DONE | FAILED | RETRY (back to ready after ARGV[14] s; the error is kept for show, the progress
---         dropped) | CONTINUED
+-- ARGV[5] DONE | FAILED | RETRY (SCHEDULED in KEYS[7] until ARGV[14] s from now by the server's clock,
+--         TIME, then ready; the error is kept for show, the progress dropped) | CONTINUED
 --         (the task returned a deferred tree, its continuation: ARGV[20] nodes (include/nodes.lua) from
 --         ARGV[22], root ARGV[21]; they are written, each marked TASK_OWNER = this task, and the task
 --         waits (WAITING, TASK_CONT = the root, a dependent of it) until the root ends, then ends as it did)
@@ -20,7 +20,8 @@
 -- Dependents: a done node releases the waiting ones whose last input it was; a task waiting for its
 -- continuation (TASK_CONT) ends with the root's result or fails naming the node that failed first. A
 -- failed node fails its waiting dependents, breadth first, except allow-failed ones (TASK_ALLOW_FAILED):
--- for them it counts as a finished input.
+-- for them it counts as a finished input. A released node whose TASK_DUE is still ahead goes to SCHEDULED in
+-- KEYS[7] instead of the stream (include/delayed.lua).
 -- Stats (include/stats.lua): a DONE or FAILED end that is not a cancel counts for the task's function
 -- (TASK_NAME); a sample of its runtime, peak memory and host is kept when ARGV[18] names its pid.
 -- Returns 1 when recorded, 0 when refused (the attempt no longer holds the task: a stale worker).
@@ -30,6 +31,7 @@
 --- @include upstream
 --- @include events
 --- @include stats
+--- @include delayed
 --- @include nodes
 local prefix, group, id, token, outcome, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[11]
 local emit = event_writer(prefix)
@@ -60,8 +62,8 @@ end
 local result, reason, failure = ARGV[6], ARGV[9], nil  -- failure: HSET pairs, when it fails unrun
 if outcome == CONTINUED then
   local croot = ARGV[21]
-  write_nodes(prefix, now, tonumber(ARGV[20]), 22, {KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[5]}, emit,
-              {TASK_OWNER, id})
+  write_nodes(prefix, now, tonumber(ARGV[20]), 22, {KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[5], KEYS[7]},
+              emit, {TASK_OWNER, id})
   local c = redis.call('HMGET', prefix .. SUFFIX_TASK .. croot, TASK_STATE, TASK_RESULT)
   if c[1] == DONE then  -- the root is a node that had finished already (shared): so does this task, now
     outcome, result = DONE, c[2]
@@ -83,15 +85,15 @@ if outcome == CONTINUED then
   end
 end
 if outcome == RETRY then
-  redis.call('HSET', t, TASK_STATE, READY, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
+  redis.call('HSET', t, TASK_STATE, SCHEDULED, TASK_ERROR, ARGV[7], TASK_TRACEBACK, ARGV[8], TASK_REASON, ARGV[9],
              TASK_RUNTIME, ARGV[10])  -- TASK_TOKEN stays until the next claim: the worker knows its own attempt
   if ARGV[13] ~= '' then redis.call('HSET', t, TASK_HOST, ARGV[13]) end
   redis.call('HINCRBY', t, TASK_RETRIES_USED, 1)
   redis.call('HDEL', t, TASK_STREAM_ID, TASK_PROGRESS)  -- the next attempt starts with no progress
   redis.call('DEL', lease)
   drop_entry(KEYS[1], group, f[3])
-  redis.call('ZADD', KEYS[7], tonumber(now) + tonumber(ARGV[14]), id)
-  move_count(KEYS[2], RUNNING, READY)
+  redis.call('ZADD', KEYS[7], server_now() + tonumber(ARGV[14]), id)
+  move_count(KEYS[2], RUNNING, SCHEDULED)
   emit(EVENT_RETRIED, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt, EVENT_REASON, ARGV[9], EVENT_RUNTIME,
        ARGV[10], EVENT_DELAY, ARGV[14])
   return 1
@@ -144,8 +146,7 @@ if outcome == DONE then
         emit(EVENT_DONE, dep)
         queue[#queue + 1] = dep
       elseif g[1] == WAITING and not g[2] and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
-        redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
-        move_count(KEYS[2], WAITING, READY)
+        make_ready(KEYS[1], KEYS[2], KEYS[7], d, dep, WAITING)
       end
     end
     head = head + 1
@@ -164,8 +165,7 @@ else
         -- nothing to do
       elseif g[5] == '1' and not g[4] then
         if redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
-          redis.call('HSET', d, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], dep))
-          move_count(KEYS[2], WAITING, READY)
+          make_ready(KEYS[1], KEYS[2], KEYS[7], d, dep, WAITING)
         end
       else
         redis.call('HSET', d, unpack(failure))

@@ -24,6 +24,7 @@ from .forensics import Evidence, Kill, outside_kill_hint
 from .peers import loss_reason
 from .procs import signal_reason
 from .slots import SlotView
+from .timekeeper import Timekeeper
 
 logger = log.get("worker")
 
@@ -42,6 +43,7 @@ class Bookkeeper:
         self.sweep_every = sweep_every
         self.outbox: list[tuple[str, Callable[[], Any]]] = []  # Redis writes owed, oldest first
         self.env = EnvironmentNote(worker_id)  # its environment fingerprint, once its children run
+        self.clock = Timekeeper(r, self.scripts, keys)  # delayed tasks due, periodic ticks (issue 16)
         self.redis_down = False
 
     # --- the outbox -------------------------------------------------------------------------

@@ -301,7 +301,11 @@ class Child:
             else:
                 self.refuser.loaded()
                 self.slot.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
-                with soft_limit(c.soft_timeout or cfg.soft_timeout):
+                soft = c.soft_timeout or cfg.soft_timeout
+                if soft:
+                    with soft_limit(soft):
+                        outcome = self.runner.call(c, loaded)
+                else:
                     outcome = self.runner.call(c, loaded)
             outcome.cpu_time, outcome.peak_rss = self.meter.end()
         finally:

@@ -27,8 +27,9 @@ import os
 import resource
 import signal
 import tempfile
-import time
 from dataclasses import dataclass
+from resource import RUSAGE_CHILDREN, RUSAGE_SELF, getrusage
+from time import process_time
 from typing import NamedTuple
 
 from .procs import OUTPUT_TAIL, signal_reason
@@ -106,7 +107,10 @@ class Meter:
         except OSError:
             self.clear_fd = -1
         self.cpu0 = 0.0
-        self.children_peak0 = 0
+        # the waited-for processes' figures as the last task ended: nothing runs between two tasks,
+        # so they are still current when the next one begins (one getrusage less per task)
+        kids = getrusage(RUSAGE_CHILDREN)
+        self.children_cpu, self.children_peak0 = kids.ru_utime + kids.ru_stime, kids.ru_maxrss
         if stack_fd >= 0:
             faulthandler.enable(file=stack_fd, all_threads=True)
             faulthandler.register(DUMP_SIGNAL, file=stack_fd, all_threads=True, chain=False)
@@ -119,16 +123,19 @@ class Meter:
                 os.write(self.clear_fd, b"5")
             except OSError:
                 self.clear_fd = -1
-        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
         # process_time is this process's user + system time, as getrusage's, at a third of its cost
-        self.cpu0, self.children_peak0 = time.process_time() + cpu_seconds(kids), kids.ru_maxrss
+        self.cpu0 = process_time() + self.children_cpu
         return self.cpu0
 
     def end(self) -> tuple[float, int]:
         """(CPU seconds, peak resident bytes) of the task that just ended."""
-        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        peak = max(own.ru_maxrss, kids.ru_maxrss if kids.ru_maxrss > self.children_peak0 else 0)
-        return max(0.0, cpu_seconds(own, kids) - self.cpu0), peak * 1024
+        own, kids = getrusage(RUSAGE_SELF), getrusage(RUSAGE_CHILDREN)
+        peak = own.ru_maxrss
+        if kids.ru_maxrss > self.children_peak0 and kids.ru_maxrss > peak:
+            peak = kids.ru_maxrss
+        self.children_cpu, self.children_peak0 = kids.ru_utime + kids.ru_stime, kids.ru_maxrss
+        cpu = own.ru_utime + own.ru_stime + self.children_cpu - self.cpu0
+        return (cpu if cpu > 0 else 0.0), peak * 1024
 
 
 def of_dead_child(pid: int, usage: resource.struct_rusage | None, cpu0: float, runtime: float,

@@ -10,7 +10,8 @@ period before handing them back.
 The supervision loop (:meth:`Worker.run`) is a list of named steps, run every tick (50 ms) or as soon
 as a signal or a child wakes the worker: ``reap`` (collect dead children, settle their tasks),
 ``check_refusals`` (stop claiming when this worker's secret is not the producers'),
-``enforce_timeouts``, ``stop_round`` (while stopping), ``redis_round`` (outbox, heartbeat, sweep) and
+``enforce_timeouts``, ``stop_round`` (while stopping), ``redis_round`` (outbox, heartbeat, sweep, time
+keeping: due delayed tasks and periodic ticks, :mod:`forrestq.worker.timekeeper`) and
 ``fill_vacant`` (start children). Set-up (which puts the working directory and ``paths`` on the
 children's import path) and tear-down sit outside the loop; all state is made in ``__init__``.
 
@@ -362,8 +363,7 @@ class Worker:
                 slot.done = slot.failed = slot.busy = 0
                 if view.busy:
                     held = True
-                    ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started,
-                                                 self.files.get(index))
+                    ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started, self.files.get(index))
                     self.books.settle(self.keys[view.queue], view, status, kill, ev)
             self.capacity.release_child(index)  # what its tasks reserved (forrestq.worker.capacity)
             if not self.stopping and not self.refusing:
@@ -427,6 +427,7 @@ class Worker:
             if now >= self.next_sweep and not self.stopping:
                 self.books.sweep()
                 self.next_sweep = now + self.sweep_every
+            self.books.clock.step(bool(self.stopping))  # due delayed tasks to the stream, periodic ticks
             self.books.note_redis_ok()
         except redis.RedisError as e:
             self.books.note_redis_error(e)

@@ -1,19 +1,21 @@
 -- include nodes: write DAG nodes, inputs before dependents, and push the ready ones onto the stream
 -- (schedule.lua; complete.lua for the tree a task returned, its continuation). Needs the stream,
--- counts, finished, upstream and events includes before it.
+-- counts, finished, upstream, events and delayed includes before it.
 -- write_nodes(prefix, now, n, b, keys, emit, extra): `n` nodes from ARGV[b..], NODE_FIELDS each: id, fn sha,
 --   args blob, inputs ("a,b,c" or ""), name, root ("1"/""), metadata blob, timeout, max attempts, key, retry
 --   policy blob, io-bound ("1"/""), soft timeout, resources (forrestq.resources text form, "" = cpus=1),
---   allow-failed ("1"/""). keys: {stream, counts, todo, finished, failed} keys. `extra`: HSET pairs added to
+--   allow-failed ("1"/""), due ("" = at once; "+S": S seconds from now by the server's clock; else the
+--   server-clock time: kept as TASK_DUE, and a node with nothing to wait for is SCHEDULED in the delayed zset
+--   until then). keys: {stream, counts, todo, finished, failed, delayed} keys. `extra`: HSET pairs added to
 --   every new node (nil: none). Returns the list of each node's state after the call.
 -- An existing node is left as it is (a shared node runs once), except that a root flag and its metadata
 -- are added (and a node already finished is announced on the finished stream at once). A node whose
 -- input failed before it was written fails at once, unless it is allow-failed: then a failed input
 -- counts as finished. Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when
 -- an input had failed.
-local NODE_FIELDS = 15
+local NODE_FIELDS = 16
 local function write_nodes(prefix, now, n, first, keys, emit, extra)
-  local out, counts = {}, {}
+  local out, counts, clock = {}, {}, nil
   local function bump(state, by) counts[state] = (counts[state] or 0) + by end
   for i = 0, n - 1 do
     local b = first + i * NODE_FIELDS
@@ -58,6 +60,14 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
       if ARGV[b+12] ~= '' then fields[#fields+1] = TASK_SOFT_TIMEOUT; fields[#fields+1] = ARGV[b+12] end
       if ARGV[b+13] ~= '' then fields[#fields+1] = TASK_RESOURCES; fields[#fields+1] = ARGV[b+13] end
       if allow then fields[#fields+1] = TASK_ALLOW_FAILED; fields[#fields+1] = '1' end
+      local due = ARGV[b+15]
+      if due ~= '' then  -- a delay is counted from now on the server's clock, whatever the producer's says
+        clock = clock or server_now()
+        due = string.sub(due, 1, 1) == '+' and clock + tonumber(string.sub(due, 2)) or tonumber(due)
+        fields[#fields+1] = TASK_DUE; fields[#fields+1] = tostring(due)
+      else
+        due = nil
+      end
       if extra then for _, v in ipairs(extra) do fields[#fields+1] = v end end
       if failed_input then
         -- an input failed before this node was written: fail it the way complete.lua would
@@ -74,11 +84,13 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
         end
         out[#out + 1] = FAILED
       else
-        -- waiting for inputs, or ready at once (on the stream)
-        local state = pend > 0 and WAITING or READY
+        -- waiting for inputs, scheduled for later (in the delayed zset), or ready at once (on the stream)
+        local state = pend > 0 and WAITING or (due and due > clock) and SCHEDULED or READY
         fields[#fields+1] = TASK_STATE; fields[#fields+1] = state
         if pend > 0 then
           fields[#fields+1] = TASK_PENDING; fields[#fields+1] = pend
+        elseif state == SCHEDULED then
+          redis.call('ZADD', keys[6], due, id)
         else
           fields[#fields+1] = TASK_STREAM_ID; fields[#fields+1] = push_entry(keys[1], id)
         end

@@ -1,0 +1,82 @@
+"""The worker's time keeping (issue 16): about once a second, for each of its queues, one small script
+(``promote.lua``) moves the SCHEDULED tasks that are due by the Redis server's clock onto the stream and
+names the periodic schedules that are due; for each of those, one ``periodic_tick.lua`` call makes the
+tick's task, compare-and-set on the schedule's next due time (:mod:`forrestq.periodic`), so many workers
+on many hosts doing this at once make one task per tick.
+
+Why the supervisor and not only the children: a child's claim moves due tasks too, but a child only
+claims when it is free, and an idle one sits in XREADGROUP between claims; the supervisor never runs
+user code, so a worker whose children are all busy still promotes (``status`` counts stay true, an idle
+worker elsewhere gets the task) and still makes the periodic ticks. The next look comes earlier when
+the script says something is due sooner than a second, so a delay ends within about one tick of the
+supervision loop (50 ms) of its time once the worker has seen it. Unused, this costs one pipelined
+script call per second per worker.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+from .. import log, ops, periodic
+from ..schema import PERIODIC_NEXT, PERIODIC_SPEC, QueueKeys
+
+logger = log.get("worker")
+
+EVERY = 1.0  # seconds between looks when nothing is due sooner
+SOONEST = 0.05  # seconds: the shortest wait between looks (one supervision tick)
+PROMOTE_LIMIT = 1000  # tasks moved per queue per look (more follow at the next, SOONEST later)
+
+
+class Timekeeper:
+    """Promotion and periodic ticks for one worker's queues (``step`` each supervision round)."""
+
+    def __init__(self, r: redis.Redis, scripts: ops.Scripts, keys: list[QueueKeys]) -> None:
+        self.r = r
+        self.scripts = scripts
+        self.keys = keys
+        self.next_look = 0.0  # monotonic
+        self.broken: set[str] = set()  # schedules whose tick failed (said once)
+
+    def step(self, stopping: bool) -> None:
+        """Look now if it is time (never while stopping: the worker hands work back then)."""
+        now = time.monotonic()
+        if stopping or now < self.next_look:
+            return
+        self.next_look = now + EVERY  # also when Redis is away: the next round of the loop does not retry at once
+        pipe = self.r.pipeline(transaction=False)
+        for k in self.keys:
+            ops.promote.queue(self.scripts, pipe, k, PROMOTE_LIMIT)
+        wait = EVERY
+        for k, raw in zip(self.keys, self.scripts.execute(pipe)):
+            got = ops.promote.reply(raw)
+            for name in got.due:
+                self.tick(k, name, got.now)
+            # after ticks, the schedule's next due time was read before they moved it: not a reason to look sooner
+            for due in (got.next_task, None if got.due else got.next_tick):
+                if due is not None:
+                    wait = min(wait, max(SOONEST, due - got.now))
+        self.next_look = now + wait
+
+    def tick(self, k: QueueKeys, name: str, now: float) -> bool:
+        """Make the task of the due tick of schedule ``name`` unless another worker did; whether this one did."""
+        raw: dict[Any, bytes] = self.r.hgetall(k.schedule(name))
+        f = {key.decode(): value for key, value in raw.items()}
+        if PERIODIC_NEXT not in f:
+            return False  # removed meanwhile
+        try:
+            tick_text = f[PERIODIC_NEXT].decode()
+            tick = float(tick_text)
+            every, cron, tz = periodic.spec_timing(f)
+            args = ops.TickArgs(name, tick_text, f.get(PERIODIC_SPEC, b"").decode(),
+                                periodic.next_due(every, cron, tz, tick, now), periodic.tick_node(name, tick, f))
+        except (ValueError, KeyError, ArithmeticError) as e:  # a schedule written by hand, or by a newer forrestq
+            if name not in self.broken:
+                self.broken.add(name)
+                logger.warning("periodic schedule %s of %s cannot be read (%s): no task made", name, k.name, e)
+            return False
+        made = ops.tick(self.scripts, k, args)
+        if made:
+            logger.info("periodic %s of %s: tick %s made %s", name, k.name, tick_text, args.node.id)
+        return made
