@@ -28,9 +28,9 @@ from contextlib import contextmanager
 import redis
 
 from . import lease, ops, producer, reading, shared
+from .bars import ResultsProgress
 from .context import Where
 from .core import QueueCore
-from .progress import ResultsProgress
 from .runner import Outcome, Runner, completion
 from .schema import FAILED, GROUP
 from .task import Task

@@ -32,12 +32,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import codec, producer
+from .bars import MapProgress
 from .core import QueueCore
 from .debug import run_inline
 from .deferred import defer, fn_name
 from .errors import ConfigError, TaskFailed, shown
 from .local import check_procs, serving
-from .progress import MapProgress
 from .reading import Follower, RunningShares, WorkerWatch, check_timeout, last_finished, no_worker_hint
 from .runner import invoke
 from .task import Task

@@ -37,9 +37,9 @@ from typing import Any, TypeVar, cast
 import redis
 
 from . import schema
+from .bars import ResultsProgress
 from .core import QueueCore
 from .errors import ConfigError, UnknownTask, shown
-from .progress import ResultsProgress
 from .schema import QueueKeys
 from .task import Task, TaskRef, fraction, parse_progress
 

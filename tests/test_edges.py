@@ -21,7 +21,7 @@ from rich.console import Console
 
 import forrestq
 from forrestq import ConfigError, Queue, SerializationError, UnknownTask, UpstreamFailed, defer, reading, schema
-from forrestq.progress import MapProgress, ResultsProgress
+from forrestq.bars import MapProgress, ResultsProgress
 
 # ------------------------------------------------------------------------------ roots and nodes
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import forrestq
 from forrestq import ConfigError, Queue, defer, io_bound, ops, schema
+from forrestq.bars import ResultsProgress, counted
 from forrestq.cli import app
-from forrestq.progress import ResultsProgress, counted
 from forrestq.reading import RunningShares, running_progress
 from forrestq.schema import QueueKeys
 from forrestq.server import ServerProcess
