@@ -196,13 +196,16 @@ def test_cli_json_lines_parse_and_lines_show_user_text_literally(url):
 
 
 def test_cli_follow_sees_an_event_written_after_it_started(url, tmp_path):
-    Queue("ev-cli-f", events=True).schedule(defer(tasks.identity, 0))
+    q = Queue("ev-cli-f", events=True)
+    q.schedule(defer(tasks.identity, 0))
+    last = list(q.events())[-1]
     log = tmp_path / "events.log"
+    readers = _blocked(url)  # other tests' readers (a results() thread) may block in XREAD too
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "forrestq", "events", "-q", "ev-cli-f", "--follow", "--json",
-                                 "--since", "now"], env=worker_env(), stdout=out, stderr=subprocess.PIPE)
+                                 "--since", last.id], env=worker_env(), stdout=out, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: proc.poll() is None and _blocked(url), timeout=20, what="the follower to block")
+        wait_for(lambda: proc.poll() is None and _blocked(url) > readers, timeout=20, what="the follower to block")
         ref = Queue("ev-cli-f").schedule(defer(tasks.identity, 1))
         line = wait_for(lambda: Path(log).read_text().strip(), timeout=20, what="the event in the log")
         assert json.loads(line.splitlines()[0])["task"] == ref.id
@@ -212,10 +215,10 @@ def test_cli_follow_sees_an_event_written_after_it_started(url, tmp_path):
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
 
 
-def _blocked(url: str) -> bool:
-    """Whether some client waits in XREAD on an events stream (the follower is reading)."""
+def _blocked(url: str) -> int:
+    """How many clients wait in XREAD (an events follower is one)."""
     r = redis.Redis.from_url(url)
     try:
-        return any(c.get("cmd") == "xread" for c in r.client_list())
+        return sum(c.get("cmd") == "xread" for c in r.client_list())
     finally:
         r.close()
