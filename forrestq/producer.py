@@ -119,9 +119,10 @@ class _Options:
     def __init__(self, q: QueueCore | None, timeout: float | None, max_attempts: int | None, retries: int,
                  retry_backoff: float, retry_on: Any, soft_timeout: float | None = None,
                  resources: Any = None, node_resources: dict[str, str] | None = None, delay: Any = None,
-                 at: Any = None) -> None:
+                 at: Any = None, node_due: dict[str, str] | None = None) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
         self.due = due_text(delay, at)  # every new node's: a tree starts no earlier than that
+        self.node_due = node_due or {}  # node id -> its own (schedule_graph's delay={name: s})
         self.resources = requests.request(resources)  # every node's, unless node_resources has its own
         self.node_resources = node_resources or {}
         self.soft_timeout = seconds_or_empty(soft_timeout, "soft_timeout")
@@ -165,7 +166,7 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
                                   md_blob if root else b"", o.timeout, o.max_attempts,
                                   (user_key or "") if root else "", o.policy, spec.io_bound,
                                   o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed,
-                                  due=o.due))
+                                  due=o.node_due.get(spec.id, o.due)))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -206,12 +207,13 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
                   timeout: float | None = None, max_attempts: int | None = None,
                   keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
                   retry_on: Any = (Exception,), soft_timeout: float | None = None, resources: Any = None,
-                  node_resources: dict[str, str] | None = None, delay: Any = None, at: Any = None) -> list[TaskRef]:
+                  node_resources: dict[str, str] | None = None, delay: Any = None, at: Any = None,
+                  node_due: dict[str, str] | None = None) -> list[TaskRef]:
     """Schedule many task trees in one round trip (see ``Queue.schedule_many``); ``resources``: what
     every node needs, ``node_resources``: node id -> its own request (text form), for graphs;
-    ``delay``/``at``: no new node starts before then (:func:`due_text`)."""
+    ``delay``/``at``: no new node starts before then (:func:`due_text`); ``node_due``: node id -> its own."""
     options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
-                       node_resources, delay, at)
+                       node_resources, delay, at, node_due)
     refs, nodes, fns = plan(tasks, metadata, keys, options)
     if not nodes:
         return [TaskRef(ref.id, q.name) for ref in refs]
@@ -233,6 +235,20 @@ def graph_resources(nodes: dict[str, Any], options: dict[str, Any]) -> dict[str,
     return {**{k: v for k, v in options.items() if k != "resources"}, "node_resources": per_node}
 
 
+def graph_delays(nodes: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``schedule_graph``'s options with a ``delay`` dict of name -> seconds split into each named
+    node's own due time (checked here: a bad value or an unknown name raises and writes nothing);
+    any other value is one delay for every node."""
+    given = options.get("delay")
+    if not isinstance(given, dict):
+        return options
+    unknown = [n for n in given if n not in nodes]
+    if unknown:
+        raise ConfigError(f"delay= names {shown(unknown[0])}, which is not a scheduled task of the graph")
+    per_node = {nodes[n]._id: due_text(v, None) for n, v in given.items()}
+    return {**{k: v for k, v in options.items() if k != "delay"}, "node_due": per_node}
+
+
 def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, Iterable[str]],
                    done: Iterable[str] | None = None, results: dict[str, Any] | None = None,
                    io_bound: Iterable[str] | None = None, **options: Any) -> dict[str, TaskRef]:
@@ -243,7 +259,7 @@ def schedule_graph(q: QueueCore, funcs: dict[str, Any], dependencies: dict[str, 
         codec.check_task_fn(funcs[name], f"{shown(name)}: {codec.qualified_name(funcs[name])}")
     first = [n for n in dict.fromkeys(io) if n in nodes]
     names = first + [n for n in nodes if n not in first]
-    options = graph_resources(nodes, options)
+    options = graph_delays(nodes, graph_resources(nodes, options))
     refs = schedule_many(q, [nodes[n] for n in names], metadata=[{"name": n} for n in names], **options)
     return dict(zip(names, refs))
 
@@ -438,13 +454,20 @@ def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = Fa
 
 def forget(q: QueueCore) -> None:
     """Delete every key of a queue that holds no task any more and take its name off ``fq:queues``
-    (status and the "known:" lists stop showing it). Scheduling to it again registers it again."""
-    stale = list(q.r.scan_iter(match=q.keys.pattern(), count=1000))
+    (status and the "known:" lists stop showing it). Scheduling to it again registers it again. Its
+    periodic schedules (``Queue.every``/``cron``) are not tasks: they stay (with their functions and the
+    producers' signer fingerprint), and keep the queue listed."""
+    schedules = (q.keys.periodic.encode(), (q.keys.prefix + schema.SUFFIX_PERIODIC).encode())
+    names = [n.decode() for n in q.r.zrange(q.keys.periodic, 0, -1)]
+    shas = [q.r.hget(q.keys.schedule(n), schema.TASK_FN) for n in names]
+    kept = {q.keys.fn(sha.decode()).encode() for sha in shas if sha} | ({q.keys.signer.encode()} if names else set())
+    stale = [key for key in q.r.scan_iter(match=q.keys.pattern(), count=1000)
+             if not key.startswith(schedules) and key not in kept]
     if stale:
         q.r.delete(*stale)
     q.group_ready = False
     q.r.srem(schema.QUEUES, q.name)
-    if sum(counts(q).values()):  # a producer scheduled meanwhile: keep the queue listed
+    if sum(counts(q).values()) or q.r.exists(q.keys.periodic):  # scheduled meanwhile, or periodic: listed
         q.r.sadd(schema.QUEUES, q.name)
 
 

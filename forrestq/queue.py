@@ -135,8 +135,9 @@ class Queue:
         Names in ``done`` are not run; their ``results`` are passed instead. Every other name is a
         scheduled task, also a name of ``funcs`` without a ``dependencies`` entry (a task without
         inputs; taskmap ignores those). ``resources={name: {"gpu": 1}, ...}`` gives named nodes their
-        own request (a plain request applies to every node). ``io_bound`` names are IO-bound coroutines: they go on the
-        queue first when ready at once, and only they may share a worker child's event loop
+        own request (a plain request applies to every node); ``delay={name: seconds}`` gives named nodes
+        their own delay (a number, or ``at=``, applies to every node). ``io_bound`` names are IO-bound
+        coroutines: they go on the queue first when ready at once, and only they may share a worker child's event loop
         (``--async-concurrency``). A cycle or a missing name raises ``GraphError`` and writes nothing
         (``forrestq.check_graph`` checks a graph without scheduling it)."""
         refs = producer.schedule_graph(self.core, funcs, dependencies, done, results, io_bound, **options)

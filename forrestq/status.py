@@ -264,7 +264,8 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
     ``running_tasks``: up to :data:`RUNNING_SHOWN` running tasks with their progress
     (:func:`running_tasks`). Each queue's ``workers`` is
     the number of live workers serving it (:func:`serves`); ``unserved`` names the queues with
-    unfinished tasks and no such worker (nothing will run them); ``environments`` says how the
+    unfinished tasks or unpaused periodic schedules and no such worker (nothing will run them, no
+    tick will be made); ``environments`` says how the
     environments of the live workers shown differ (:func:`forrestq.environment.differences`; [] when
     they are one). With ``queue``, only that queue (UnknownQueue if there is none) and the workers
     serving it (and the lost ones)."""
@@ -276,7 +277,8 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
         row["workers"] = sum(1 for w in workers if serves(w, name))
         row["unfit"] = unfit_tasks(r, name, [w for w in workers if serves(w, name)])
         row["running_tasks"] = running_tasks(r, name) if row[schema.RUNNING] else []
-    unserved = [name for name, row in queues.items() if not row["workers"] and sum(row[s] for s in UNFINISHED)]
+    unserved = [name for name, row in queues.items() if not row["workers"] and (
+        sum(row[s] for s in UNFINISHED) or any(not p["paused"] for p in row["periodic"]))]  # no tick without one
     if queue is not None:
         workers = [w for w in workers if queue in w["queues"] or w["state"] == "lost"]
     return {"time": now, "queues": queues, "workers": workers, "unserved": unserved,

@@ -285,6 +285,7 @@ def test_pause_resume_remove_and_the_cli(url: str, r: redis.Redis) -> None:
     assert [p.name for p in q.periodic()] == ["nightly"] and not r.exists(q.keys.schedule("beat"))
     code, out = cli("status", "--queue", "t-manage")
     assert "periodic: queue t-manage nightly: cron 0 3 * * * (Europe/Paris)" in out
+    assert "has periodic schedules (a worker makes their ticks) and no live worker serves it" in out
     assert cli("periodic", "pause", "nope")[0] == 5
     with pytest.raises(UnknownSchedule):
         q.pause_periodic("nope")
@@ -320,3 +321,36 @@ def test_next_due_follows_the_grid_and_the_zone() -> None:
     assert (due.day, due.hour) == (29, 3)
     utc = periodic.next_due(None, "@hourly", "", now, now)
     assert utc > now and utc % 3600 == 0
+
+
+def test_clean_all_keeps_the_periodic_schedules(url: str, r: redis.Redis, tmp_path) -> None:
+    """`clean(all=True)` deletes tasks, not schedules: the schedule, its function and the queue's
+    listing stay, and its next tick runs."""
+    q = Queue("t-keep")
+    path = str(tmp_path / "stamps")
+    q.every(3600, defer(tasks_time.stamp, path, "kept"), key="kept")
+    refs = q.schedule_graph({"a": tasks_time.one, "b": tasks_time.add}, {"b": ["a", "a"]}, delay=600)
+    assert q.get(refs["a"]).state == "scheduled" and q.get(refs["b"]).state == "waiting"  # graphs take delay=
+    q.clean(all=True)
+    assert q.counts()["scheduled"] == 0 and [p.name for p in q.periodic()] == ["kept"]
+    assert r.sismember(schema.QUEUES, "t-keep")
+    r.hset(q.keys.schedule("kept"), schema.PERIODIC_NEXT, repr(server_now(r) - 1))
+    r.zadd(q.keys.periodic, {"kept": server_now(r) - 1})  # due now
+    with worker(url, "t-keep", 1):
+        wait_for(lambda: tasks_time.stamps(path), 15, what="the kept schedule's tick to run")
+    assert q.done_tasks()[0].periodic == "kept"
+
+
+def test_a_graph_gives_named_nodes_their_own_delay(url: str, r: redis.Redis) -> None:
+    q = Queue("t-graph")
+    refs = q.schedule_graph({"a": tasks_time.one, "b": tasks_time.add, "c": tasks_time.one}, {"b": ["a", "a"]},
+                            delay={"b": 600, "c": 300})
+    assert q.get(refs["a"]).state == "ready" and q.get(refs["a"]).due is None
+    assert q.get(refs["b"]).state == "waiting" and q.get(refs["b"]).due == pytest.approx(server_now(r) + 600, abs=5)
+    assert q.get(refs["c"]).state == "scheduled"
+    assert q.counts() == {"waiting": 1, "scheduled": 1, "ready": 1, "running": 0, "done": 0, "failed": 0}
+    before = nothing_written(r)
+    for bad in ({"nope": 5}, {"a": -1}):
+        with pytest.raises(ConfigError):
+            q.schedule_graph({"a": tasks_time.one}, {}, delay=bad)
+    assert nothing_written(r) == before

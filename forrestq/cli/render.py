@@ -278,8 +278,9 @@ def _unserved_lines(queues: dict[str, dict[str, Any]], unserved: Sequence[str]) 
     lines = []
     for name in unserved[:UNSERVED_SHOWN]:
         n = sum(queues[name][s] for s in UNFINISHED)
+        what = f"{n:,} unfinished task(s)" if n else "periodic schedules (a worker makes their ticks)"
         lines.append(Text.assemble(("warning: ", "bold red"), "queue ", literal(name),
-                                   f" has {n:,} unfinished task(s) and no live worker serves it; start one: ",
+                                   f" has {what} and no live worker serves it; start one: ",
                                    ("forrestq worker --queue ", "bold"), literal(name, style="bold")))
     if len(unserved) > UNSERVED_SHOWN:
         lines.append(Text(f"warning: and {len(unserved) - UNSERVED_SHOWN} more queue(s) with unfinished tasks "
@@ -369,6 +370,9 @@ def _task_table(found: Sequence[Task], show_queue: bool, with_progress: bool = F
     table.add_column("error", overflow="fold", max_width=ERROR_WIDTH // 2)
     if with_progress:
         table.add_column("progress", overflow="fold", max_width=40)
+    with_due = any(t.state == schema.SCHEDULED and t.due is not None for t in found)  # delay=, at= (issue 16)
+    if with_due:
+        table.add_column("due")
     for t in found:
         row: list[Text | str] = [literal(t.id)]
         if show_queue:
@@ -379,6 +383,8 @@ def _task_table(found: Sequence[Task], show_queue: bool, with_progress: bool = F
         if with_progress:
             message = (t.progress or {}).get("message") or ""
             row.append(literal(progress_text(t.progress) + (f"  {message}" if message else "")))
+        if with_due:
+            row.append(when(t.due) if t.state == schema.SCHEDULED and t.due is not None else "-")
         table.add_row(*row)
     return table
 

@@ -448,7 +448,7 @@ class Worker:
                 for v in self.books.taken_over(k, lost):
                     self.kill(pid_of[v.token], Kill("lost", v.token))
         busy = sum(len(held) for held in running.values())
-        _, done, failed = self.tally()
+        _, done, failed = snap = self.tally()  # what is published: a change while it is sent shows next round
         c = self.cfg
         info = {schema.WORKER_HOST: c.host, schema.WORKER_PID: os.getpid(), schema.WORKER_PROCS: c.procs,
                 schema.WORKER_BUSY: busy, schema.WORKER_DONE: done, schema.WORKER_FAILED: failed,
@@ -457,7 +457,7 @@ class Worker:
                 schema.WORKER_STOPPING: 1 if self.stopping else 0, schema.WORKER_RESOURCES: self.capacity.text,
                 schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing}
         self.books.publish(info, max(3, int(self.beat_every * 3) + 1), forked=bool(self.pids))
-        self.reported, self.reported_at = self.tally(), time.monotonic()
+        self.reported, self.reported_at = snap, time.monotonic()
 
     def tally(self) -> tuple[int, int, int]:
         """(busy, done, failed) over the children, as published in the worker's hash."""

@@ -36,7 +36,7 @@ class Timekeeper:
         self.r = r
         self.scripts = scripts
         self.keys = keys
-        self.next_look = 0.0  # monotonic
+        self.next_look = time.monotonic() + EVERY  # the first a second after start: off the start path
         self.broken: set[str] = set()  # schedules whose tick failed (said once)
 
     def step(self, stopping: bool) -> None:
@@ -51,20 +51,21 @@ class Timekeeper:
         wait = EVERY
         for k, raw in zip(self.keys, self.scripts.execute(pipe)):
             got = ops.promote.reply(raw)
-            for name in got.due:
-                self.tick(k, name, got.now)
-            # after ticks, the schedule's next due time was read before they moved it: not a reason to look sooner
-            for due in (got.next_task, None if got.due else got.next_tick):
+            # the next look at the next due time (anchored on it: no drift from tick to tick); after ticks
+            # that due time is the one they set, not the one read before them
+            ticked = [self.tick(k, name, got.now) for name in got.due]
+            for due in (got.next_task, *ticked, None if got.due else got.next_tick):
                 if due is not None:
                     wait = min(wait, max(SOONEST, due - got.now))
         self.next_look = now + wait
 
-    def tick(self, k: QueueKeys, name: str, now: float) -> bool:
-        """Make the task of the due tick of schedule ``name`` unless another worker did; whether this one did."""
+    def tick(self, k: QueueKeys, name: str, now: float) -> float | None:
+        """Make the task of the due tick of schedule ``name`` unless another worker did; the schedule's
+        next due time after it (None: it could not be read, or was removed)."""
         raw: dict[Any, bytes] = self.r.hgetall(k.schedule(name))
         f = {key.decode(): value for key, value in raw.items()}
         if PERIODIC_NEXT not in f:
-            return False  # removed meanwhile
+            return None  # removed meanwhile
         try:
             tick_text = f[PERIODIC_NEXT].decode()
             tick = float(tick_text)
@@ -75,8 +76,7 @@ class Timekeeper:
             if name not in self.broken:
                 self.broken.add(name)
                 logger.warning("periodic schedule %s of %s cannot be read (%s): no task made", name, k.name, e)
-            return False
-        made = ops.tick(self.scripts, k, args)
-        if made:
+            return None
+        if ops.tick(self.scripts, k, args):
             logger.info("periodic %s of %s: tick %s made %s", name, k.name, tick_text, args.node.id)
-        return made
+        return args.next_due  # made here or by another worker: either way the schedule moved on (or changed)
