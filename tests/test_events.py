@@ -152,7 +152,8 @@ def test_follow_rides_out_a_redis_outage(tmp_path):
     try:
         q = Queue("ev-outage", url=srv.url, events=True)
         seen: list[Event] = []
-        follower = threading.Thread(target=lambda: seen.extend(q.events(follow=True, timeout=20)), daemon=True)
+        # timeout: seconds without an event once it is reading again; short, so the thread ends here
+        follower = threading.Thread(target=lambda: seen.extend(q.events(follow=True, timeout=3)), daemon=True)
         q.schedule(defer(tasks.identity, 1))
         follower.start()
         wait_for(lambda: len(seen) == 1, timeout=10, what="the first event")
@@ -162,6 +163,8 @@ def test_follow_rides_out_a_redis_outage(tmp_path):
         after = Queue("ev-outage", url=srv.url).schedule(defer(tasks.identity, 2))
         wait_for(lambda: len(seen) == 2, timeout=30, what="the event written after the outage")
         assert seen[1].task == after.id
+        follower.join(15)  # before the server goes: a follower left behind would wait out an outage
+        assert not follower.is_alive()
     finally:
         srv.stop()
 

@@ -375,7 +375,10 @@ def test_lease_lost_to_a_flushall_says_the_record_is_gone(url, r, tmp_path):
     with worker(url, "flush-log", 1, *FAST, log=log):
         wait_for(lambda: running(q, ref), timeout=20, what="the task to start")
         r.flushall()
-        wait_for(lambda: "killing this attempt" in log.read_text(), timeout=20, what="the worker to notice")
+        try:
+            wait_for(lambda: "killing this attempt" in log.read_text(), timeout=20, what="the worker to notice")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the worker's log:\n{log.read_text()}") from None
         after = q.schedule(defer(tasks.identity, "after"))  # and it goes on serving the queue
         assert q.wait(after, timeout=20).returnvalue == "after"
     text = log.read_text()
