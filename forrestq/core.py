@@ -28,6 +28,8 @@ class QueueCore:
     group_ready: bool = field(default=False, init=False)  # stream and consumer group exist
     # the events cap this process set (Queue(events=...)), written again with every schedule; None: unset
     events_cap: str | None = field(default=None, init=False)
+    # the default result TTL this process set (Queue(result_ttl=...), producer.ttl_text), likewise; None: unset
+    result_ttl: str | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.keys = QueueKeys(self.name)

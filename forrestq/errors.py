@@ -58,6 +58,10 @@ class UnknownSchedule(UnknownTask):
     """No periodic schedule of that name exists in the queue (``Queue.every``/``cron`` make them)."""
 
 
+class UnknownLimit(UnknownTask):
+    """No concurrency limit or rate of that key is set on the queue (``Queue.set_limit``/``set_rate``)."""
+
+
 class TaskFailed(ForrestqError):
     """Raised by helpers that return values (``Queue.map``) when a task failed and the original
     exception could not be restored; carries the remote traceback text."""

@@ -227,12 +227,15 @@ class Node:
     resources: str = ""  # what it needs (forrestq.resources.request); "": cpus=1
     allow_failed: bool = False  # runs when inputs failed, with forrestq.Failed in their place
     due: str = ""  # not before: "" at once, "+S" S s from now by the server's clock, else a server-clock time
+    result_ttl: str = ""  # a root's: seconds its finished record is kept; "" the queue's default, "0" for ever
+    limits: str = ""  # limit keys it holds while it runs, "a,b" (forrestq.limits); "": none
+    priority: str = ""  # "" (0) or "1".."9": higher levels are claimed first (include/stream.lua)
 
     def row(self) -> list[Any]:
         return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
                 self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
                 "1" if self.io_bound else "", self.soft_timeout, self.resources, "1" if self.allow_failed else "",
-                self.due]
+                self.due, self.result_ttl, self.limits, self.priority]
 
 
 @dataclass
@@ -339,6 +342,7 @@ class Claimed:
     soft_timeout: float = 0.0  # s before TimeLimitExceeded is raised in it; 0: the worker's --soft-timeout
     resources: str = ""  # what it needs (forrestq.resources text form); "": cpus=1
     waits: int = 0  # times it was handed back unrun for its resources (forrestq.worker.capacity)
+    limits: str = ""  # the limit keys it holds while it runs, "a,b" (forrestq.worker.limits); "": none
 
 
 class Skip:
@@ -364,7 +368,7 @@ def _claimed(raw: Any) -> Claimed | Skip | None:
                    timeout=float(raw[4]) if raw[4] else 0.0, attempts=int(raw[5]),
                    max_attempts=int(raw[6] or 3), retry_policy=raw[7] or b"", retries_used=int(raw[8] or 0),
                    io_bound=raw[9] == b"1", soft_timeout=float(raw[10]) if raw[10] else 0.0,
-                   resources=_text(raw[11]), waits=int(raw[12]), inputs=list(raw[13:]))
+                   resources=_text(raw[11]), waits=int(raw[12]), limits=_text(raw[13]), inputs=list(raw[14:]))
 
 
 claim: Op[ClaimArgs, Claimed | Skip | None] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
@@ -413,8 +417,32 @@ def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
 
 
 complete: Op[Completion, bool] = Op(
-    "complete", _named("stream", "counts", "todo", "done", "failed", "finished", "delayed"),
+    "complete", _named("stream", "counts", "todo", "done", "failed", "finished", "delayed", "expiry"),
     _complete_argv, bool)
+
+
+# ------------------------------------------------------------------------------------- limit_acquire
+
+
+@dataclass
+class LimitArgs:
+    """Take a slot of each of ``limits`` ("a,b") for the attempt ``token`` of task ``task_id``."""
+
+    task_id: str
+    token: str
+    limits: str
+
+
+def _limit_reply(raw: Any) -> tuple[str, float]:
+    """("", 0) when taken; else (the key that had no room, seconds until a rate's window has room or 0)."""
+    if not isinstance(raw, list):
+        return "", 0.0
+    return _text(raw[0]), float(raw[1]) if raw[1] else 0.0
+
+
+limit_acquire: Op[LimitArgs, tuple[str, float]] = Op(
+    "limit_acquire", _named("limits", "rates"), lambda k, a: [k.prefix, a.task_id, a.token, a.limits],
+    _limit_reply)
 
 
 # ------------------------------------------------------------------------------------------- release
@@ -518,8 +546,22 @@ takeover: Op[TakeoverArgs, list[str]] = Op(
 
 
 clean: Op[list[str], int] = Op(
-    "clean", _named("stream", "counts", "todo", "done", "failed", "finished"),
+    "clean", _named("stream", "counts", "todo", "done", "failed", "finished", "expiry"),
     lambda k, ids: [k.prefix, GROUP, *ids], int)
+
+
+@dataclass(frozen=True)
+class Expired:
+    """expire.lua's reply: tasks deleted, and the earliest expiry time left (server clock; None: none)."""
+
+    deleted: int
+    next_expiry: float | None
+
+
+expire: Op[int, Expired] = Op(
+    "expire", _named("stream", "counts", "todo", "done", "failed", "expiry"),
+    lambda k, limit: [k.prefix, GROUP, limit], lambda raw: Expired(int(raw[0]), _time_or_none(raw[1])))
+"""Delete the finished roots whose result TTL ran out (at most the argument), with their spent inner nodes."""
 
 
 # ------------------------------------------------------------------------------- exactly-once keys

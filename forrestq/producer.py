@@ -24,6 +24,7 @@ from .deferred import Call, Deferred, _identity
 from .errors import Cancelled, ConfigError, SerializationError, UnknownTask, shown
 from .graph import DropNone, build
 from .lease import new_token
+from .limits import keys_text
 from .plan import Planner
 from .reading import counts, get, task_id
 from .runner import Outcome, failure, invoke, one_line
@@ -49,6 +50,29 @@ def seconds_or_empty(value: float | None, what: str) -> str:
             or value <= 0:
         raise ConfigError(f"{what} must be a positive number of seconds, not {shown(value)}")
     return repr(float(value))
+
+
+def ttl_text(value: Any, what: str = "result_ttl") -> str:
+    """A result TTL as text: seconds (a positive number or a ``timedelta``), or "0" for 0/False (kept for
+    ever); ConfigError otherwise. Why text: it is what schedule.lua stores (TASK_RESULT_TTL)."""
+    if value is False or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return "0"
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds() or "0"  # a zero timedelta: none, like 0
+    if value == "0":
+        return "0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{what} must be a positive number of seconds or a timedelta, not {shown(value)}")
+    return repr(float(value))
+
+
+def priority_text(priority: Any) -> str:
+    """A priority level as ``ops.Node.priority``: "" for 0 (the queue's stream, exactly as without
+    priorities), else "1".."9"; ConfigError for anything but an int in 0..PRIORITY_MAX."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= schema.PRIORITY_MAX:
+        raise ConfigError(f"priority must be an int from 0 to {schema.PRIORITY_MAX} (higher runs first), "
+                          f"not {shown(priority)}")
+    return str(priority) if priority else ""
 
 
 def due_text(delay: Any, at: Any) -> str:
@@ -104,6 +128,14 @@ def keyed(task: Any, key: str) -> Call:
 # ------------------------------------------------------------------------------------ scheduling
 
 
+def set_result_ttl(r: Any, keys: QueueKeys, ttl: str) -> None:
+    """Store a queue's default result TTL (``ttl_text``; "0": none) where schedule.lua reads it."""
+    if ttl == "0":
+        r.delete(keys.result_ttl)
+    else:
+        r.set(keys.result_ttl, ttl)
+
+
 def ensure_group(q: QueueCore, pipe: Any) -> None:
     """Queue on ``pipe`` the registration of the queue (every time: another process may have
     forgotten the queue, see :func:`clean`) and the creation of its stream and consumer group (a
@@ -119,8 +151,12 @@ class _Options:
     def __init__(self, q: QueueCore | None, timeout: float | None, max_attempts: int | None, retries: int,
                  retry_backoff: float, retry_on: Any, soft_timeout: float | None = None,
                  resources: Any = None, node_resources: dict[str, str] | None = None, delay: Any = None,
-                 at: Any = None, node_due: dict[str, str] | None = None) -> None:
+                 at: Any = None, node_due: dict[str, str] | None = None, result_ttl: Any = None,
+                 limits: Any = None, priority: Any = 0) -> None:
         self.timeout = seconds_or_empty(timeout, "timeout")
+        self.priority = priority_text(priority)  # every new node's level ("": 0)
+        self.limits = keys_text(limits)  # every node's limit keys, "a,b" (forrestq.limits)
+        self.result_ttl = "" if result_ttl is None else ttl_text(result_ttl)  # the roots': "" the queue's
         self.due = due_text(delay, at)  # every new node's: a tree starts no earlier than that
         self.node_due = node_due or {}  # node id -> its own (schedule_graph's delay={name: s})
         self.resources = requests.request(resources)  # every node's, unless node_resources has its own
@@ -166,7 +202,8 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
                                   md_blob if root else b"", o.timeout, o.max_attempts,
                                   (user_key or "") if root else "", o.policy, spec.io_bound,
                                   o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed,
-                                  due=o.node_due.get(spec.id, o.due)))
+                                  due=o.node_due.get(spec.id, o.due), result_ttl=o.result_ttl if root else "",
+                                  limits=o.limits, priority=o.priority))
         if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
         refs.append(TaskRef(root_id, "", ""))
@@ -181,6 +218,8 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     pipe.set(q.keys.signer, signing.fingerprint())  # workers compare their secret's with it
     if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
         pipe.set(q.keys.events_cap, q.events_cap)
+    if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason
+        set_result_ttl(pipe, q.keys, q.result_ttl)
     for sha, blob in fns.items():
         pipe.set(q.keys.fn(sha), blob, nx=True)
     now = time.time()
@@ -208,12 +247,15 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
                   keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
                   retry_on: Any = (Exception,), soft_timeout: float | None = None, resources: Any = None,
                   node_resources: dict[str, str] | None = None, delay: Any = None, at: Any = None,
-                  node_due: dict[str, str] | None = None) -> list[TaskRef]:
+                  node_due: dict[str, str] | None = None, result_ttl: Any = None,
+                  limits: Any = None, priority: Any = 0) -> list[TaskRef]:
     """Schedule many task trees in one round trip (see ``Queue.schedule_many``); ``resources``: what
     every node needs, ``node_resources``: node id -> its own request (text form), for graphs;
-    ``delay``/``at``: no new node starts before then (:func:`due_text`); ``node_due``: node id -> its own."""
+    ``delay``/``at``: no new node starts before then (:func:`due_text`); ``node_due``: node id -> its own;
+    ``result_ttl``: seconds each new root's finished record is kept (None: the queue's default);
+    ``priority``: every new node's level (:func:`priority_text`)."""
     options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
-                       node_resources, delay, at, node_due)
+                       node_resources, delay, at, node_due, result_ttl, limits, priority)
     refs, nodes, fns = plan(tasks, metadata, keys, options)
     if not nodes:
         return [TaskRef(ref.id, q.name) for ref in refs]
@@ -431,15 +473,25 @@ def _cancel(q: QueueCore, ids: list[str]) -> list[str]:
     return out
 
 
-def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = False) -> int:
-    """Delete task records (see ``Queue.clean``); returns how many were deleted."""
+def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = False,
+          older_than: Any = None) -> int:
+    """Delete task records (see ``Queue.clean``); returns how many were deleted. ``older_than`` (seconds
+    or a timedelta): only finished records whose finish time (the done/failed zsets' score) is older;
+    without ``done``/``failed`` both. ConfigError (nothing deleted) for a bad value, or with ``all``."""
     k = q.keys
+    cutoff = "+inf"
+    if older_than is not None:
+        age = ttl_text(older_than, "older_than")
+        if all:
+            raise ConfigError("older_than= deletes finished records only: it does not go with all=True")
+        cutoff = f"({time.time() - float(age)!r}"
+        done, failed = (done, failed) if done or failed else (True, True)
     sources = [k.done] * (done or all) + [k.failed] * (failed or all) + [k.todo] * all
     deleted = 0
     for source in sources:
         start = 0
         while True:
-            ids = [i.decode() for i in q.r.zrange(source, start, start + BATCH - 1)]
+            ids = [i.decode() for i in q.r.zrangebyscore(source, "-inf", cutoff, start, BATCH)]
             if not ids:
                 break
             n = ops.clean(q.scripts, k, ids)
@@ -456,11 +508,12 @@ def forget(q: QueueCore) -> None:
     """Delete every key of a queue that holds no task any more and take its name off ``fq:queues``
     (status and the "known:" lists stop showing it). Scheduling to it again registers it again. Its
     periodic schedules (``Queue.every``/``cron``) are not tasks: they stay (with their functions and the
-    producers' signer fingerprint), and keep the queue listed."""
+    producers' signer fingerprint), and keep the queue listed; its limits and rates by key stay too."""
     schedules = (q.keys.periodic.encode(), (q.keys.prefix + schema.SUFFIX_PERIODIC).encode())
     names = [n.decode() for n in q.r.zrange(q.keys.periodic, 0, -1)]
     shas = [q.r.hget(q.keys.schedule(n), schema.TASK_FN) for n in names]
     kept = {q.keys.fn(sha.decode()).encode() for sha in shas if sha} | ({q.keys.signer.encode()} if names else set())
+    kept |= {q.keys.limits.encode(), q.keys.rates.encode()}  # limits by key are settings, like schedules
     stale = [key for key in q.r.scan_iter(match=q.keys.pattern(), count=1000)
              if not key.startswith(schedules) and key not in kept]
     if stale:

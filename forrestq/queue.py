@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from . import codec, context, local, mapping, once, periodic, producer, reading, shared
+from . import codec, context, limits, local, mapping, once, periodic, producer, reading, shared
 from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
@@ -25,6 +25,7 @@ from .debug import run_inline
 from .errors import ConfigError
 from .events import Event, cap_value, set_cap
 from .events import read as read_events
+from .limits import Limit
 from .local import LocalWorkers
 from .mapping import Submitter
 from .once import KeyClaim, KeyRecord
@@ -45,20 +46,25 @@ class Queue:
     ``events``: whether the queue keeps its tasks' history (:meth:`events`; opt-in, it costs the
     no-op drain a few %): True (about 100,000 events), about N events, or False; stored in Redis for
     every worker and producer of the queue (None: leave it as it is).
+    ``result_ttl``: the queue's default for ``schedule(result_ttl=)`` (seconds or a timedelta; 0 or False:
+    kept for ever), stored in Redis for every producer of the queue (None: leave it as it is).
     """
 
     def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
                  exist_ok: bool = True, pre_clean: bool = False, local: bool = False,
-                 events: bool | int | None = None) -> None:
+                 events: bool | int | None = None, result_ttl: Any = None) -> None:
         check_name(name)
         url = resolve_url(url)
         self.core = QueueCore(name, url, connect(url), producer.check_attempts(max_attempts), local)
         self._scheduled = Scheduled()  # roots scheduled through this object that no run() yielded yet
         self.core.events_cap = None if events is None else cap_value(events)
+        self.core.result_ttl = None if result_ttl is None else producer.ttl_text(result_ttl)
         if pre_clean:
             self.clean(all=True)
         if self.core.events_cap is not None:
             set_cap(self.r, self.keys, self.core.events_cap)
+        if self.core.result_ttl is not None:
+            producer.set_result_ttl(self.r, self.keys, self.core.result_ttl)
         if not exist_ok:
             held = sum(self.counts().values())
             if held:
@@ -91,7 +97,8 @@ class Queue:
                  max_attempts: int | None = None, key: str | None = None, retries: int = 0,
                  retry_backoff: float = 1.0, retry_on: Any = (Exception,),
                  soft_timeout: float | None = None, resources: Mapping[str, Any] | None = None,
-                 delay: Any = None, at: Any = None) -> TaskRef:
+                 delay: Any = None, at: Any = None, result_ttl: Any = None, limits: Any = None,
+                 priority: int = 0) -> TaskRef:
         """Schedule a deferred task tree; returns at once. ``timeout`` (seconds) kills the task's
         process group when exceeded; ``soft_timeout`` (below it) raises ``forrestq.TimeLimitExceeded``
         in the task first, so its ``finally:`` blocks run and its traceback names the line.
@@ -104,26 +111,37 @@ class Queue:
         cpus=1); a GPU task gets its own ``CUDA_VISIBLE_DEVICES``.
         ``delay`` (seconds or a timedelta, by the Redis server's clock) or ``at`` (an aware datetime;
         in the past: at once): no node of the tree starts before then; meanwhile it is ``scheduled``.
-        ``timeout``, ``max_attempts``, ``resources`` and the retry policy apply to every node of the tree."""
+        ``result_ttl`` (seconds or a timedelta; 0: for ever; None: the queue's default, ``Queue(result_ttl=)``):
+        the finished root's record, and the inner nodes nobody needs any more, are deleted that long
+        after it finished (by a worker, about once a second; never a result an unfinished task needs).
+        ``limits`` (a key or a list of keys): at most ``set_limit(key, n)`` tasks holding a key run at once,
+        and at most ``set_rate(key, n, per)`` of them start per window, across every worker.
+        ``priority`` (0..9, default 0): ready tasks of a higher level are claimed first, FIFO within a level;
+        strict, so a constant load of higher ones starves the lower (give those their own queue and workers).
+        ``timeout``, ``max_attempts``, ``resources``, ``limits``, ``priority`` and the retry policy apply to
+        every node."""
         return self.schedule_many([task], metadata=[metadata], timeout=timeout, max_attempts=max_attempts,
                                   keys=None if key is None else [key], retries=retries,
                                   retry_backoff=retry_backoff, retry_on=retry_on, soft_timeout=soft_timeout,
-                                  resources=resources, delay=delay, at=at)[0]
+                                  resources=resources, delay=delay, at=at, result_ttl=result_ttl,
+                                  limits=limits, priority=priority)[0]
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,
                       keys: Iterable[str] | None = None, retries: int = 0, retry_backoff: float = 1.0,
                       retry_on: Any = (Exception,), soft_timeout: float | None = None,
-                      resources: Mapping[str, Any] | None = None, delay: Any = None, at: Any = None) -> Batch:
+                      resources: Mapping[str, Any] | None = None, delay: Any = None, at: Any = None,
+                      result_ttl: Any = None, limits: Any = None, priority: int = 0) -> Batch:
         """Schedule many task trees in one round trip. ``metadata`` and ``keys``, if given, run parallel
         to ``tasks`` (see ``schedule``). Everything is serialised before anything is written, so an
         argument that cannot be serialised raises ``SerializationError`` and leaves Redis as it was.
         Returns a :class:`~forrestq.batch.Batch`: the TaskRefs, parallel to ``tasks``, whose
         ``results()`` yields these roots only (also those a ``key`` matched that had finished).
-        ``delay``/``at`` as for ``schedule``, for every task of the batch."""
+        ``delay``/``at``/``result_ttl``/``priority`` as for ``schedule``, for every task of the batch."""
         batch = Batch(self.core, producer.schedule_many(self.core, tasks, metadata, timeout, max_attempts, keys,
                                                         retries, retry_backoff, retry_on, soft_timeout,
-                                                        resources, delay=delay, at=at))
+                                                        resources, delay=delay, at=at, result_ttl=result_ttl,
+                                                        limits=limits, priority=priority))
         self._scheduled.add(batch)
         return batch
 
@@ -174,6 +192,23 @@ class Queue:
     def remove_periodic(self, key: str) -> None:
         """Delete schedule ``key`` (the tasks it made stay)."""
         periodic.remove(self.core, key)
+
+    # --- concurrency and rate limits by key (issue 16) ------------------------------------------
+    def set_limit(self, key: str, most: int) -> None:
+        """At most ``most`` tasks scheduled with ``limits=[key]`` run at once, on every worker and host."""
+        limits.set_limit(self.r, self.keys, key, most)
+
+    def set_rate(self, key: str, starts: int, per: float = 1.0) -> None:
+        """At most ``starts`` tasks scheduled with ``limits=[key]`` start per ``per`` seconds, everywhere."""
+        limits.set_rate(self.r, self.keys, key, starts, per)
+
+    def remove_limit(self, key: str, limit: bool = True, rate: bool = True) -> None:
+        """Drop ``key``'s limit and rate (``limit=False``/``rate=False`` keeps one); UnknownLimit if none."""
+        limits.remove(self.r, self.keys, key, limit, rate)
+
+    def limits(self) -> list[Limit]:
+        """The queue's limit keys with their limit, rate, holders running now, recent starts and waiting."""
+        return limits.listing(self.r, self.keys)
 
     def scheduled(self) -> Batch:
         """The roots scheduled through this Queue object (``schedule``, ``schedule_many``,
@@ -288,11 +323,12 @@ class Queue:
             chosen = [reading.task_id(i) for i in many]  # one id given alone is not a string of letters
         return producer.cancel(self.core, chosen)
 
-    def clean(self, done: bool = False, failed: bool = False, all: bool = False) -> int:
+    def clean(self, done: bool = False, failed: bool = False, all: bool = False, older_than: Any = None) -> int:
         """Delete task records: done ones, failed ones, or all (also unstarted ones). Never deletes a
-        running task, nor a finished one whose result an unfinished task still needs. Returns how many
-        were deleted."""
-        return producer.clean(self.core, done, failed, all)
+        running task, nor a finished one whose result an unfinished task still needs. ``older_than``
+        (seconds or a timedelta): only finished records that finished longer ago (done and failed ones
+        unless one is named). Returns how many were deleted."""
+        return producer.clean(self.core, done, failed, all, older_than)
 
     def run_here(self, ref: TaskRef | str, record: bool = False) -> Task:
         """Run one task in this process, with its real inputs from Redis, for debugging by hand

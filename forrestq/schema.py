@@ -28,6 +28,15 @@ key                        type    what                                written b
                                    ``at``, a retry backoff), by the    complete (retry, release);
                                    server-clock time they are due      claim and promote move due
                                                                        ones to the stream
+``fq:{q}:stream:p<n>``     stream  ready tasks of priority n (1..9),   schedule(priority=), every
+                                   same group; a nudge entry on the    push of such a task
+                                   stream itself wakes blocked children (include/stream.lua)
+``fq:{q}:stream:levels``   zset    the priority levels above 0 in use  include/stream.lua (ZADD NX)
+``fq:{q}:expiry``          zset    finished roots with a result TTL,   complete (ZADD), expire
+                                   by the server-clock time they       (worker timekeeper: deletes
+                                   expire                              the due ones, clean.lua)
+``fq:{q}:result_ttl``      string  the queue's default result TTL (s)  Queue(result_ttl=) (SET),
+                                   for new roots; unset: kept for ever producer; read by schedule
 ``fq:{q}:periodic``        zset    periodic schedule name -> its next  Queue.every/cron, pause
                                    due time (server clock, s); paused: (+inf), resume, remove;
                                    +inf                                periodic_tick (next due)
@@ -243,6 +252,7 @@ TASK_STACK = "stk"  # Python stack at death (a time-limit kill, a crash), text
 TASK_RESOURCES = "res"  # what the task needs, "cpus=2,gpu=1,mem=6442450944" (forrestq.resources); "": cpus=1
 TASK_WAITS = "rw"  # times handed back unrun for its resources (release.lua RELEASE_WAIT/RELEASE_UNFIT)
 TASK_UNFIT = "unfit"  # comma-separated distinct hosts whose worker has less than the task needs
+TASK_LIMITS = "lim"  # comma-separated limit keys the task holds while it runs (issue 16; forrestq.limits)
 # the attempt's progress (forrestq.progress() inside the task; progress.lua, fenced by TASK_TOKEN): JSON
 # {"done", "total", "message", "at", "tok"}; "tok" is the writer's token: shown only while it is TASK_TOKEN
 TASK_PROGRESS = "prg"
@@ -253,6 +263,10 @@ TASK_ALLOW_FAILED = "af"  # "1": runs when inputs failed, getting forrestq.Faile
 # delayed and periodic tasks (issue 16)
 TASK_DUE = "due"  # server-clock time (s) before which it does not start (delay=, at=); absent: at once
 TASK_PERIODIC = "per"  # the name of the periodic schedule whose tick made it
+# result expiry (issue 16)
+TASK_RESULT_TTL = "rttl"  # on a root: seconds its finished record is kept (result_ttl=); absent: for ever
+# priorities (issue 16)
+TASK_PRIORITY = "pri"  # its priority level, 1..PRIORITY_MAX (schedule(priority=)); absent: 0, the stream itself
 
 TASK_FIELDS = tuple(v for k, v in sorted(globals().items()) if k.startswith("TASK_") and k != "TASK_FIELDS")
 # every field of a task record but its argument payload, which can be large and is never shown
@@ -310,6 +324,23 @@ SUFFIX_EVENTS_CAP = "events:cap"
 SUFFIX_STATS = "stats"
 SUFFIX_STATS_SAMPLES = "stats:s:"
 SUFFIX_PROGRESS = "progress"
+# concurrency and rate limits by key (issue 16; limit_acquire.lua, forrestq.limits): below the prefix,
+# + the key's name: its holders (hash: task id -> the token of the attempt holding it, counted only while
+# that token holds the task's lease), its rate window (zset: "<id>:<token>" -> start time, server clock)
+# and the tasks handed back waiting for it (zset: task id -> when, server clock)
+SUFFIX_LIMIT_HOLDERS = "lim:h:"
+SUFFIX_LIMIT_STARTS = "lim:r:"
+SUFFIX_LIMIT_WAITING = "lim:w:"
+LIMIT_SEP = " "  # between the two numbers of a rate ("<starts> <per seconds>"), and id and token in its window
+LIMIT_WAITING_FOR = 10.0  # seconds a hand-back keeps a task counted as waiting for a key (status)
+SUFFIX_RESULT_TTL = "result_ttl"  # string: the queue's default result TTL (s) for new roots (Queue(result_ttl=))
+SUFFIX_EXPIRY = "expiry"  # zset: finished roots with a result TTL -> server-clock time they expire
+PRIORITY_MAX = 9  # priorities are 0 (the default: the queue's stream) .. PRIORITY_MAX, higher first
+STREAM_LEVEL = ":p"  # after the stream's key: the stream of one priority level above 0 (fq:{q}:stream:p<n>)
+STREAM_LEVELS = ":levels"  # after the stream's key: zset of the levels above 0 in use (member = score = level)
+LEVEL_SEP = "/"  # TASK_STREAM_ID of a task on a level above 0: "<level>/<entry id>" (include/stream.lua)
+EXPIRE_RETRY = "60"  # s: an expired root an unfinished task still needs is looked at again this much later
+EXPIRE_LIMIT = 200  # expired roots deleted per queue per timekeeper look (the rest: the next looks)
 
 QUEUES = "fq:queues"
 
@@ -344,7 +375,9 @@ class QueueKeys:
     """Key names of one queue."""
 
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
-                 "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress", "periodic")
+                 "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress", "periodic",
+                 "limits", "rates",
+                 "result_ttl", "expiry", "levels")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -365,9 +398,18 @@ class QueueKeys:
         self.unfit = p + "unfit"
         self.progress = p + SUFFIX_PROGRESS
         self.periodic = p + "periodic"
+        self.limits = p + "limits"  # hash: limit key -> how many tasks holding it may run at once
+        self.rates = p + "rates"  # hash: limit key -> "<starts> <per seconds>" (at most that many starts per window)
+        self.result_ttl = p + SUFFIX_RESULT_TTL
+        self.expiry = p + SUFFIX_EXPIRY
+        self.levels = self.stream + STREAM_LEVELS
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id
+
+    def level_stream(self, level: int | str) -> str:
+        """The ready stream of priority ``level`` (0: the queue's stream itself; include/stream.lua)."""
+        return self.stream if str(level) in ("", "0") else self.stream + STREAM_LEVEL + str(level)
 
     def dependents(self, task_id: str) -> str:
         return self.prefix + SUFFIX_DEPENDENTS + task_id
@@ -410,6 +452,18 @@ class QueueKeys:
         """A shared input, content-addressed by the sha256 of its pickle."""
         return self.prefix + SUFFIX_BLOB + sha
 
+    def limit_holders(self, key: str) -> str:
+        """The holders of limit ``key`` (hash: task id -> token; limit_acquire.lua builds it from the prefix)."""
+        return self.prefix + SUFFIX_LIMIT_HOLDERS + key
+
+    def limit_starts(self, key: str) -> str:
+        """The recent starts of tasks holding rate-limited ``key`` (zset scored by server time)."""
+        return self.prefix + SUFFIX_LIMIT_STARTS + key
+
+    def limit_waiting(self, key: str) -> str:
+        """Tasks handed back because ``key`` was full (zset: task id -> when, server time)."""
+        return self.prefix + SUFFIX_LIMIT_WAITING + key
+
     def pattern(self) -> str:
         """Glob matching every key of this queue (for clean-up by SCAN)."""
         return glob_escape(self.prefix) + "*"
@@ -438,6 +492,12 @@ _LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "CO
               # delayed and periodic tasks (issue 16)
               "SCHEDULED", "PERIODIC_NEXT", "PERIODIC_SPEC", "PERIODIC_PAUSED", "PERIODIC_LAST",
               "PERIODIC_LAST_TASK", "PERIODIC_RUNS",
+              # result expiry (issue 16)
+              "SUFFIX_RESULT_TTL", "EXPIRE_RETRY",
+              # priorities (issue 16)
+              "GROUP", "STREAM_LEVEL", "STREAM_LEVELS", "LEVEL_SEP",
+              # concurrency and rate limits by key (issue 16; limit_acquire.lua)
+              "SUFFIX_LIMIT_HOLDERS", "SUFFIX_LIMIT_STARTS", "SUFFIX_LIMIT_WAITING", "LIMIT_SEP",
               # function statistics (include/stats.lua)
               "SUFFIX_STATS", "SUFFIX_STATS_SAMPLES", "STATS_RUNS", "STATS_FAILED", "STATS_SEP", "STATS_SAMPLES")
 

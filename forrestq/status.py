@@ -32,8 +32,8 @@ from typing import Any, cast
 
 import redis
 
+from . import limits, schema
 from . import resources as requests
-from . import schema
 from .codec import load_args
 from .environment import differences
 from .errors import UnknownQueue, UnknownTask
@@ -99,7 +99,10 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
     """Per queue: the counts of :meth:`Queue.counts` (waiting, scheduled, ready, running, done, failed:
     DAG nodes) plus ``done_per_min`` and ``failed_per_min`` over the last :data:`RATE_WINDOW` seconds,
     ``next_due``: when the first ``scheduled`` one is due (server clock; None: none; a delay, ``at``
-    or a retry backoff: ``fq:{q}:delayed``), ``periodic``: the schedules of ``Queue.every``/``cron``
+    or a retry backoff: ``fq:{q}:delayed``), ``expiring`` and ``next_expiry``: how many finished roots
+    wait for their result TTL and when the first goes (server clock; None: none), ``levels``: the
+    priority levels above 0 the queue has used (highest first), ``periodic``: the
+    schedules of ``Queue.every``/``cron``
     (:func:`forrestq.periodic.listing`, the next due first), and ``roots``: the tasks users
     scheduled, ``{"unfinished", "done", "failed"}``. Two round trips."""
     now = time.time() if now is None else now
@@ -110,16 +113,22 @@ def queue_status(r: redis.Redis, names: Sequence[str], now: float | None = None)
         pipe.zcount(k.done, now - RATE_WINDOW, "+inf")
         pipe.zcount(k.failed, now - RATE_WINDOW, "+inf")
         pipe.zrange(k.delayed, 0, 0, withscores=True)
+        pipe.zrange(k.expiry, 0, 0, withscores=True)
+        pipe.zcard(k.expiry)
+        pipe.zrange(k.levels, 0, -1)
     replies = pipe.execute()
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(names):
-        raw, done_n, failed_n, first_due = replies[4 * i: 4 * i + 4]
+        raw, done_n, failed_n, first_due, first_expiry, expiring, levels = replies[7 * i: 7 * i + 7]
         got = {_s(k): int(v) for k, v in raw.items()}
         row: dict[str, Any] = {s: got.get(s, 0) for s in schema.STATES}
         scale = 60.0 / RATE_WINDOW
         row["done_per_min"] = round(done_n * scale, 1)
         row["failed_per_min"] = round(failed_n * scale, 1)
         row["next_due"] = float(first_due[0][1]) if first_due else None
+        row["expiring"] = int(expiring)  # finished roots with a result TTL, not deleted yet
+        row["next_expiry"] = float(first_expiry[0][1]) if first_expiry else None
+        row["levels"] = sorted((int(v) for v in levels), reverse=True)  # priority levels above 0 used
         row["periodic"] = [periodic_row(p) for p in listing(r, QueueKeys(name))]
         row["roots"] = roots_of(raw)
         out[name] = row
@@ -277,6 +286,7 @@ def gather(r: redis.Redis, queue: str | None = None, now: float | None = None,
         row["workers"] = sum(1 for w in workers if serves(w, name))
         row["unfit"] = unfit_tasks(r, name, [w for w in workers if serves(w, name)])
         row["running_tasks"] = running_tasks(r, name) if row[schema.RUNNING] else []
+        row["limits"] = [limits.as_json(lim) for lim in limits.listing(r, QueueKeys(name))]
     unserved = [name for name, row in queues.items() if not row["workers"] and (
         sum(row[s] for s in UNFINISHED) or any(not p["paused"] for p in row["periodic"]))]  # no tick without one
     if queue is not None:

@@ -121,6 +121,11 @@ class Task:
         # gives a retry's (issue 16)
         self.due: float | None = _float(f(schema.TASK_DUE.encode()))
         self.periodic: str | None = _s(f(schema.TASK_PERIODIC.encode())) or None  # the schedule that made it
+        # a root's result TTL (s): its finished record is deleted that long after it finished (issue 16)
+        self.result_ttl: float | None = _float(f(schema.TASK_RESULT_TTL.encode()))
+        self.priority: int = _int(f(schema.TASK_PRIORITY.encode())) or 0  # schedule(priority=): higher first
+        # the limit keys it holds while it runs: schedule(limits=[...]) (issue 16)
+        self.limits: list[str] = _s(f(schema.TASK_LIMITS.encode())).split(",") if f(schema.TASK_LIMITS.encode()) else []
 
     @property
     def ref(self) -> TaskRef:

@@ -23,7 +23,7 @@ import typer
 
 from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
 from ..version import __version__
-from . import inspect, manage, periodic, work
+from . import inspect, limits, manage, periodic, work
 from .common import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -139,6 +139,7 @@ for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, inspe
                  manage.requeue, manage.run, manage.clean, manage.cancel):
     app.command(cls=Command)(_command)
 app.add_typer(periodic.app, name="periodic")  # forrestq periodic list|pause|resume|remove (issue 16)
+app.add_typer(limits.app, name="limit")  # forrestq limit set|rate|rm|list (issue 16)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -225,6 +225,15 @@ _AGO = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def duration_value(text: str, option: str) -> float:
+    """A duration such as ``30m``, ``2h``, ``7d`` or ``90s`` (the units of ``--since``) in seconds;
+    ConfigError (exit 2) otherwise."""
+    ago = _AGO.fullmatch(text)
+    if not ago:
+        raise ConfigError(f"bad {option} {text!r}: use a number and a unit, like 90s, 30m, 2h or 7d")
+    return float(ago.group(1)) * _UNIT[ago.group(2)]
+
+
 def since_value(text: str | None) -> Any:
     """``--since``: ``10m``/``2h``/``30s``/``1d`` ago, ``now``, an event id (``--json``'s ``id``) or
     an ISO date and time, as :func:`forrestq.events.start_id` takes it."""

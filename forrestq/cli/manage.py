@@ -19,6 +19,7 @@ from ..queue import Queue
 from ..status import find_task, queue_status, queues_of, records, resolve_queues, why_not_cancelled, why_not_requeued
 from ..task import Task
 from .common import EXIT_FAILURE, JSON, QUEUE, STATE, URL, VERBOSE, client, queue_option, set_verbose
+from .inspect import duration_value
 from .render import make_console, print_json, traceback_view, value_view
 
 __all__ = ["cancel", "clean", "requeue", "run"]
@@ -154,6 +155,9 @@ def clean(
     done: bool = typer.Option(False, "--done", help="Delete done tasks."),
     failed: bool = typer.Option(False, "--failed", help="Delete failed tasks."),
     all_: bool = typer.Option(False, "--all", help="Delete every task that is not running (the queue's backlog too)."),
+    older_than: str | None = typer.Option(None, "--older-than", metavar="AGE",
+                                          help="Only finished tasks that finished longer ago (30m, 2h, 7d); "
+                                               "done and failed ones unless --done or --failed says which."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = JSON,
     url: str | None = URL,
@@ -161,11 +165,17 @@ def clean(
 ) -> None:
     """Delete tasks; asks first unless [bold]--yes[/bold]. Running tasks are never deleted.
 
-    Examples: [bold]forrestq clean --done --yes[/bold], [bold]forrestq clean -q fits --all[/bold]
+    Examples: [bold]forrestq clean --done --yes[/bold], [bold]forrestq clean -q fits --all[/bold],
+    [bold]forrestq clean --older-than 7d --yes[/bold]
     """
     set_verbose(verbose)
+    age = None if older_than is None else duration_value(older_than, "--older-than")
+    if age is not None and all_:
+        raise ConfigError("--older-than deletes finished tasks only: it does not go with --all")
+    if age is not None and not (done or failed):
+        done = failed = True
     if not (done or failed or all_):
-        raise ConfigError("say what to delete: --done, --failed or --all")
+        raise ConfigError("say what to delete: --done, --failed, --all or --older-than")
     r = client(url)
     names = resolve_queues(r, queue)
     counts = queue_status(r, names)
@@ -173,6 +183,8 @@ def clean(
         s for s, on in (("done", done), ("failed", failed)) if on)
     planned = sum(c[s] for c in counts.values() for s in states)
     what = "every task that is not running" if all_ else " and ".join(f"{s} tasks" for s in states)
+    if age is not None:
+        what += f" finished over {older_than} ago"  # planned: an upper bound (the counters know no times)
     where = f"queue {queue}" if queue else f"{len(names)} queue(s)"
     if not yes and planned and not _confirmed(f"delete {what} ({planned:,}) from {where}?"):
         if as_json:
@@ -180,7 +192,8 @@ def clean(
         else:
             print("nothing deleted")
         return
-    deleted = {name: int(Queue(name, url).clean(done=done, failed=failed, all=all_)) for name in names}
+    deleted = {name: int(Queue(name, url).clean(done=done, failed=failed, all=all_, older_than=age))
+               for name in names}
     total = sum(deleted.values())
     if as_json:
         print_json({"deleted": total, "queues": deleted})

@@ -263,6 +263,13 @@ def _time_lines(queues: dict[str, dict[str, Any]], now: float | None) -> list[Te
             lines.append(Text.assemble(("scheduled: ", "bold"), "queue ", literal(name), f": {c['scheduled']:,} "
                                        f"task(s) wait for their time, the first due in "
                                        f"{human_duration(max(0.0, c['next_due'] - now))}"))
+        if c.get("levels"):
+            lines.append(Text.assemble(("priorities: ", "bold"), "queue ", literal(name), ": levels ",
+                                       ", ".join(map(str, c["levels"])), " and 0 (higher levels are claimed first)"))
+        if c.get("expiring"):
+            lines.append(Text.assemble(("expiry: ", "bold"), "queue ", literal(name), f": {c['expiring']:,} finished "
+                                       "root(s) with a result TTL, the next deleted in "
+                                       f"{human_duration(max(0.0, (c['next_expiry'] or now) - now))}"))
         for p in c.get("periodic", []):
             timing = f"every {p['every']:g} s" if p["every"] is not None else f"cron {p['cron']} ({p['tz'] or 'UTC'})"
             due = "paused" if p["paused"] or p["next_due"] is None else \
@@ -300,6 +307,25 @@ def _unfit_lines(queues: dict[str, dict[str, Any]]) -> list[Text]:
     return lines
 
 
+def limit_text(lim: dict[str, Any]) -> str:
+    """One limit key's use: "2/4 running, 3 waiting, 7 starts in the last 1 s (at most 10)"."""
+    parts = []
+    if lim["limit"] is not None:
+        parts.append(f"{lim['in_use']}/{lim['limit']} running")
+    if lim["rate"] is not None:
+        starts, per = lim["rate"]
+        parts.append(f"{lim['starts']} starts in the last {per:g} s (at most {starts})")
+    if lim["waiting"]:
+        parts.append(f"{lim['waiting']} waiting")
+    return ", ".join(parts)
+
+
+def _limit_lines(queues: dict[str, dict[str, Any]]) -> list[Text]:
+    """One line per limit key of each queue (``forrestq limit set``/``Queue.set_rate``), keys literally."""
+    return [Text.assemble(("limit ", "bold"), literal(lim["key"]), " on queue ", literal(name), ": ", limit_text(lim))
+            for name, c in queues.items() for lim in c.get("limits", [])]
+
+
 def _refusing_lines(workers: Sequence[dict[str, Any]]) -> list[Text]:
     """Why each refusing worker stopped claiming tasks, as it said it (literally)."""
     return [Text.assemble(("refusing: ", "bold red"), "worker on ", literal(w["host"]), f" (pid {w['pid']}) ",
@@ -329,6 +355,7 @@ def render_status(data: dict[str, Any], where: str = "") -> Group:
         parts += _time_lines(queues, data.get("time"))
         parts += _unserved_lines(queues, unserved)
         parts += _unfit_lines(queues)
+        parts += _limit_lines(queues)
         running = _running_rows(queues, data.get("time"))
         if running:
             parts.append(Fitted("running, with progress", _RUNNING_COLS, running))
@@ -354,7 +381,8 @@ def task_json(task: Task, width: int = 200) -> dict[str, Any]:
             "attempts": task.attempts, "reason": task.reason, "upstream": task.upstream,
             "created": task.created, "started": task.started, "finished": task.finished,
             "cpu_time": task.cpu_time, "peak_rss": task.peak_rss, "pid": task.pid, "worker": task.worker or None,
-            "progress": task.progress, "due": task.due, "periodic": task.periodic}
+            "progress": task.progress, "due": task.due, "periodic": task.periodic, "result_ttl": task.result_ttl,
+            "limits": task.limits, "priority": task.priority}
 
 
 def _task_table(found: Sequence[Task], show_queue: bool, with_progress: bool = False) -> Table:
@@ -415,6 +443,14 @@ def show_json(task: Task, call: str, history: History, output_lines: Sequence[st
             "output": "\n".join(output_lines), "traceback": task.traceback, "stack": task.stack}
 
 
+def _ttl_line(task: Task) -> str:
+    """A root's result TTL for ``show``: how long its finished record is kept, and until about when."""
+    kept = f"{human_duration(task.result_ttl)} after it finished"
+    if task.finished is None or task.result_ttl is None:
+        return kept
+    return f"{kept} (deleted about {when(task.finished + task.result_ttl)})"
+
+
 def _detail_rows(task: Task, call: str, history: History, metadata: str,
                  environment: str = "") -> list[tuple[str, Text | str]]:
     lost = f" (last lost on {task.lost_on})" if task.lost_on else ""
@@ -428,6 +464,8 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         *([("due", literal(f"{when(task.due)}  (not before; server clock)"))] if task.due is not None else []),
         ("started", when(task.started)),
         ("finished", when(task.finished)),
+        *([("result ttl", _ttl_line(task))] if task.result_ttl is not None else []),
+        *([("priority", f"{task.priority} (of 0..9: higher first)")] if task.priority else []),
         ("runtime", human_duration(task.runtime)),
         ("progress", literal(_progress_line(task.progress))),
         ("resources", literal(resources_text(task))),
@@ -435,6 +473,8 @@ def _detail_rows(task: Task, call: str, history: History, metadata: str,
         ("metadata", literal(metadata))]
     if task.key:
         rows.append(("key", literal(task.key)))
+    if task.limits:
+        rows.append(("limits", literal(", ".join(task.limits) + "  (forrestq limit list)")))
     if task.periodic:
         rows.append(("periodic", literal(f"{task.periodic}  (forrestq periodic list)")))
     rows.append(("inputs", literal(", ".join(task.inputs) or "-")))

@@ -3,10 +3,11 @@
 --                                                    server's clock (TIME) are moved onto the stream first
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
 -- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s, the worker's clock: TASK_STARTED)
--- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here
+-- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here: from the
+--         streams of the priority levels above 0, highest first, then KEYS[1] (include/stream.lua)
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
---       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, input results...}
+--       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, limit keys ("a,b"; "" = none), input results...}
 --   For an allow-failed task (TASK_ALLOW_FAILED), a failed input's result is INPUT_FAILED .. its id, then
 --   INPUT_SEP, the id of the input that failed first ("" = itself), INPUT_SEP, the error blob's length,
 --   INPUT_SEP, the error blob and its reason (forrestq.codec.load_input).
@@ -20,9 +21,12 @@ promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
 for _ = 1, 100 do
   local tid
   if sid == '' then
-    local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-    if not got then return nil end
-    local entry = got[1][2][1]
+    local entry = read_levels(KEYS[1], group, consumer)  -- priorities: the highest level above 0 first
+    if not entry then
+      local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
+      if not got then return nil end
+      entry = got[1][2][1]
+    end
     sid = entry[1]
     tid = entry_task(entry)
   else
@@ -38,9 +42,9 @@ for _ = 1, 100 do
     event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
     local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
                          TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT,
-                         TASK_RESOURCES, TASK_WAITS, TASK_ALLOW_FAILED)
+                         TASK_RESOURCES, TASK_WAITS, TASK_ALLOW_FAILED, TASK_LIMITS)
     local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0', f[8] or '',
-                 f[9] or '', f[10] or '', f[11] or '0'}
+                 f[9] or '', f[10] or '', f[11] or '0', f[13] or ''}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do
         local d = prefix .. SUFFIX_TASK .. dep

@@ -1,6 +1,8 @@
 -- complete: record a task's end, fenced by its lease token, and release or fail its dependents.
 -- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] todo (zset)   KEYS[4] done (zset)
 -- KEYS[5] failed (zset)     KEYS[6] finished (stream)   KEYS[7] delayed (zset)
+-- KEYS[8] expiry (zset: a root with TASK_RESULT_TTL that finishes goes here, scored by the server-clock time
+--         its record expires; expire.lua deletes it then)
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] task id
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
 -- ARGV[5] DONE | FAILED | RETRY (SCHEDULED in KEYS[7] until ARGV[14] s from now by the server's clock,
@@ -38,7 +40,7 @@ local emit = event_writer(prefix)
 local t = prefix .. SUFFIX_TASK .. id
 local lease = prefix .. SUFFIX_LEASE .. id
 local f = redis.call('HMGET', t, TASK_STATE, TASK_TOKEN, TASK_STREAM_ID, TASK_ROOT, TASK_GEN, TASK_HOST,
-                     TASK_ATTEMPTS, TASK_NAME)
+                     TASK_ATTEMPTS, TASK_NAME, TASK_RESULT_TTL)
 if f[1] ~= RUNNING then return 0 end
 if token == '' then
   if redis.call('EXISTS', lease) == 1 then return 0 end
@@ -99,13 +101,15 @@ if outcome == RETRY then
   return 1
 end
 -- a node leaves state `from` for the finished state `to` (DONE or FAILED): counts, zsets, announcement
-local function finish(node, from, to, root, gen)
+-- (ttl: the root's TASK_RESULT_TTL, nil for none)
+local function finish(node, from, to, root, gen, ttl)
   move_count(KEYS[2], from, to)
   redis.call('ZREM', KEYS[3], node)
   redis.call('ZADD', to == DONE and KEYS[4] or KEYS[5], now, node)
   if root == '1' then
     announce(KEYS[6], node, gen)
     root_finished(KEYS[2], to)
+    if ttl then redis.call('ZADD', KEYS[8], server_now() + tonumber(ttl), node) end
   end
 end
 local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[10]}
@@ -123,7 +127,7 @@ redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
 drop_entry(KEYS[1], group, f[3])
-finish(id, RUNNING, outcome, f[4], f[5])
+finish(id, RUNNING, outcome, f[4], f[5], f[9])
 if ARGV[15] ~= '1' then record_stats(prefix, f[8], outcome ~= DONE, ARGV[10], ARGV[17], ARGV[18], host) end
 if token == '' then emit(EVENT_LOST, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt) end
 if outcome == DONE then
@@ -139,10 +143,10 @@ if outcome == DONE then
     local x = queue[head]
     for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. x)) do
       local d = prefix .. SUFFIX_TASK .. dep
-      local g = redis.call('HMGET', d, TASK_STATE, TASK_CONT, TASK_ROOT, TASK_GEN)
+      local g = redis.call('HMGET', d, TASK_STATE, TASK_CONT, TASK_ROOT, TASK_GEN, TASK_RESULT_TTL)
       if g[1] == WAITING and g[2] == x then
         redis.call('HSET', d, TASK_STATE, DONE, TASK_RESULT, result, TASK_FINISHED, now)
-        finish(dep, WAITING, DONE, g[3], g[4])
+        finish(dep, WAITING, DONE, g[3], g[4], g[5])
         emit(EVENT_DONE, dep)
         queue[#queue + 1] = dep
       elseif g[1] == WAITING and not g[2] and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
@@ -160,7 +164,8 @@ else
     local x = queue[head]
     for _, dep in ipairs(redis.call('SMEMBERS', prefix .. SUFFIX_DEPENDENTS .. x)) do
       local d = prefix .. SUFFIX_TASK .. dep
-      local g = redis.call('HMGET', d, TASK_STATE, TASK_ROOT, TASK_GEN, TASK_CONT, TASK_ALLOW_FAILED)
+      local g = redis.call('HMGET', d, TASK_STATE, TASK_ROOT, TASK_GEN, TASK_CONT, TASK_ALLOW_FAILED,
+                           TASK_RESULT_TTL)
       if g[1] ~= WAITING or (g[4] and g[4] ~= x) then  -- not waiting, or waiting for another continuation
         -- nothing to do
       elseif g[5] == '1' and not g[4] then
@@ -169,7 +174,7 @@ else
         end
       else
         redis.call('HSET', d, unpack(failure))
-        finish(dep, WAITING, FAILED, g[2], g[3])
+        finish(dep, WAITING, FAILED, g[2], g[3], g[6])
         emit(EVENT_FAILED, dep, EVENT_REASON, failure[6])  -- failure: HSET pairs, the 3rd one TASK_REASON
         queue[#queue + 1] = dep
       end

@@ -14,10 +14,11 @@ local emit = event_writer(prefix)
 local giveup = {}
 for i = 4, #ARGV do
   local sid = ARGV[i]
-  local tid = entry_task(redis.call('XRANGE', KEYS[1], sid, sid)[1])
+  local tid = entry_task(entry_at(KEYS[1], sid))
   local t = tid and (prefix .. SUFFIX_TASK .. tid)
   if t and redis.call('EXISTS', prefix .. SUFFIX_LEASE .. tid) == 0 then
-    local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID, TASK_ATTEMPTS, TASK_MAX_ATTEMPTS, TASK_HOST)
+    local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID, TASK_ATTEMPTS, TASK_MAX_ATTEMPTS, TASK_HOST,
+                         TASK_PRIORITY)
     if f[2] ~= sid or (f[1] ~= RUNNING and f[1] ~= READY) then
       drop_entry(KEYS[1], group, sid)
     elseif f[1] == RUNNING and tonumber(f[3]) >= tonumber(f[4] or '3') then
@@ -26,7 +27,7 @@ for i = 4, #ARGV do
       giveup[#giveup + 1] = f[5] or '?'
     else
       drop_entry(KEYS[1], group, sid)
-      redis.call('HSET', t, TASK_STREAM_ID, push_entry(KEYS[1], tid))
+      redis.call('HSET', t, TASK_STREAM_ID, push_entry(KEYS[1], tid, f[6]))  -- on its own level
       if f[1] == RUNNING then
         redis.call('HSET', t, TASK_STATE, READY, TASK_LOST_ON, f[5] or '?')
         move_count(KEYS[2], RUNNING, READY)

@@ -35,7 +35,7 @@ if final then return {2, unpack(hosts)} end
 -- TASK_TOKEN stays (as with release.lua): the worker tells its own hand-back apart
 redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
 drop_entry(KEYS[1], group, f[3])
-redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id))
+redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id, redis.call('HGET', t, TASK_PRIORITY)))
 local attempt = redis.call('HINCRBY', t, TASK_ATTEMPTS, -1) + 1
 move_count(KEYS[2], RUNNING, READY)
 event_writer(prefix)(EVENT_RELEASED, id, EVENT_HOST, host, EVENT_ATTEMPT, tostring(attempt))

@@ -19,7 +19,7 @@ if f[1] ~= RUNNING or f[2] ~= ARGV[4] then return 0 end
 redis.call('DEL', prefix .. SUFFIX_LEASE .. id)
 drop_entry(KEYS[1], group, f[3])
 -- TASK_TOKEN stays: the worker tells its own hand-back apart
-redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id))
+redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id, redis.call('HGET', t, TASK_PRIORITY)))
 if ARGV[5] ~= '1' then redis.call('HINCRBY', t, TASK_ATTEMPTS, -1) end
 if ARGV[6] == RELEASE_WAIT or ARGV[6] == RELEASE_UNFIT then redis.call('HINCRBY', t, TASK_WAITS, 1) end
 if ARGV[6] == RELEASE_UNFIT then

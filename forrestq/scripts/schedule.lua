@@ -9,11 +9,13 @@
 -- KEYS[6] delayed  (zset)    SCHEDULED task ids by the server-clock time they are due (a node with a due
 --                            time still ahead and no input to wait for goes here, not on the stream)
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
--- ARGV[4..] per node, 16 fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
+-- ARGV[4..] per node, NODE_FIELDS (include/nodes.lua, 19) fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
 --           metadata blob, timeout, max attempts, key, retry policy blob, io-bound ("1"/""), soft timeout,
 --           resources (forrestq.resources text form, "" = cpus=1), allow-failed ("1"/"": a failed input
 --           counts as finished, see include/nodes.lua), due ("" = at once, "+S" = S s from now by the
---           server's clock (TIME), else a server-clock time; include/nodes.lua)
+--           server's clock (TIME), else a server-clock time; include/nodes.lua), result TTL (s; "" = the
+--           queue's default, "0" = none; on a root only: include/nodes.lua), limit keys, priority ("" = 0,
+--           else 1..PRIORITY_MAX: on that level's stream, include/stream.lua)
 -- Returns, per node, its state after the call, then the newest id of the finished stream. An existing
 --   node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).

@@ -29,6 +29,10 @@ from .timekeeper import Timekeeper
 logger = log.get("worker")
 
 
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 class Bookkeeper:
     """Redis reads and writes of one worker (id ``worker_id``) over ``keys`` (its queues)."""
 
@@ -183,6 +187,22 @@ class Bookkeeper:
                 continue
             if pending:
                 self.reclaim(k, [p["message_id"] for p in pending])
+            self.sweep_levels(k)
+
+    def sweep_levels(self, k: QueueKeys) -> None:
+        """The sweep of the streams of the priority levels above 0 a queue uses (issue 16): their idle
+        entries, named as TASK_STREAM_ID names them (level, LEVEL_SEP, entry id), go to reclaim.lua."""
+        for raw in self.r.zrange(k.levels, 0, -1):
+            level = raw.decode()
+            try:
+                pending = self.r.xpending_range(k.level_stream(level), GROUP, min="-", max="+", count=1000,
+                                                idle=self.lease_ms)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                continue
+            if pending:
+                self.reclaim(k, [f"{level}{schema.LEVEL_SEP}{_text(p['message_id'])}" for p in pending])
 
     def reclaim(self, k: QueueKeys, ids: list[Any]) -> None:
         """Put these idle entries' tasks back; fail the ones that were lost too often."""

@@ -40,6 +40,9 @@ memory (``MemAvailable``) is below the recent p95 peak of its function (the per-
 complete.lua keeps, :mod:`forrestq.stats`, cached :data:`PEAK_TTL` s per function in the child); it
 is handed back (``RELEASE_WAIT``) and the child pauses. It waits for memory the host does not have,
 which no worker can foresee the end of: that wait is not bounded (the point is not to start it).
+
+Limits by key (issue 16, :mod:`forrestq.worker.limits`) are checked first, for a task that has limit
+keys only: one that finds a key full is handed back (``RELEASE_WAIT``) and the child pauses as above.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ from .. import resources as requests
 from ..errors import ConfigError, escape_controls
 from ..schema import QueueKeys
 from ..stats import SAMPLES, percentile
+from .limits import acquire as acquire_limits
 from .refusals import Refuser
 
 __all__ = ["HOLD_AFTER", "MAX_GPUS", "Capacity", "Gate", "mem_available", "worker_totals"]
@@ -274,6 +278,11 @@ class Gate:
         """Reserve what claimed task ``c`` needs and say True (it may start), or hand it back unrun
         (False). ``stop``: the child's own slot (its ``stop`` ends a hold); ``may_hold``: whether this
         child may wait here for capacity (not while other tasks of its event loop run)."""
+        if c.limits:  # limits by key (forrestq.worker.limits): all its keys or none; no keys, no Redis call
+            full, wait = self.patiently(lambda: acquire_limits(self.scripts, k, c))
+            if full:
+                return self._hand_back(k, c, schema.RELEASE_WAIT, (wait, wait) if wait else WAIT_PAUSE,
+                                       f"limit {full} is full now")
         cap = self.capacity
         if cap is None:
             return True

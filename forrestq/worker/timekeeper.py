@@ -11,6 +11,10 @@ worker elsewhere gets the task) and still makes the periodic ticks. The next loo
 the script says something is due sooner than a second, so a delay ends within about one tick of the
 supervision loop (50 ms) of its time once the worker has seen it. Unused, this costs one pipelined
 script call per second per worker.
+
+The same look deletes the finished roots whose result TTL ran out (``expire.lua``, at most EXPIRE_LIMIT per
+queue per look: more follow SOONEST later), with the inner nodes nobody needs any more; one more script
+call per queue per look, nothing per task.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from typing import Any
 import redis
 
 from .. import log, ops, periodic
-from ..schema import PERIODIC_NEXT, PERIODIC_SPEC, QueueKeys
+from ..schema import EXPIRE_LIMIT, PERIODIC_NEXT, PERIODIC_SPEC, QueueKeys
 
 logger = log.get("worker")
 
@@ -48,13 +52,18 @@ class Timekeeper:
         pipe = self.r.pipeline(transaction=False)
         for k in self.keys:
             ops.promote.queue(self.scripts, pipe, k, PROMOTE_LIMIT)
+            ops.expire.queue(self.scripts, pipe, k, EXPIRE_LIMIT)
+        replies = self.scripts.execute(pipe)
         wait = EVERY
-        for k, raw in zip(self.keys, self.scripts.execute(pipe)):
+        for k, raw, expired in zip(self.keys, replies[0::2], replies[1::2]):
+            gone = ops.expire.reply(expired)
+            if gone.deleted:
+                logger.debug("result TTL of %s: %d records deleted", k.name, gone.deleted)
             got = ops.promote.reply(raw)
             # the next look at the next due time (anchored on it: no drift from tick to tick); after ticks
             # that due time is the one they set, not the one read before them
             ticked = [self.tick(k, name, got.now) for name in got.due]
-            for due in (got.next_task, *ticked, None if got.due else got.next_tick):
+            for due in (got.next_task, *ticked, None if got.due else got.next_tick, gone.next_expiry):
                 if due is not None:
                     wait = min(wait, max(SOONEST, due - got.now))
         self.next_look = now + wait

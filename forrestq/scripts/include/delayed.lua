@@ -8,14 +8,15 @@ end
 -- node `id` (hash `t`) leaves state `from` with nothing left to wait for: ready on the stream, or SCHEDULED
 -- in `delayed` while its TASK_DUE is still ahead (a delayed node whose inputs finished early). Its new state.
 local function make_ready(stream, counts, delayed, t, id, from)
-  local due = tonumber(redis.call('HGET', t, TASK_DUE) or '')
+  local g = redis.call('HMGET', t, TASK_DUE, TASK_PRIORITY)
+  local due = tonumber(g[1] or '')
   if due and due > server_now() then
     redis.call('HSET', t, TASK_STATE, SCHEDULED)
     redis.call('ZADD', delayed, due, id)
     move_count(counts, from, SCHEDULED)
     return SCHEDULED
   end
-  redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(stream, id))
+  redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(stream, id, g[2]))
   move_count(counts, from, READY)
   return READY
 end
@@ -27,13 +28,13 @@ local function promote_due(prefix, stream, counts, delayed, now, limit)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)) do
     redis.call('ZREM', delayed, id)
     local t = prefix .. SUFFIX_TASK .. id
-    local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID)
+    local f = redis.call('HMGET', t, TASK_STATE, TASK_STREAM_ID, TASK_PRIORITY)
     if f[1] == SCHEDULED then
-      redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(stream, id))
+      redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(stream, id, f[3]))
       move_count(counts, SCHEDULED, READY)
       n = n + 1
     elseif f[1] == READY and not f[2] then
-      redis.call('HSET', t, TASK_STREAM_ID, push_entry(stream, id))
+      redis.call('HSET', t, TASK_STREAM_ID, push_entry(stream, id, f[3]))
       n = n + 1
     end
   end

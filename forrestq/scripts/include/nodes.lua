@@ -6,16 +6,18 @@
 --   policy blob, io-bound ("1"/""), soft timeout, resources (forrestq.resources text form, "" = cpus=1),
 --   allow-failed ("1"/""), due ("" = at once; "+S": S seconds from now by the server's clock; else the
 --   server-clock time: kept as TASK_DUE, and a node with nothing to wait for is SCHEDULED in the delayed zset
---   until then). keys: {stream, counts, todo, finished, failed, delayed} keys. `extra`: HSET pairs added to
+--   until then), result TTL (s, on a root: TASK_RESULT_TTL, see complete.lua; "" = the queue's default, the
+--   string at prefix .. SUFFIX_RESULT_TTL, read once per call and only for a new root; "0" = none), limit keys ("a,b": TASK_LIMITS, limit_acquire.lua; "" = none),
+--   priority ("" = 0; 1..PRIORITY_MAX: TASK_PRIORITY, its entries on that level's stream, include/stream.lua). keys: {stream, counts, todo, finished, failed, delayed} keys. `extra`: HSET pairs added to
 --   every new node (nil: none). Returns the list of each node's state after the call.
 -- An existing node is left as it is (a shared node runs once), except that a root flag and its metadata
 -- are added (and a node already finished is announced on the finished stream at once). A node whose
 -- input failed before it was written fails at once, unless it is allow-failed: then a failed input
 -- counts as finished. Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when
 -- an input had failed.
-local NODE_FIELDS = 16
+local NODE_FIELDS = 19
 local function write_nodes(prefix, now, n, first, keys, emit, extra)
-  local out, counts, clock = {}, {}, nil
+  local out, counts, clock, qttl = {}, {}, nil, nil
   local function bump(state, by) counts[state] = (counts[state] or 0) + by end
   for i = 0, n - 1 do
     local b = first + i * NODE_FIELDS
@@ -51,7 +53,15 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
       end
       local fields = {TASK_FN, fn, TASK_ARGS, args, TASK_INPUTS, inputs, TASK_NAME, name, TASK_CREATED, now,
                       TASK_ATTEMPTS, 0, TASK_GEN, 0, TASK_MAX_ATTEMPTS, ARGV[b+8]}
-      if root == '1' then fields[#fields+1] = TASK_ROOT; fields[#fields+1] = '1' end
+      if root == '1' then
+        fields[#fields+1] = TASK_ROOT; fields[#fields+1] = '1'
+        local ttl = ARGV[b+16]
+        if ttl == '' then
+          qttl = qttl or redis.call('GET', prefix .. SUFFIX_RESULT_TTL) or ''
+          ttl = qttl
+        end
+        if ttl ~= '' and ttl ~= '0' then fields[#fields+1] = TASK_RESULT_TTL; fields[#fields+1] = ttl end
+      end
       if ARGV[b+6] ~= '' then fields[#fields+1] = TASK_META; fields[#fields+1] = ARGV[b+6] end
       if ARGV[b+7] ~= '' then fields[#fields+1] = TASK_TIMEOUT; fields[#fields+1] = ARGV[b+7] end
       if ARGV[b+9] ~= '' then fields[#fields+1] = TASK_KEY; fields[#fields+1] = ARGV[b+9] end
@@ -59,7 +69,9 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
       if ARGV[b+11] == '1' then fields[#fields+1] = TASK_IO_BOUND; fields[#fields+1] = '1' end
       if ARGV[b+12] ~= '' then fields[#fields+1] = TASK_SOFT_TIMEOUT; fields[#fields+1] = ARGV[b+12] end
       if ARGV[b+13] ~= '' then fields[#fields+1] = TASK_RESOURCES; fields[#fields+1] = ARGV[b+13] end
+      if ARGV[b+17] ~= '' then fields[#fields+1] = TASK_LIMITS; fields[#fields+1] = ARGV[b+17] end
       if allow then fields[#fields+1] = TASK_ALLOW_FAILED; fields[#fields+1] = '1' end
+      if ARGV[b+18] ~= '' then fields[#fields+1] = TASK_PRIORITY; fields[#fields+1] = ARGV[b+18] end
       local due = ARGV[b+15]
       if due ~= '' then  -- a delay is counted from now on the server's clock, whatever the producer's says
         clock = clock or server_now()
@@ -92,7 +104,7 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
         elseif state == SCHEDULED then
           redis.call('ZADD', keys[6], due, id)
         else
-          fields[#fields+1] = TASK_STREAM_ID; fields[#fields+1] = push_entry(keys[1], id)
+          fields[#fields+1] = TASK_STREAM_ID; fields[#fields+1] = push_entry(keys[1], id, ARGV[b+18])
         end
         redis.call('HSET', t, unpack(fields))
         emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
