@@ -167,8 +167,8 @@ def test_a_big_task_among_a_stream_of_small_ones_still_runs(url: str, r: redis.R
     assert done.state == "done" and done.attempts == 1
     ran = [t for t in (q.get(ref) for ref in smalls) if t.state == "done"]
     assert not any(_overlap(done.returnvalue, t.returnvalue) for t in ran)  # 1G + 400M do not fit in 1G
-    waits = _fields(r, q.name, big.id, schema.TASK_WAITS)[0]
-    assert int(waits or 0) >= 1  # it did have to wait (handed back while small ones ran)
+    # (whether it was handed back first depends on the moment it was claimed: with both small tasks of
+    # the moment just ended it fits at once; the hold rule itself is tested in-process above)
 
 
 def test_admit_by_memory_does_not_start_a_function_whose_recent_peak_the_host_lacks(url: str,
