@@ -371,9 +371,12 @@ def test_lease_lost_to_a_cancel_says_it_was_cancelled(url, tmp_path):
 def test_lease_lost_to_a_flushall_says_the_record_is_gone(url, r, tmp_path):
     log = tmp_path / "worker.log"
     q = Queue("flush-log")
-    ref = q.schedule(defer(tasks.wait_for_file, str(tmp_path / "never"), 60))
+    pidfile = tmp_path / "pid"
+    ref = q.schedule(defer(tasks.note_pid, str(pidfile), 60))
     with worker(url, "flush-log", 1, *FAST, log=log):
-        wait_for(lambda: running(q, ref), timeout=20, what="the task to start")
+        # its code runs (not only claimed: a FLUSHALL before the child loaded the function would fail
+        # the task as a missing payload instead)
+        read_pids(pidfile)
         r.flushall()
         try:
             wait_for(lambda: "killing this attempt" in log.read_text(), timeout=20, what="the worker to notice")
