@@ -154,22 +154,30 @@ def _apply(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
     return fn(*args, **kwargs)
 
 
-class IoBound:
-    """``io_bound(fn)``: ``fn`` marked for :func:`defer` as an IO-bound coroutine function. Only a
-    marker: ``defer`` unwraps it, and the task records ``fn`` itself (so it still travels by name)."""
+class _Marker:
+    """A function marked for :func:`defer` (``io_bound(fn)``, ``allow_failed(fn)``). Only a marker:
+    ``defer`` unwraps it, and the task records ``fn`` itself (so it still travels by name)."""
 
     __slots__ = ("fn",)
+    label = ""  # the marking function's name, for messages and repr
 
     def __init__(self, fn: Any) -> None:
         if not callable(fn) and not isinstance(fn, Deferred):
-            raise TypeError(f"io_bound() takes a function, not {_short(fn)} (a {type(fn).__name__})")
+            raise TypeError(f"{self.label}() takes a function, not {_short(fn)} (a {type(fn).__name__})")
         self.fn = fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"io_bound({_short(self.fn, 60)})"
+        return f"{self.label}({_short(self.fn, 60)})"
+
+
+class IoBound(_Marker):
+    """``io_bound(fn)``: ``fn`` marked for :func:`defer` as an IO-bound coroutine function."""
+
+    __slots__ = ()
+    label = "io_bound"
 
 
 def io_bound(fn: Any) -> IoBound:
@@ -184,22 +192,12 @@ def io_bound(fn: Any) -> IoBound:
     return IoBound(fn)
 
 
-class AllowFailed:
+class AllowFailed(_Marker):
     """``allow_failed(fn)``: ``fn`` marked for :func:`defer` as a reduction that tolerates failed
-    inputs. Only a marker, like :class:`IoBound` (the two combine: ``allow_failed(io_bound(fn))``)."""
+    inputs (the two markers combine: ``allow_failed(io_bound(fn))``)."""
 
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Any) -> None:
-        if not callable(fn) and not isinstance(fn, Deferred):
-            raise TypeError(f"allow_failed() takes a function, not {_short(fn)} (a {type(fn).__name__})")
-        self.fn = fn
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"allow_failed({_short(self.fn, 60)})"
+    __slots__ = ()
+    label = "allow_failed"
 
 
 def allow_failed(fn: Any) -> AllowFailed:
