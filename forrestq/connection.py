@@ -8,6 +8,11 @@ connection errors with a short exponential back-off.
 
 Where the URL comes from (:func:`resolve_url`): the ``url`` argument, else ``$FORRESTQ_URL``, else
 the embedded per-user server (:func:`forrestq.server.ensure_local_server`).
+
+Past one server: ``redis+sentinel://[user:pw@]h1:p1,h2:p2/MASTER[/db]`` asks the Sentinels where
+the primary is, before each new connection and again after a failover (redis-py's Sentinel pool:
+the credentials are the data nodes'; the Sentinels are asked without). ``redis+cluster://[user:pw@]
+h1:p1,h2:p2/`` gives a :class:`forrestq.cluster.ClusterClient`. ``rediss+...``: the same over TLS.
 """
 from __future__ import annotations
 
@@ -17,16 +22,22 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import redis
+import redis.sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.connection import parse_url
 from redis.retry import Retry
 
+from .cluster import ClusterClient, Topology
 from .errors import AuthFailed, ConfigError, ServerUnreachable
 from .server import ensure_local_server
 
 __all__ = ["resolve_url", "connect", "describe"]
 
-SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 CONNECT_TIMEOUT = 5.0  # seconds, for connecting and for the first PING
+SENTINEL_PORT = 26379
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -57,7 +68,7 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
         **kwargs,
     }
     try:
-        client = redis.Redis.from_url(url, **options)
+        client = _client(url, parts, options)
     except (ValueError, TypeError) as e:  # e.g. a bad query option
         raise ConfigError(_bad(url, _scrub(str(e), parts))) from None
     if check:
@@ -65,16 +76,69 @@ def connect(url: str | None = None, *, check: bool = True, **kwargs: Any) -> red
     return client
 
 
+def _client(url: str, parts: SplitResult, options: dict[str, Any]) -> redis.Redis:
+    """The client a URL asks for: one server, a Sentinel-watched primary, or a cluster."""
+    if parts.scheme not in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+        return redis.Redis.from_url(url, **options)
+    hosts, rest = _hosts(url, parts)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return ClusterClient(Topology(hosts, {**_node_options(parts, "/0"), **options}), options.get("retry"))
+    service, _, db = rest.partition("/")
+    node = {**_node_options(parts, f"/{db or 0}"), **options}
+    asking = {k: v for k, v in node.items() if k.startswith(("socket_", "ssl"))}
+    sentinel = redis.sentinel.Sentinel(hosts, sentinel_kwargs=asking, **node)
+    return sentinel.master_for(unquote(service), redis_class=redis.Redis, **node)
+
+
+def _node_options(parts: SplitResult, path: str) -> dict[str, Any]:
+    """What a URL says about the connections to its data nodes (credentials, TLS, query options),
+    read by redis-py's own URL parser from the one-host URL the same URL would be."""
+    base = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    query = f"?{parts.query}" if parts.query else ""
+    options = parse_url(f"{base}://{userinfo}localhost{path}{query}")
+    for key in ("host", "port", "path", "connection_class"):
+        options.pop(key, None)
+    if base == "rediss":
+        options["ssl"] = True
+    return options
+
+
+def _hosts(url: str, parts: SplitResult) -> tuple[list[tuple[str, int]], str]:
+    """The host:port list and the path (without its first /) of a multi-host URL; ConfigError names
+    the bad part."""
+    default = SENTINEL_PORT if parts.scheme in SENTINEL_SCHEMES else 6379
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    hosts: list[tuple[str, int]] = []
+    for item in filter(None, (h.strip() for h in netloc.split(","))):
+        m = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+)(?::(\d*))?", item)
+        if m is None:
+            raise ConfigError(_bad(url, f"'{item}' is not HOST:PORT"))
+        port = int(m.group(2)) if m.group(2) else (0 if m.group(2) == "" else default)
+        if not 0 < port < 65536:
+            raise ConfigError(_bad(url, "the port must be a number from 1 to 65535"))
+        hosts.append((m.group(1).strip("[]"), port))
+    if not hosts:
+        raise ConfigError(_bad(url, "missing host"))
+    return hosts, parts.path[1:]
+
+
 def describe(url: str) -> str:
-    """Where url points, for messages: ``HOST:PORT`` or ``unix:/path``; never the password."""
+    """Where url points, for messages: ``HOST:PORT``, ``unix:/path``, ``cluster H:P,H:P`` or
+    ``sentinel H:P,H:P (MASTER)``; never the password."""
     try:
         parts = urlsplit(url)
+        if parts.scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+            hosts = ",".join(f"{h}:{p}" for h, p in _hosts(url, parts)[0])
+            if parts.scheme in CLUSTER_SCHEMES:
+                return f"cluster {hosts}"
+            return f"sentinel {hosts} ({unquote(parts.path[1:].split('/')[0])})"
         if parts.scheme == "unix":
             return f"unix:{unquote(parts.path)}"
         if parts.hostname:
             host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
             return f"{host}:{parts.port or 6379}"
-    except ValueError:
+    except (ValueError, ConfigError):
         pass
     return mask(url)
 
@@ -117,8 +181,21 @@ def _validate(url: str) -> SplitResult:
         raise ConfigError(_bad(url, str(e))) from None
     if parts.scheme not in SCHEMES:
         why = f"unknown scheme '{parts.scheme}:'" if parts.scheme else "no scheme"
-        raise ConfigError(_bad(url, f"{why}; use redis://HOST:PORT/DB, rediss://... (TLS) "
-                                    "or unix:///path/to/socket"))
+        raise ConfigError(_bad(url, f"{why}; use redis://HOST:PORT/DB, rediss://... (TLS), "
+                                    "unix:///path/to/socket, redis+sentinel://HOST:PORT,.../MASTER "
+                                    "or redis+cluster://HOST:PORT,.../"))
+    if parts.scheme in SENTINEL_SCHEMES + CLUSTER_SCHEMES:
+        _hosts(url, parts)
+        path = parts.path.strip("/")
+        if parts.scheme in CLUSTER_SCHEMES and path not in ("", "0"):
+            raise ConfigError(_bad(url, f"a cluster has only database 0, not '/{path}'"))
+        if parts.scheme in SENTINEL_SCHEMES:
+            service, _, db = path.partition("/")
+            if not service:
+                raise ConfigError(_bad(url, "missing the master name (redis+sentinel://HOST:PORT/MASTER)"))
+            if db and not db.isdigit():
+                raise ConfigError(_bad(url, f"the database must be a number (/MASTER/0), not '/{db}'"))
+        return parts
     if parts.scheme == "unix":
         if not parts.path:
             raise ConfigError(_bad(url, "missing the socket path (unix:///path/to/socket)"))
@@ -141,10 +218,11 @@ def _check(url: str, options: dict[str, Any]) -> None:
     """PING once, no retries; translate failures into one line, raised from None."""
     where = describe(url)
     timeout = options.get("socket_connect_timeout") or CONNECT_TIMEOUT
-    probe = redis.Redis.from_url(url, **{**options, "retry": Retry(NoBackoff(), 0),
-                                         "socket_timeout": timeout, "health_check_interval": 0})
+    probe = _client(url, urlsplit(url), {**options, "retry": Retry(NoBackoff(), 0), "socket_timeout": timeout,
+                                         "health_check_interval": 0})
     try:
         probe.ping()
+        _check_mode(url, where, probe)
     except redis.AuthenticationError as e:
         raise AuthFailed(_auth_message(where, url, str(e))) from None
     except redis.exceptions.NoPermissionError as e:
@@ -160,12 +238,29 @@ def _check(url: str, options: dict[str, Any]) -> None:
     except (redis.ConnectionError, OSError) as e:
         raise ServerUnreachable(f"cannot reach Redis at {where}: {_reason(e)}") from None
     except redis.ResponseError as e:
+        if "cluster support disabled" in str(e):
+            raise ConfigError(f"bad Redis URL {mask(url)}: the server at {where} is not a cluster node "
+                              "(use redis://HOST:PORT/0)") from None
         if "DB index" in str(e):  # the URL names a database the server does not have: a bad URL
             raise ConfigError(f"bad Redis URL {mask(url)}: the server at {where} says {e} "
                               "(the number after the last / picks the database)") from None
         raise ServerUnreachable(f"Redis at {where} answered PING with an error: {e}") from None
     finally:
         probe.close()
+
+
+def _check_mode(url: str, where: str, probe: redis.Redis) -> None:
+    """A one-server URL that names a cluster node works until the first key of another node's slots:
+    say so now. (A user without INFO rights is not stopped here.)"""
+    if urlsplit(url).scheme in CLUSTER_SCHEMES:
+        return
+    try:
+        enabled = str(probe.info("cluster").get("cluster_enabled", 0)) == "1"
+    except redis.ResponseError:
+        return
+    if enabled:
+        raise ConfigError(f"bad Redis URL {mask(url)}: the server at {where} is a cluster node; use "
+                          f"redis+cluster://{where}/ (or rediss+cluster://)")
 
 
 def _reason(error: BaseException) -> str:

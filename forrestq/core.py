@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import redis
 
 from . import codec, ops
+from .cluster import pinned
 from .schema import QueueKeys
 
 
@@ -33,6 +34,7 @@ class QueueCore:
 
     def __post_init__(self) -> None:
         self.keys = QueueKeys(self.name)
+        self.r = pinned(self.r, self.keys.prefix)  # on a cluster: TIME, WAIT and the like go to its slot
         self.scripts = ops.Scripts(self.r)
 
 

@@ -28,11 +28,12 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
 from .. import log, ops, shared
+from ..cluster import ClusterClient, slot_groups
 from ..connection import connect
 from ..context import Where
 from ..errors import TimeLimitExceeded, escape_controls, is_transient
@@ -208,7 +209,11 @@ class Child:
     def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed] | None:
         """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it."""
         streams = {k.stream: ">" for k in self.keys}
-        read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
+        if slot_groups(self.r, list(streams)) > 1:  # queues in several cluster slots: one read per slot
+            read: Any = cast(ClusterClient, self.r).xreadgroup_any(GROUP, self.cfg.consumer, streams, self.cfg.block_ms)
+        else:
+            read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
+        held: tuple[int, ops.Claimed] | None = None
         for stream, entries in read or ():
             name = stream.decode() if isinstance(stream, bytes) else stream
             qi = [k.stream for k in self.keys].index(name)
@@ -217,11 +222,12 @@ class Child:
             got = ops.claim(self.scripts, k, self._claim_args(token, sid.decode() if isinstance(sid, bytes) else sid))
             if isinstance(got, ops.Claimed):
                 got.token = token
-                if self.slot.stop:  # the worker is stopping: hand the task straight back
+                if self.slot.stop or held is not None:  # stopping, or one task is held already: hand it back
                     self._release(k, got.id, token)
-                    return None
-                return qi, got
-        return None
+                else:
+                    held = qi, got
+                token = new_token()
+        return held
 
     def recreate_groups(self, error: Exception) -> bool:
         """After NOGROUP (the stream was deleted while this child read it, e.g. by ``clean(all=True)``

@@ -52,6 +52,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import log, schema, signing
+from ..cluster import primaries
 from ..connection import connect, resolve_url
 from ..errors import ConfigError, shown
 from ..schema import QueueKeys
@@ -183,9 +184,10 @@ def unblock(r: redis.Redis, names: set[str], now: float) -> float:
     named by their consumers): a child waiting for work would see its stop flag only when the read
     times out (``block_ms``). CLIENT UNBLOCK, so an idle worker stops at once; returns ``now``."""
     try:
-        for client in r.client_list() if names else ():
-            if client.get("name") in names:
-                r.client_unblock(int(client["id"]))
+        for node in primaries(r) if names else ():  # a cluster: the children's reads are on every node
+            for client in node.client_list():
+                if client.get("name") in names:
+                    node.client_unblock(int(client["id"]))
     except redis.RedisError:  # Redis away, or CLIENT not allowed: the children leave at their timeout
         pass
     return now
