@@ -24,6 +24,7 @@ class QueueCore:
     r: redis.Redis
     max_attempts: int = 3
     local: bool = False
+    replicas: int = 0  # durability: replicas a schedule waits for (forrestq.durability)
     keys: QueueKeys = field(init=False)
     scripts: ops.Scripts = field(init=False)
     group_ready: bool = field(default=False, init=False)  # stream and consumer group exist

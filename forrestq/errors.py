@@ -158,6 +158,11 @@ class StaleCode(ForrestqError):
     more (the task is handed back, and a fresh process serves it)."""
 
 
+class NotDurable(ForrestqError):
+    """A write made with durability ``replica`` that no replica confirmed in time (``WAIT``): it is
+    on the primary and stands, unless the primary fails before a replica has it."""
+
+
 class ServerStop(ForrestqError):
     """``forrestq server`` in the foreground was asked to stop (SIGTERM)."""
 
@@ -211,5 +216,32 @@ TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScri
 
 
 def is_transient(e: BaseException) -> bool:
-    """Whether a Redis error may go away by itself (retry later) rather than never (give up)."""
+    """Whether a Redis error may go away by itself (retry later) rather than never (give up). A
+    command the Redis user's ACL refuses (:func:`is_permission_error`) never is."""
+    if is_permission_error(e):
+        return False
     return isinstance(e, TRANSIENT) or str(e).startswith(("BUSY ", "NOREPLICAS", "LOADING"))
+
+
+# How Redis and Valkey word a command refused by the ACL inside a Lua script: a plain ResponseError
+# ("ERR ACL failure in script: User u has no permissions to run the 'xack' command script: SHA, on
+# @user_script:45."), not the NOPERM that redis-py turns into NoPermissionError.
+_SCRIPT_ACL = re.compile(r"^(?:ERR )?ACL failure in script: (?P<what>.*?)(?: script: [0-9a-f]+, on @\S+?\.?)?$",
+                         re.DOTALL)
+
+
+def is_permission_error(e: BaseException) -> bool:
+    """Whether ``e`` is Redis refusing a command, key or channel to this ACL user (NOPERM, also from
+    inside a script): it never goes away by retrying."""
+    return isinstance(e, rx.NoPermissionError) or (isinstance(e, rx.ResponseError)
+                                                   and _SCRIPT_ACL.match(str(e)) is not None)
+
+
+def as_permission_error(e: BaseException) -> rx.NoPermissionError:
+    """A permission error (:func:`is_permission_error`) as one NoPermissionError with a short message:
+    what was refused (a refusal inside a forrestq script says so instead of giving the script's sha)."""
+    if isinstance(e, rx.NoPermissionError):
+        return e
+    found = _SCRIPT_ACL.match(str(e))
+    what = found.group("what").strip() if found else str(e)
+    return rx.NoPermissionError(f"{what} (inside a forrestq script)")

@@ -84,6 +84,9 @@ def expand(text: str, name: str = "script") -> str:
     return out
 
 
+_RAW = ("EVALSHA", "WAIT")  # commands Scripts.send sends with no reply callback
+
+
 class Scripts:
     """The scripts registered on one client. Called alone, a script is redis-py's Script (EVALSHA,
     loaded on NOSCRIPT). Queued on a pipeline it is a bare EVALSHA: redis-py would otherwise send
@@ -132,6 +135,7 @@ class Scripts:
             pool = self.client.connection_pool
             conn = self._conn = pool.connection_class(**pool.connection_kwargs)
             self._pid = os.getpid()
+            conn.connect()  # a Sentinel's connection asks where the primary is here, not when sending
         try:
             conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
             out: list[Any] = []
@@ -142,7 +146,8 @@ class Scripts:
                     out.append(e)
             return out
         except BaseException:
-            conn.disconnect()  # a reply may be left unread: the next send starts on a fresh socket
+            conn.disconnect()  # a reply may be left unread: the next send starts on a fresh connection
+            self._conn = None
             raise
 
     def execute(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
@@ -150,7 +155,7 @@ class Scripts:
         script and send again only the commands it refused with NOSCRIPT: the others ran, and running
         them twice would, e.g., claim a second task and strand the first. Replies stay in order."""
         stack = list(pipe.command_stack)
-        if all(args[0] == "EVALSHA" for args, _ in stack):  # raw replies: scripts have no callbacks
+        if all(args[0] in _RAW for args, _ in stack):  # raw replies: scripts (and WAIT) have no callbacks
             replies: list[Any] = self.send([args for args, _ in stack])
             pipe.reset()
         else:
@@ -158,6 +163,8 @@ class Scripts:
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             self.load()
+            # a WAIT after a command sent again must follow it again: it covers the writes before it
+            missing += [i for i, (args, _) in enumerate(stack) if args[0] == "WAIT" and i > missing[0]]
             for i in missing:
                 args, options = stack[i]
                 pipe.pipeline_execute_command(*args, **options)

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from . import codec, context, ops, schema, signing
+from . import codec, context, durability, ops, schema, signing
 from . import resources as requests
 from .core import QueueCore
 from .deferred import Call, Deferred, _identity
@@ -233,7 +233,11 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
             chunk, size = [], 0
     if chunk:
         ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
+    if q.replicas:  # durability: return once a replica has every write above (same connection)
+        pipe.execute_command(*durability.wait_args(q.replicas))
     replies = q.scripts.execute(pipe, raise_on_error=False)
+    if q.replicas:
+        durability.confirm(replies.pop(), q.replicas, f"schedule on queue {q.name!r}")
     for reply in replies:
         if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
             raise reply

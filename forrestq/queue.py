@@ -22,6 +22,7 @@ from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
 from .debug import run_inline
+from .durability import replicas as durability_replicas
 from .errors import ConfigError
 from .events import Event, cap_value, set_cap
 from .events import read as read_events
@@ -48,14 +49,17 @@ class Queue:
     every worker and producer of the queue (None: leave it as it is).
     ``result_ttl``: the queue's default for ``schedule(result_ttl=)`` (seconds or a timedelta; 0 or False:
     kept for ever), stored in Redis for every producer of the queue (None: leave it as it is).
+    ``durability``: ``"replica"``: ``schedule`` returns once a replica has the tasks (WAIT), so a primary
+    that dies right after cannot lose them; ``"none"``; default ``$FORRESTQ_DURABILITY``, else none.
     """
 
     def __init__(self, name: str, url: str | None = None, *, max_attempts: int = 3,
                  exist_ok: bool = True, pre_clean: bool = False, local: bool = False,
-                 events: bool | int | None = None, result_ttl: Any = None) -> None:
+                 events: bool | int | None = None, result_ttl: Any = None, durability: str | None = None) -> None:
         check_name(name)
+        replicas = durability_replicas(durability)
         url = resolve_url(url)
-        self.core = QueueCore(name, url, connect(url), producer.check_attempts(max_attempts), local)
+        self.core = QueueCore(name, url, connect(url), producer.check_attempts(max_attempts), local, replicas)
         self._scheduled = Scheduled()  # roots scheduled through this object that no run() yielded yet
         self.core.events_cap = None if events is None else cap_value(events)
         self.core.result_ttl = None if result_ttl is None else producer.ttl_text(result_ttl)

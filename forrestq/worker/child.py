@@ -32,11 +32,11 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from .. import log, ops, shared
+from .. import durability, log, ops, shared
 from ..cluster import ClusterClient, slot_groups
 from ..connection import connect
 from ..context import Where
-from ..errors import TimeLimitExceeded, escape_controls, is_transient
+from ..errors import NotDurable, TimeLimitExceeded, escape_controls, is_transient
 from ..lease import new_token
 from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, discard, one_line, unrecordable
 from ..schema import CONTINUED, DONE, GROUP, QueueKeys
@@ -120,6 +120,23 @@ async def soft_limited(coro: Coroutine[Any, Any, Any], seconds: float) -> Any:
     raise expired
 
 
+def read_ready(r: redis.Redis, consumer: str, streams: list[str], block_ms: int) -> Any:
+    """XREADGROUP of the next ready entry of any of the streams, blocking up to block_ms; streams of
+    several cluster slots: one read per slot, at once (it may deliver one entry per slot)."""
+    if slot_groups(r, streams) > 1:
+        return cast(ClusterClient, r).xreadgroup_any(GROUP, consumer, dict.fromkeys(streams, ">"), block_ms)
+    return r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block_ms)
+
+
+def confirm_end(waited: Any, replicas: int, task_id: str) -> None:
+    """Log a task's end that no replica confirmed (durability): it stands on the primary; if that
+    fails now, the task runs again (its lease ends on the promoted replica)."""
+    try:
+        durability.confirm(waited, replicas, f"the end of task {task_id}")
+    except NotDurable as e:
+        logger.warning("child %d: %s", os.getpid(), e)
+
+
 class Child:
     """The claim/run/complete loop of one child process."""
 
@@ -144,6 +161,7 @@ class Child:
         self.pending: tuple[int, ops.Completion] | None = None
         self.backoff = Backoff()
         self.claim_args = ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host, cfg.worker_id)
+        self.replicas = durability.replicas()  # $FORRESTQ_DURABILITY: a task's end waits for a replica
         self.refuser = Refuser(self.r, self.scripts, cfg.host, slot)
         self.gate = Gate(cfg.capacity, cfg.index, self.r, self.scripts, cfg.host, self.refuser, self._patiently)
 
@@ -154,14 +172,22 @@ class Child:
         a.token, a.sid, a.now = token, sid, time.time()
         return a
 
-    def _settle(self, raw: Any) -> None:
-        """The server's answer to the pending completion. Raises a transient error (kept pending).
-        Any other error means the server will never take this record (too big, a broken blob): it
-        is replaced by a failure record that says so, sent at once."""
+    def _queue_completion(self, pipe: Any, pending: tuple[int, ops.Completion]) -> None:
+        """Queue a completion on pipe, and the WAIT that durability asks for right after it."""
+        ops.complete.queue(self.scripts, pipe, self.keys[pending[0]], pending[1])
+        if self.replicas:
+            pipe.execute_command(*durability.wait_args(self.replicas))
+
+    def _settle(self, raw: Any, waited: Any = None) -> None:
+        """The server's answer to the pending completion (and to its WAIT, with durability). Raises
+        a transient error (kept pending). Any other error means the server will never take this
+        record (too big, a broken blob): it is replaced by a failure record that says so, sent at once."""
         assert self.pending is not None
         qi, c = self.pending
         try:
             kept = ops.complete.reply(raw)
+            if waited is not None:
+                confirm_end(waited, self.replicas, c.task_id)
         except Exception as e:  # noqa: BLE001 - an error reply of the server
             if is_transient(e):
                 raise
@@ -186,13 +212,13 @@ class Child:
             pipe = self.r.pipeline(transaction=False)
             pending = self.pending
             if pending is not None:
-                ops.complete.queue(self.scripts, pipe, self.keys[pending[0]], pending[1])
+                self._queue_completion(pipe, pending)
             ops.claim.queue(self.scripts, pipe, k, self._claim_args(token))
             replies = self.scripts.execute(pipe, raise_on_error=False)
             raw = replies[-1]
             if pending is not None:
                 try:
-                    self._settle(replies[0])
+                    self._settle(replies[0], replies[1] if self.replicas else None)
                 except redis.RedisError:
                     held = None if isinstance(raw, Exception) else ops.claim.reply(raw)
                     if isinstance(held, ops.Claimed):  # hold one task at a time
@@ -208,11 +234,7 @@ class Child:
 
     def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed] | None:
         """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it."""
-        streams = {k.stream: ">" for k in self.keys}
-        if slot_groups(self.r, list(streams)) > 1:  # queues in several cluster slots: one read per slot
-            read: Any = cast(ClusterClient, self.r).xreadgroup_any(GROUP, self.cfg.consumer, streams, self.cfg.block_ms)
-        else:
-            read = self.r.xreadgroup(GROUP, self.cfg.consumer, streams, count=1, block=self.cfg.block_ms)
+        read = read_ready(self.r, self.cfg.consumer, [k.stream for k in self.keys], self.cfg.block_ms)
         held: tuple[int, ops.Claimed] | None = None
         for stream, entries in read or ():
             name = stream.decode() if isinstance(stream, bytes) else stream
@@ -253,8 +275,9 @@ class Child:
             qi, c = self.pending
             try:
                 pipe = self.r.pipeline(transaction=False)
-                ops.complete.queue(self.scripts, pipe, self.keys[qi], c)
-                self._settle(self.scripts.execute(pipe, raise_on_error=False)[0])
+                self._queue_completion(pipe, (qi, c))
+                replies = self.scripts.execute(pipe, raise_on_error=False)
+                self._settle(replies[0], replies[1] if self.replicas else None)
             except redis.RedisError as e:
                 logger.warning("child %d: cannot record a result yet (%s); retrying", self.pid, one_line(e))
                 self.backoff.pause()

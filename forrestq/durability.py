@@ -1,0 +1,50 @@
+"""Acknowledged means durable: with durability ``replica``, a write forrestq acknowledges has reached
+at least one replica before the call returns.
+
+Why: Redis replicates asynchronously, so a primary that dies right after answering can take its last
+writes with it, and a replica promoted in its place never heard of them. ``WAIT 1 T`` sent on the
+same connection right after the writes returns once a replica has them all; forrestq sends it after
+``schedule`` writes its tasks (a producer whose ``schedule`` returned may forget them) and after a
+worker records a task's end (the task does not run again, its dependents are released once).
+
+The setting: ``Queue(name, durability="replica")``, else ``$FORRESTQ_DURABILITY`` (workers read only
+the variable), default ``none``. A write no replica confirmed within :data:`WAIT_MS` raises
+:class:`~forrestq.errors.NotDurable` at the producer (the tasks are on the primary; they run unless it
+fails over now) and is logged by a worker (the record stands; a lost one means the task runs again).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import ConfigError, NotDurable
+
+__all__ = ["CHOICES", "replicas", "wait_args", "confirm"]
+
+CHOICES = {"none": 0, "replica": 1}
+WAIT_MS = 5000  # how long a write waits for a replica's acknowledgement
+
+
+def replicas(value: str | None = None) -> int:
+    """How many replicas a write waits for: 0 or 1, from ``value`` (a Queue option), else from
+    ``$FORRESTQ_DURABILITY``. ConfigError for anything else."""
+    text = os.environ.get("FORRESTQ_DURABILITY", "") if value is None else value
+    where = "durability=" if value is not None else "FORRESTQ_DURABILITY="
+    choice = (text or "none").strip().lower()
+    if choice not in CHOICES:
+        raise ConfigError(f"{where}{text!r} is not one of {', '.join(CHOICES)}")
+    return CHOICES[choice]
+
+
+def wait_args(n: int) -> tuple[Any, ...]:
+    """The WAIT command that follows the writes it covers, on their connection."""
+    return ("WAIT", n, WAIT_MS)
+
+
+def confirm(reply: Any, n: int, what: str) -> None:
+    """Raise NotDurable unless WAIT's ``reply`` says ``n`` replicas have the writes of ``what``."""
+    if isinstance(reply, Exception):
+        raise reply
+    if int(reply) < n:
+        raise NotDurable(f"{what}: no replica confirmed the write within {WAIT_MS / 1000:g} s "
+                         "(durability=replica); it is on the primary and stands unless the primary fails now")
