@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ..connection import connect, describe, resolve_url
+from ..errors import as_permission_error, is_permission_error
 from ..schema import check_name
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_AUTH", "EXIT_UNKNOWN", "STATE",
@@ -108,10 +109,21 @@ class PlainHelp(TyperGroup):
 
 
 class Command(TyperCommand):
-    """Every command's help as :func:`_plain` shows it."""
+    """Every command's help as :func:`_plain` shows it. A command the Redis user's ACL refuses inside
+    one of forrestq's scripts (a plain ResponseError) leaves it as the NoPermissionError of a refused
+    command: one line on stderr and EXIT_AUTH, like a refusal outside a script."""
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _plain(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except redis.ResponseError as e:
+            if id(e) in STATE.passthrough or isinstance(e, redis.exceptions.NoPermissionError) \
+                    or not is_permission_error(e):  # run --raise: the task's own exception
+                raise
+            raise as_permission_error(e) from None
 
 
 def client(url: str | None) -> redis.Redis:

@@ -37,6 +37,7 @@ itself (timeouts, reaping) never waits on Redis.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -56,6 +57,7 @@ from ..cluster import primaries
 from ..connection import connect, resolve_url
 from ..errors import ConfigError, shown
 from ..schema import QueueKeys
+from .access import first_round, on_redis_error, settled
 from .bookkeeping import Bookkeeper
 from .capacity import Capacity, worker_totals
 from .child import ChildConfig, child_main
@@ -228,6 +230,8 @@ class Worker:
         self.wake_r = self.wake_fd = -1  # a pipe: signals and children write to it, the loop waits on it
         self.next_beat = self.next_sweep = self.reported_at = 0.0
         self.reported = (0, 0, 0)  # tally() as last published
+        self.denied: redis.exceptions.NoPermissionError | None = None  # an ACL refusal: the worker ends
+        first_round(self, REDIS_TIMEOUT)  # what the ACL refuses is one line now, before any child starts
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -243,7 +247,7 @@ class Worker:
                 self.fill_vacant()
                 self.sleep()  # last: the first round (register, fork the children) starts at once
             self.books.last_words(self.cfg.grace)
-            return 0
+            return settled(self.denied)  # 0, or raises what the ACL refused (the CLI: one line, EXIT_AUTH)
         finally:
             self.teardown()
 
@@ -279,11 +283,9 @@ class Worker:
         """Until a tick has passed, or a signal or a child's write to the wake pipe ends it (not at
         all once the loop ends: stopping, and the last child is gone)."""
         select.select([self.wake_r], [], [], 0 if self.stopping and not self.pids else TICK)
-        try:
+        with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_r, 512):
                 pass
-        except BlockingIOError:
-            pass
 
     # --- children ---------------------------------------------------------------------------
     def child_config(self, index: int) -> ChildConfig:
@@ -432,7 +434,7 @@ class Worker:
             self.books.clock.step(bool(self.stopping))  # due delayed tasks to the stream, periodic ticks
             self.books.note_redis_ok()
         except redis.RedisError as e:
-            self.books.note_redis_error(e)
+            self.denied = on_redis_error(self, e)  # an ACL refusal stops the worker; else retried next round
 
     def heartbeat(self, renew: bool = True) -> None:
         """Renew the leases of the tasks the children hold, and publish this worker's state."""
