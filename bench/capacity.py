@@ -417,6 +417,34 @@ def idle_worker(side: Side, w: Workers, queues: Sequence[str], procs: int, secon
     return out
 
 
+def wakeups(side: Side, w: Workers, queues: Sequence[str], procs: int, rounds: int) -> dict[str, Any]:
+    """f (opt-in, --wakeups R): an idle worker serving all the queues; R times, one no-op on every queue
+    at once, then wait for all. Per task: claim start (t0) minus creation (ct), and its attempt count; a
+    task whose entry was delivered to a read nobody took waits for the sweep (idle >= the lease)."""
+    side.flush()
+    qs = {n: Queue(n, url=side.url) for n in queues}
+    proc = w.start(side.url, queues, procs)
+    try:
+        for n in queues:
+            qs[n].wait(qs[n].schedule(defer(noop)), timeout=120)
+        delays: list[tuple[str, float, str]] = []
+        for i in range(rounds):
+            refs = [(n, qs[n].schedule(defer(noop))) for n in queues]
+            for n, ref in refs:
+                task = qs[n].wait(ref, timeout=120)
+                if task.state != "done":
+                    raise RuntimeError(f"wake-up task {task.id} ended {task.state}")
+                ct, t0, attempts = side.r.hmget(QueueKeys(n).task(task.id), "ct", "t0", "n")
+                delays.append((n, float(t0) - float(ct), (attempts or b"").decode()))
+            time.sleep(0.05 + (i % 7) * 0.07)  # vary the phase against the children's 500 ms reads
+    finally:
+        w.stop(proc)
+    late = [d for d in delays if d[1] > 1.0]
+    ds = sorted(d[1] for d in delays)
+    return {"tasks": len(ds), "p50_s": ds[len(ds) // 2], "max_s": ds[-1], "late_over_1s": len(late),
+            "late": [(n, round(x, 2), a) for n, x, a in late]}
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -446,6 +474,9 @@ def main() -> None:
     ap.add_argument("--idle-procs", type=int, default=8)
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--min-idle", type=float, default=1.2, help="wait for this many idle cores before a rep")
+    ap.add_argument("--wakeups", type=int, default=0, help="f: rounds of one task on every queue at once onto "
+                    "an idle multi-queue worker (--wakeup-procs), single node then cluster (0 = skip)")
+    ap.add_argument("--wakeup-procs", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: single,many,idle")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args()
@@ -516,6 +547,14 @@ def main() -> None:
                         got = idle_worker(side, w, qs, args.idle_procs, args.idle_seconds)
                         idle_reps.setdefault(label, []).append(got)
                         print(f"rep {i + 1} idle {label}: {json.dumps(got)}", flush=True)
+            if args.wakeups:
+                result["wakeups"] = {}
+                for label, side in (("single", single), ("cluster", clus)):
+                    got = wakeups(side, w, flat, args.wakeup_procs, args.wakeups)
+                    result["wakeups"][label] = got
+                    print(f"f, {len(flat)} queues, {args.wakeups} rounds, --procs {args.wakeup_procs}, {label}: "
+                          f"claim - creation p50 {got['p50_s'] * 1e3:.0f} ms, max {got['max_s']:.2f} s, "
+                          f"{got['late_over_1s']} of {got['tasks']} tasks later than 1 s: {got['late']}", flush=True)
             result["incidents"] = w.incidents()
             print(f"# worker logs: {result['incidents']}", flush=True)
         result["reps"] = reps

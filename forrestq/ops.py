@@ -30,6 +30,7 @@ from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from .cluster import ClusterClient, primaries
+from .errors import as_permission_error, is_permission_error
 from .schema import FAILED, GROUP, QueueKeys, lua_constants
 
 _DIR = Path(__file__).parent / "scripts"
@@ -84,6 +85,12 @@ def expand(text: str, name: str = "script") -> str:
     return out
 
 
+def _plain(error: Exception) -> Exception:
+    """A script's error as the caller should see it: a command the ACL refused inside the script
+    as the NoPermissionError a refused command outside one is (one line, exit 4)."""
+    return as_permission_error(error) if is_permission_error(error) else error
+
+
 _RAW = ("EVALSHA", "WAIT")  # commands Scripts.send sends with no reply callback
 
 
@@ -110,10 +117,13 @@ class Scripts:
         if pipe is not None:
             return pipe.evalsha(script.sha, len(keys), *keys, *args)
         try:
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.load()
-            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.load()
+                return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.ResponseError as e:
+            raise _plain(e) from None
 
     def load(self) -> None:
         """Load every script (the server's script cache is empty after a restart or a failover) — all
@@ -173,7 +183,7 @@ class Scripts:
         if raise_on_error:
             for reply in replies:
                 if isinstance(reply, Exception):
-                    raise reply
+                    raise _plain(reply)
         return replies
 
 
@@ -196,7 +206,7 @@ class Op(Generic[A, R]):
     def reply(self, raw: Any) -> R:
         """The typed reply of a pipelined call; an error reply is raised."""
         if isinstance(raw, Exception):
-            raise raw
+            raise _plain(raw)
         return self._reply(raw)
 
 

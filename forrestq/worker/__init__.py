@@ -14,6 +14,8 @@ module                 owns
                        task an attempt of ours lost
 ``slots``              the shared-memory slots (a seqlock) through which children say what they hold
 ``procs``              prctl, process trees, signals in words, output capture, back-off
+``access``             the checks at start that the Redis user may do what a worker does (one line,
+                       exit 4, before any child starts)
 =====================  ===========================================================================
 """
 from .supervisor import Worker, WorkerConfig, default_host
