@@ -176,13 +176,14 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         self.home = home
         self.home_slot = slot_of(home) if home else 0
         self._raw: dict[Address, Any] = {}
+        self._blocking: dict[int, tuple[Any, int]] = {}  # slot -> (connection, its client id)
         self._raw_pid = 0
 
     def pinned(self, home: str) -> ClusterClient:
         """A client of the same cluster whose keyless commands go to ``home``'s slot."""
         twin = copy.copy(self)
         twin.home, twin.home_slot = home, slot_of(home)
-        twin._raw, twin._raw_pid = {}, 0
+        twin._raw, twin._blocking, twin._raw_pid = {}, {}, 0
         return twin
 
     def slot_for(self, args: Sequence[Any]) -> int:
@@ -244,7 +245,7 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
 
     def _send_node(self, address: Address, commands: list[tuple[Any, ...]]) -> list[Any]:
         if self._raw_pid != os.getpid():  # none yet, or the parent's (this is a fork)
-            self._raw, self._raw_pid = {}, os.getpid()
+            self._raw, self._blocking, self._raw_pid = {}, {}, os.getpid()
         conn = self._raw.get(address)
         if conn is None:
             pool = self.topology.node(address).connection_pool
@@ -270,31 +271,49 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
     def xreadgroup_any(self, group: str, consumer: str, streams: dict[str, str], block_ms: int,
                        ) -> list[tuple[Any, Any]]:
         """XREADGROUP COUNT 1 BLOCK over streams of several slots: one blocking read per slot, all
-        at once, each on a connection of its own; returns what the first to answer delivered, and
-        what any other had delivered by then (the caller claims or hands back every entry). The
-        reads still waiting are cut off (their connections closed)."""
+        at once, each on a connection of its own (kept from call to call); returns what the first to
+        answer delivered, and what the others delivered before CLIENT UNBLOCK ended their wait (the
+        caller claims or hands back every entry: none is left delivered and unclaimed)."""
         groups: dict[int, dict[str, str]] = {}
         for name, at in streams.items():
             groups.setdefault(slot_of(name), {})[name] = at
-        waiting: dict[Any, Any] = {}
+        waiting = {slot: self._blocking_conn(slot) for slot in groups}
+        got: list[tuple[Any, Any]] = []
         try:
             for slot, part in groups.items():
-                pool = self.topology.primary(slot).connection_pool
-                conn = pool.connection_class(**pool.connection_kwargs)
-                conn.send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "BLOCK", block_ms,
-                                  "STREAMS", *part.keys(), *part.values())
-                waiting[conn._sock] = conn
-            ready, _, _ = select.select(list(waiting), [], [], block_ms / 1000 + 1.0)
-            if ready:  # also take what the others delivered meanwhile: never strand an entry
-                ready, _, _ = select.select(list(waiting), [], [], 0)
-            got: list[tuple[Any, Any]] = []
-            for sock in ready:
-                reply = waiting[sock].read_response()
+                waiting[slot][0].send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "BLOCK", block_ms,
+                                              "STREAMS", *part.keys(), *part.values())
+            socks = {conn._sock: slot for slot, (conn, _) in waiting.items()}
+            ready, _, _ = select.select(list(socks), [], [], block_ms / 1000 + 1.0)
+            if not ready:
+                raise redis.TimeoutError("no answer to a blocking read")
+            answered = {socks[s] for s in select.select(list(socks), [], [], 0)[0]}
+            for slot in set(waiting) - answered:  # still waiting: end it (it answers nil, or an entry)
+                self.topology.primary(slot).client_unblock(waiting[slot][1])
+            for conn, _ in waiting.values():
+                reply = conn.read_response()
                 got.extend(self.response_callbacks["XREADGROUP"](reply) if reply else ())
-            return [(name, entries) for name, entries in _pairs(got)]
-        finally:
-            for conn in waiting.values():
-                conn.disconnect()
+        except BaseException:
+            for slot in waiting:
+                self._blocking.pop(slot)[0].disconnect()
+            raise
+        return list(_pairs(got))
+
+    def _blocking_conn(self, slot: int) -> tuple[Any, int]:
+        """This process's connection for blocking reads on the primary of slot, and its client id."""
+        if self._raw_pid != os.getpid():  # the parent's connections (this is a fork)
+            self._raw, self._blocking, self._raw_pid = {}, {}, os.getpid()
+        node = self.topology.primary(slot)
+        held = self._blocking.get(slot)
+        where = node.connection_pool.connection_kwargs
+        if held is not None and (held[0].host, held[0].port) == (where["host"], where["port"]):
+            return held
+        if held is not None:
+            held[0].disconnect()
+        conn = node.connection_pool.connection_class(**where)
+        conn.send_command("CLIENT", "ID")
+        held = self._blocking[slot] = (conn, int(conn.read_response()))
+        return held
 
 
 def _pairs(read: Any) -> Iterator[tuple[Any, Any]]:

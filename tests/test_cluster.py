@@ -68,6 +68,31 @@ def test_dags_results_wait_and_map_over_queues_on_three_primaries(c: LocalCluste
         assert qb.wait(single, timeout=30).returnvalue == "b"
         assert qm.map(tasks.identity, range(20), progress=False) == list(range(20))
     assert qa.counts()["done"] == 3 and qa.get(root).state == "done"
+    for q in (qa, qb, qm):  # nothing left delivered to a consumer and unclaimed
+        assert q.r.xpending(q.keys.stream, "workers")["pending"] == 0
+
+
+def test_an_idle_worker_on_three_primaries_wakes_for_each_on_the_connections_it_has(c: LocalCluster,
+                                                                                    tmp_path: Path) -> None:
+    names = names_on_distinct_primaries(c, 3, "ci")
+    queues = [Queue(n) for n in names]
+    admin = [c.primary_for(q.keys.prefix).client() for q in queues]
+
+    def child_connections() -> list[set[str]]:  # the child's connections are named by its consumer
+        return [{x["id"] for x in a.client_list() if x["name"]} for a in admin]
+
+    def one_round(base: int) -> None:  # each task wakes the idle child on another primary
+        for i, q in enumerate(queues):
+            assert q.wait(q.schedule(defer(tasks.identity, base + i)), timeout=30).returnvalue == base + i
+
+    with worker(c.url, names, 1, log=tmp_path / "w.log"):
+        one_round(0)
+        before = child_connections()
+        one_round(10)
+        one_round(20)
+        assert child_connections() == before  # one blocking read per slot, kept; losers ended by CLIENT UNBLOCK
+    for q in queues:
+        assert q.r.xpending(q.keys.stream, "workers")["pending"] == 0
 
 
 def test_exactly_once_keys_and_shared_inputs(c: LocalCluster, tmp_path: Path) -> None:
@@ -103,7 +128,8 @@ def test_cli_commands_on_a_cluster(c: LocalCluster, tmp_path: Path) -> None:
         assert q.get(parked).state == "failed"
     out = runner.invoke(app, ["clean", "--url", c.url, "-q", name, "--all", "--yes"])
     assert out.exit_code == 0, out.stdout
-    assert sum(q.counts().values()) == 0 and connect(c.url).keys(f"fq:{{{name}}}:t:*") == []
+    assert sum(q.counts().values()) == 0
+    assert c.primary_for(q.keys.prefix).client().keys(f"fq:{{{name}}}:t:*") == []
 
 
 def test_a_killed_worker_s_task_is_reclaimed_and_signatures_hold(c: LocalCluster, tmp_path: Path,

@@ -39,6 +39,13 @@ def locked_server(tmp_path_factory) -> Iterator[ServerProcess]:
     f"redis://:{SECRET}@[::1/0",
     f"redis://:{SECRET}@host:6379/0?socket_timeout=soon",
     "unix://",
+    f"redis+sentinel://:{SECRET}@h1:26379,h2:26379/",
+    f"redis+sentinel://:{SECRET}@h1:26379/mymaster/x",
+    f"redis+sentinel://:{SECRET}@h1:99999/mymaster",
+    f"redis+sentinel://:{SECRET}@/mymaster",
+    f"redis+cluster://:{SECRET}@h1:7000,h2:/",
+    f"redis+cluster://:{SECRET}@h1:7000/2",
+    f"redis+cluster://:{SECRET}@h1:port/",
 ])
 def test_bad_urls_are_config_errors_without_the_password(bad):
     with pytest.raises(ConfigError) as info:
@@ -63,6 +70,9 @@ def test_mask_and_describe():
     assert describe("rediss://example.org") == "example.org:6379"
     assert describe("redis://[::1]:7000/0") == "[::1]:7000"
     assert describe("unix:///tmp/x/server.sock") == "unix:/tmp/x/server.sock"
+    assert describe(f"redis+sentinel://:{SECRET}@s1,s2:26380/mymaster/1") == "sentinel s1:26379,s2:26380 (mymaster)"
+    assert describe(f"redis+cluster://u:{SECRET}@h1:7000,h2:7001/") == "cluster h1:7000,h2:7001"
+    assert mask(f"redis+cluster://u:{SECRET}@h1:7000,h2:7001/") == "redis+cluster://u:***@h1:7000,h2:7001/"
 
 
 def test_closed_port_is_unreachable_quickly():
