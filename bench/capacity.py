@@ -2,6 +2,7 @@
 
     python -m bench.capacity                   # 3 repetitions, 5,000 no-ops (a few minutes)
     python -m bench.capacity --reps 5 --tasks 5000 --queues 6 --idle-procs 8 --idle-seconds 5
+    python -m bench.capacity --skip single,many,idle --wakeups 60    # f only (about a minute)
 
 Two topologies are up for the whole run: one private server (``forrestq.server.ServerProcess``, loopback,
 ``appendonly no``) and a ``forrestq.topology.LocalCluster`` (3 primaries + 3 replicas; ``CONFIG SET
@@ -24,6 +25,8 @@ e. **an idle worker** with ``--procs P``: the client connections it holds on eac
    minus the idle baseline; CLIENT LIST), blocked clients (sampled), new connections/s, and the commands/s
    it causes (``total_commands_processed`` delta over --idle-seconds minus the baseline without the
    worker, commandstats for the breakdown); 1 queue and Q queues, single node and cluster.
+f. (opt-in, ``--wakeups R``) **multi-slot wake-ups**: an idle worker serving the Q queues; R times, one
+   no-op on every queue at once; claim start minus creation per task, single node then cluster.
 
 Every worker runs in its own process group and is stopped in a ``finally`` (SIGTERM, then SIGKILL); both
 topologies are stopped in a ``finally``. Every wait is bounded.

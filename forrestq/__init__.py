@@ -12,6 +12,7 @@ from .errors import (
                      LeaseLost,
                      LeaseLostWarning,
                      NotClaimed,
+                     NotDurable,
                      NotSendable,
                      OrphanedServer,
                      PortInUse,
@@ -39,7 +40,8 @@ __all__ = ["Batch", "Queue", "Task", "TaskContext", "TaskRef", "check_graph", "c
            "io_bound", "progress", "Failed", "allow_failed",
            "AuthFailed", "Cancelled", "ConfigError", "ForrestqError", "GraphError", "KeyBusy", "LeaseLost",
            "LeaseLostWarning",
-           "NotClaimed", "NotSendable", "OrphanedServer", "PortInUse", "RemoteError", "SerializationError",
+           "NotClaimed", "NotDurable", "NotSendable", "OrphanedServer", "PortInUse", "RemoteError",
+           "SerializationError",
            "ServerUnreachable", "SignatureMismatch",
            "TaskFailed", "TaskKilled", "TaskLost", "TimeLimitExceeded", "UnknownQueue", "UnknownTask", "UpstreamFailed",
            "WorkerImportError", "WorkerStartError"]

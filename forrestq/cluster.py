@@ -201,6 +201,15 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         """One client per primary (for commands about a node: CLIENT LIST, INFO)."""
         return self.topology.call(self.home_slot, lambda _: self.topology.primaries(), self.router_retry)
 
+    def close(self) -> None:
+        """Close the connections to every node (they reopen if the client is used again)."""
+        for node in list(self.topology.nodes.values()):
+            node.close()
+        for conn in [*self._raw.values(), *(c for c, _ in self._blocking.values())]:
+            conn.disconnect()
+        self._raw, self._blocking = {}, {}
+        super().close()
+
     def flushall(self, asynchronous: bool = False, **kwargs: Any) -> bool:
         for node in self.primaries():
             node.flushall(asynchronous, **kwargs)

@@ -24,12 +24,13 @@ class Drained:
 
 
 def drain_through(url: str, name: str, n: int, break_it: Callable[[], None], log: Path, at: int = 25,
-                  procs: int = 2, seconds: float = 0.03) -> Drained:
-    """Schedule n tasks (each returns its index after ``seconds``), start a worker, and call
-    ``break_it`` once ``at`` results came back; returns what ``results()`` yielded."""
+                  procs: int = 2, seconds: float = 0.03, late: int = 20) -> Drained:
+    """Schedule n tasks (each returns its index after ``seconds``), start a worker, call
+    ``break_it`` once ``at`` results came back, and schedule ``late`` more at once, while the
+    failover goes on (the producer rides it out); returns what ``results()`` yielded."""
     q = Queue(name, url)
     q.schedule_many([defer(tasks.sleep_then, seconds, i) for i in range(n)])
-    out = Drained(q, n)
+    out = Drained(q, n + late)
     with worker(url, name, procs, "--lease", "2", "--grace", "5", log=log):
         for task in q.results(timeout=60):
             out.results.append(task.returnvalue)
@@ -38,6 +39,8 @@ def drain_through(url: str, name: str, n: int, break_it: Callable[[], None], log
             if len(out.results) == at:
                 out.broke_at = time.monotonic()
                 break_it()
+                for i in range(n, n + late):
+                    q.schedule(defer(tasks.sleep_then, seconds, i))
     return out
 
 

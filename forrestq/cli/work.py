@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from .. import durability
 from ..connection import describe, mask, resolve_url
 from ..errors import ConfigError
 from ..log import get as get_logger
@@ -109,8 +110,10 @@ def worker(
     w = Worker(cfg)
     if _log.isEnabledFor(logging.INFO):  # not with --quiet
         signed = f"signed (secret fingerprint {fingerprint()})" if payloads_signed() else "unsigned"
-        _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s, payloads %s, resources %s",
-                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)), signed,
+        durable = " (a task's end waits for a replica)" if durability.replicas() else ""
+        _log.info("forrestq worker %s: host %s, pid %d, %d procs, queues %s, server %s%s, payloads %s, resources %s",
+                  w.id, cfg.host, os.getpid(), cfg.procs, ", ".join(cfg.queues), describe(resolve_url(url)), durable,
+                  signed,
                   w.capacity.text + (", admit by memory" if cfg.admit_by_memory else ""))
     raise typer.Exit(w.run())
 

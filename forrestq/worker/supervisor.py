@@ -52,7 +52,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import log, schema, signing
+from .. import durability, log, schema, signing
 from ..cluster import primaries
 from ..connection import connect, resolve_url
 from ..errors import ConfigError, shown
@@ -164,6 +164,7 @@ def _mib(size: int) -> str:
 
 def check_start(cfg: WorkerConfig) -> None:
     """What would make every child fail, refused before any is started (a ConfigError, one line)."""
+    durability.replicas()  # a bad $FORRESTQ_DURABILITY: every child would refuse to start
     if cfg.logfile is not None:
         try:  # every child appends each task's output here: a file it cannot open fails every task
             with open(cfg.logfile, "a"):
