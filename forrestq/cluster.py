@@ -296,17 +296,26 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
             ready, _, _ = select.select(list(socks), [], [], block_ms / 1000 + 1.0)
             if not ready:
                 raise redis.TimeoutError("no answer to a blocking read")
-            answered = {socks[s] for s in select.select(list(socks), [], [], 0)[0]}
-            for slot in set(waiting) - answered:  # still waiting: end it (it answers nil, or an entry)
-                self.topology.primary(slot).client_unblock(waiting[slot][1])
-            for conn, _ in waiting.values():
-                reply = conn.read_response()
-                got.extend(self.response_callbacks["XREADGROUP"](reply) if reply else ())
+            first = [socks[s] for s in ready]
+            for slot in first:
+                got.extend(self._read_entries(waiting[slot][0]))
+            rest = set(waiting) - set(first)
+            if got:  # a task came: end the other waits (each answers nil, or an entry it delivered)
+                answered = {socks[s] for s in select.select([waiting[s][0]._sock for s in rest], [], [], 0)[0]}
+                for slot in rest - answered:
+                    self.topology.primary(slot).client_unblock(waiting[slot][1])
+            for slot in rest:  # (after a timeout the others time out too, at the same moment)
+                got.extend(self._read_entries(waiting[slot][0]))
         except BaseException:
             for slot in waiting:
                 self._blocking.pop(slot)[0].disconnect()
             raise
-        return list(_pairs(got))
+        return got
+
+    def _read_entries(self, conn: Any) -> list[Any]:
+        """The (stream, entries) pairs of a blocking read's reply (none: it timed out, or was unblocked)."""
+        reply = conn.read_response()
+        return list(_pairs(self.response_callbacks["XREADGROUP"](reply))) if reply else []
 
     def _blocking_conn(self, slot: int) -> tuple[Any, int]:
         """This process's connection for blocking reads on the primary of slot, and its client id."""

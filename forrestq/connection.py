@@ -87,7 +87,23 @@ def _client(url: str, parts: SplitResult, options: dict[str, Any]) -> redis.Redi
     node = {**_node_options(parts, f"/{db or 0}"), **options}
     asking = {k: v for k, v in node.items() if k.startswith(("socket_", "ssl"))}
     sentinel = redis.sentinel.Sentinel(hosts, sentinel_kwargs=asking, **node)
-    return sentinel.master_for(unquote(service), redis_class=redis.Redis, **node)
+    kind = _SentinelSSLConnection if node.get("ssl") else _SentinelConnection
+    return sentinel.master_for(unquote(service), redis_class=redis.Redis, connection_class=kind, **node)
+
+
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):  # type: ignore[misc]
+    """redis-py's Sentinel connection asks where the primary is in ``connect()``; but a command sent
+    on a dropped connection reconnects through ``connect_check_health`` (redis-py 8), to the address
+    it had: after a failover, the old primary, now a read-only replica, for every retry. Ask there too."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.SSLConnection):  # type: ignore[misc]
+    pass
 
 
 def _node_options(parts: SplitResult, path: str) -> dict[str, Any]:
