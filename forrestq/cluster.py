@@ -230,13 +230,14 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         primary named, the others are not."""
         out: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
+        slots = slots_along(commands, self.home_slot)
         for _ in range(_MAX_MOVED + 1):
             by_node: dict[Address, list[int]] = {}
             for i in todo:
-                address = self.topology.slots[self.slot_for(commands[i])]
+                address = self.topology.slots[slots[i]]
                 if address is None:
                     self.topology.refresh()
-                    address = self.topology.slots[self.slot_for(commands[i])]
+                    address = self.topology.slots[slots[i]]
                 if address is None:
                     raise redis.exceptions.ClusterDownError("CLUSTERDOWN the slot map has a hole")
                 by_node.setdefault(address, []).append(i)
@@ -334,6 +335,19 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         return held
 
 
+def slots_along(commands: Sequence[Sequence[Any]], home: int) -> list[int]:
+    """The slot each command goes to: its first key's; a keyless one (WAIT, TIME) the slot of the
+    keyed command before it (WAIT must follow, on their connection, the writes it covers), or at the
+    start of the first keyed one after it, else ``home``."""
+    keyed = [command_key(c) for c in commands]
+    last = next((slot_of(k) for k in keyed if k is not None), home)
+    out = []
+    for key in keyed:
+        last = last if key is None else slot_of(key)
+        out.append(last)
+    return out
+
+
 def _pairs(read: Any) -> Iterator[tuple[Any, Any]]:
     """(stream, entries) pairs of an XREADGROUP reply in either shape (RESP2 list, RESP3 dict)."""
     if isinstance(read, dict):
@@ -363,11 +377,8 @@ class SlotPipeline(Pipeline):  # type: ignore[misc]
         if not stack:
             return []
         groups: dict[int, list[int]] = {}
-        home = next((self.client.slot_for(a) for a, _ in stack if command_key(a) is not None),
-                    self.client.home_slot)
-        for i, (args, _) in enumerate(stack):
-            key = command_key(args)
-            groups.setdefault(home if key is None else slot_of(key), []).append(i)
+        for i, slot in enumerate(slots_along([args for args, _ in stack], self.client.home_slot)):
+            groups.setdefault(slot, []).append(i)
         if self.transaction and len(groups) > 1:
             self.reset()
             raise RuntimeError("forrestq bug: one transaction over keys of several cluster slots: "

@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 from forrestq import Queue, defer, signing
 from forrestq.cli import app
-from forrestq.cluster import ClusterClient, slot_of
+from forrestq.cluster import ClusterClient, slot_of, slots_along
 from forrestq.connection import connect
 from forrestq.errors import ConfigError
-from forrestq.schema import TASK_ARGS, QueueKeys
+from forrestq.schema import QUEUES, TASK_ARGS, QueueKeys
 from forrestq.topology import LocalCluster
 
 
@@ -166,3 +166,25 @@ def test_a_killed_primary_loses_no_task(c: LocalCluster, tmp_path: Path) -> None
 
 def test_slot_routing_is_by_hash_tag() -> None:
     assert slot_of("fq:{a}:x") == slot_of("fq:{a}:t:1") == slot_of("a") != slot_of("fq:{b}:x")
+
+
+def test_durability_waits_on_the_primary_that_took_the_writes(c: LocalCluster, tmp_path: Path) -> None:
+    registry = c.primary_for(QUEUES).port  # a queue elsewhere: a WAIT sent with the registry's SADD would not count
+    name = next(n for n in names_on_distinct_primaries(c, 3, "cd") if c.primary_for(QueueKeys(n).prefix).port != registry)
+    primary = c.primary_for(QueueKeys(name).prefix).client()
+    primary.config_resetstat()
+    q = Queue(name, durability="replica")  # NotDurable if the WAIT went to a connection without the writes
+    q.schedule_many([defer(tasks.identity, i) for i in range(20)])
+    q.schedule(defer(tasks.identity, 20))
+    with worker(c.url, name, 2, env={"FORRESTQ_DURABILITY": "replica"}, log=tmp_path / "w.log"):
+        assert sorted(t.returnvalue for t in q.results(timeout=30)) == list(range(21))
+    assert primary.info("commandstats")["cmdstat_wait"]["calls"] >= 2 + 21  # each schedule, each task's end
+    assert "no replica confirmed" not in (tmp_path / "w.log").read_text()
+
+
+def test_a_keyless_command_goes_with_the_writes_before_it() -> None:
+    a, b = slot_of("fq:{a}:x"), slot_of("fq:{b}:x")
+    commands = [("WAIT", 1, 5), ("SADD", "fq:{b}:x", 1), ("EVALSHA", "sha", 1, "fq:{a}:x"), ("WAIT", 1, 5),
+                ("TIME",)]
+    assert slots_along(commands, 0) == [b, b, a, a, a]
+    assert slots_along([("PING",)], 7) == [7]
