@@ -170,7 +170,8 @@ def test_slot_routing_is_by_hash_tag() -> None:
 
 def test_durability_waits_on_the_primary_that_took_the_writes(c: LocalCluster, tmp_path: Path) -> None:
     registry = c.primary_for(QUEUES).port  # a queue elsewhere: a WAIT sent with the registry's SADD would not count
-    name = next(n for n in names_on_distinct_primaries(c, 3, "cd") if c.primary_for(QueueKeys(n).prefix).port != registry)
+    name = next(n for n in names_on_distinct_primaries(c, 3, "cd")
+                if c.primary_for(QueueKeys(n).prefix).port != registry)
     primary = c.primary_for(QueueKeys(name).prefix).client()
     primary.config_resetstat()
     q = Queue(name, durability="replica")  # NotDurable if the WAIT went to a connection without the writes
