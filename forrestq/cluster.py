@@ -50,6 +50,7 @@ _KEYLESS = frozenset("""PING TIME INFO CLIENT SCRIPT WAIT WAITAOF FLUSHALL FLUSH
     RANDOMKEY SAVE BGSAVE BGREWRITEAOF LASTSAVE ROLE SHUTDOWN AUTH SLOWLOG LATENCY MONITOR PUBLISH
     FUNCTION MODULE MEMORY LOLWUT SWAPDB""".split())
 _CONTAINERS = frozenset(("XGROUP", "XINFO", "OBJECT"))  # CONTAINER SUB key ...
+_SPLIT = frozenset(("DEL", "UNLINK", "EXISTS", "TOUCH", "MGET"))  # multi-key commands a caller may spread
 _EVALS = frozenset(("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"))
 
 
@@ -191,8 +192,24 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         return self.home_slot if key is None else slot_of(key)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
+        name = str(args[0]).upper()
+        if name in _SPLIT and len({slot_of(k) for k in args[1:]}) > 1:  # keys of several slots: one call per slot
+            return self._split(name, list(args[1:]), options)
         return self.topology.call(self.slot_for(args), lambda n: n.execute_command(*args, **options),
                                   self.router_retry)
+
+    def _split(self, name: str, keys: list[Any], options: dict[str, Any]) -> Any:
+        """DEL/UNLINK/EXISTS/TOUCH (counts added up) or MGET (values in the keys' order) over keys of
+        several slots."""
+        parts: dict[int, list[Any]] = {}
+        for key in keys:
+            parts.setdefault(slot_of(key), []).append(key)
+        if name != "MGET":
+            return sum(int(self.execute_command(name, *part)) for part in parts.values())
+        found: dict[Any, Any] = {}
+        for part in parts.values():
+            found.update(zip(part, self.execute_command("MGET", *part, **{**options, "keys": part})))
+        return [found[key] for key in keys]
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> SlotPipeline:
         return SlotPipeline(self, transaction)
@@ -283,35 +300,55 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         """XREADGROUP COUNT 1 BLOCK over streams of several slots: one blocking read per slot, all
         at once, each on a connection of its own (kept from call to call); returns what the first to
         answer delivered, and what the others delivered before CLIENT UNBLOCK ended their wait (the
-        caller claims or hands back every entry: none is left delivered and unclaimed)."""
+        caller claims or hands back every entry: none is left delivered and unclaimed). A read that
+        fails loses its connection; its error is raised only if nothing was delivered."""
         groups: dict[int, dict[str, str]] = {}
         for name, at in streams.items():
             groups.setdefault(slot_of(name), {})[name] = at
-        waiting = {slot: self._blocking_conn(slot) for slot in groups}
-        got: list[tuple[Any, Any]] = []
+        waiting: dict[int, tuple[Any, int]] = {}
         try:
             for slot, part in groups.items():
-                waiting[slot][0].send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "BLOCK", block_ms,
-                                              "STREAMS", *part.keys(), *part.values())
+                waiting[slot] = self._blocking_conn(slot)
+                waiting[slot][0].send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "BLOCK",
+                                              block_ms, "STREAMS", *part.keys(), *part.values())
             socks = {conn._sock: slot for slot, (conn, _) in waiting.items()}
-            ready, _, _ = select.select(list(socks), [], [], block_ms / 1000 + 1.0)
+            ready = [socks[s] for s in select.select(list(socks), [], [], block_ms / 1000 + 1.0)[0]]
             if not ready:
                 raise redis.TimeoutError("no answer to a blocking read")
-            first = [socks[s] for s in ready]
-            for slot in first:
-                got.extend(self._read_entries(waiting[slot][0]))
-            rest = set(waiting) - set(first)
-            if got:  # a task came: end the other waits (each answers nil, or an entry it delivered)
-                answered = {socks[s] for s in select.select([waiting[s][0]._sock for s in rest], [], [], 0)[0]}
-                for slot in rest - answered:
-                    self.topology.primary(slot).client_unblock(waiting[slot][1])
-            for slot in rest:  # (after a timeout the others time out too, at the same moment)
-                got.extend(self._read_entries(waiting[slot][0]))
         except BaseException:
-            for slot in waiting:
-                self._blocking.pop(slot)[0].disconnect()
+            self._drop(list(waiting))
             raise
+        got: list[tuple[Any, Any]] = []
+        errors = [e for e in (self._read_into(got, slot) for slot in ready) if e]
+        rest = set(waiting) - set(ready)
+        if got:  # a task came: end the other waits (each answers nil, or an entry it delivered)
+            answered = {socks[s] for s in select.select([waiting[s][0]._sock for s in rest], [], [], 0)[0]}
+            for slot in rest - answered:
+                try:
+                    self.topology.primary(slot).client_unblock(waiting[slot][1])
+                except redis.RedisError as e:
+                    errors.append(e)
+                    self._drop([slot])
+        # after a timeout the others time out too, at the same moment: read them as they are
+        errors += [e for e in (self._read_into(got, slot) for slot in rest if slot in self._blocking) if e]
+        if errors and not got:
+            raise errors[0]
         return got
+
+    def _read_into(self, got: list[tuple[Any, Any]], slot: int) -> Exception | None:
+        """Read the blocking read of slot into got; on an error drop its connection and return it."""
+        try:
+            got.extend(self._read_entries(self._blocking[slot][0]))
+            return None
+        except (redis.RedisError, OSError) as e:
+            self._drop([slot])
+            return e
+
+    def _drop(self, slots: list[int]) -> None:
+        for slot in slots:
+            held = self._blocking.pop(slot, None)
+            if held is not None:
+                held[0].disconnect()
 
     def _read_entries(self, conn: Any) -> list[Any]:
         """The (stream, entries) pairs of a blocking read's reply (none: it timed out, or was unblocked)."""

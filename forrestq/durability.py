@@ -14,12 +14,17 @@ fails over now) and is logged by a worker (the record stands; a lost one means t
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from . import ops
 from .errors import ConfigError, NotDurable
+from .schema import QueueKeys
 
-__all__ = ["CHOICES", "replicas", "wait_args", "confirm"]
+__all__ = ["CHOICES", "replicas", "wait_args", "confirm", "settle_wait", "complete"]
+
+logger = logging.getLogger("forrestq.worker")
 
 CHOICES = {"none": 0, "replica": 1}
 WAIT_MS = 5000  # how long a write waits for a replica's acknowledgement
@@ -48,3 +53,26 @@ def confirm(reply: Any, n: int, what: str) -> None:
     if int(reply) < n:
         raise NotDurable(f"{what}: no replica confirmed the write within {WAIT_MS / 1000:g} s "
                          "(durability=replica); it is on the primary and stands unless the primary fails now")
+
+
+def settle_wait(reply: Any, n: int, what: str) -> None:
+    """A worker's side of :func:`confirm`: a write no replica confirmed (or a WAIT the server refused)
+    is a warning line, never an error: the record stands on the primary either way."""
+    try:
+        confirm(reply, n, what)
+    except (NotDurable, Exception) as e:  # noqa: BLE001 - an error reply of WAIT included
+        logger.warning("%s", e if isinstance(e, NotDurable) else f"{what}: WAIT failed ({e}); the record stands")
+
+
+def complete(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion, n: int) -> bool:
+    """``ops.complete``, and with ``n`` replicas the WAIT right after it on the same connection (one
+    pipeline); returns whether the record was kept."""
+    if not n:
+        return ops.complete(scripts, k, c)
+    pipe = scripts.client.pipeline(transaction=False)
+    ops.complete.queue(scripts, pipe, k, c)
+    pipe.execute_command(*wait_args(n))
+    raw, waited = scripts.execute(pipe, raise_on_error=False)
+    kept = ops.complete.reply(raw)
+    settle_wait(waited, n, f"the end of task {c.task_id}")
+    return kept

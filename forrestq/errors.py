@@ -212,7 +212,7 @@ def escape_controls(text: str) -> str:
 
 # Errors a server gives while it is restarting, failing over or full: the same command may work later.
 TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScriptError, rx.ReadOnlyError,
-             rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError)
+             rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError, rx.AskError)  # AskError: MOVED too
 
 
 def is_transient(e: BaseException) -> bool:

@@ -173,8 +173,9 @@ class Scripts:
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             self.load()
-            # a WAIT after a command sent again must follow it again: it covers the writes before it
-            missing += [i for i, (args, _) in enumerate(stack) if args[0] == "WAIT" and i > missing[0]]
+            # a WAIT after a command sent again follows it again, in its place: it covers the writes before it
+            waits = [i for i, (args, _) in enumerate(stack) if args[0] == "WAIT" and i > missing[0]]
+            missing = sorted({*missing, *waits})
             for i in missing:
                 args, options = stack[i]
                 pipe.pipeline_execute_command(*args, **options)

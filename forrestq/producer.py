@@ -236,11 +236,12 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         pipe.execute_command(*durability.wait_args(q.replicas))
     replies = q.scripts.execute(pipe, raise_on_error=False)
-    if q.replicas:
-        durability.confirm(replies.pop(), q.replicas, f"schedule on queue {q.name!r}")
+    waited = replies.pop() if q.replicas else None
     for reply in replies:
         if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
             raise reply
+    if q.replicas:
+        durability.confirm(waited, q.replicas, f"schedule on queue {q.name!r}")
     q.group_ready = True
     scheduled = [ops.schedule.reply(r) for r in replies if isinstance(r, list) and r]
     return scheduled[0].since if scheduled else ""

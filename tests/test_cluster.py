@@ -78,8 +78,8 @@ def test_an_idle_worker_on_three_primaries_wakes_for_each_on_the_connections_it_
     queues = [Queue(n) for n in names]
     admin = [c.primary_for(q.keys.prefix).client() for q in queues]
 
-    def child_connections() -> list[set[str]]:  # the child's connections are named by its consumer
-        return [{x["id"] for x in a.client_list() if x["name"]} for a in admin]
+    def child_connections() -> list[set[str]]:  # the child's blocking reads (named by its consumer)
+        return [{x["id"] for x in a.client_list() if x["name"] and x["cmd"] == "xreadgroup"} for a in admin]
 
     def one_round(base: int) -> None:  # each task wakes the idle child on another primary
         for i, q in enumerate(queues):
@@ -88,6 +88,7 @@ def test_an_idle_worker_on_three_primaries_wakes_for_each_on_the_connections_it_
     with worker(c.url, names, 1, log=tmp_path / "w.log"):
         one_round(0)
         before = child_connections()
+        assert all(len(ids) == 1 for ids in before), before
         one_round(10)
         one_round(20)
         assert child_connections() == before  # one blocking read per slot, kept; losers ended by CLIENT UNBLOCK
@@ -189,3 +190,18 @@ def test_a_keyless_command_goes_with_the_writes_before_it() -> None:
                 ("TIME",)]
     assert slots_along(commands, 0) == [b, b, a, a, a]
     assert slots_along([("PING",)], 7) == [7]
+
+
+def test_multi_key_commands_over_several_slots_and_a_worker_that_leaves(c: LocalCluster, tmp_path: Path) -> None:
+    r = connect(c.url)
+    keys = [QueueKeys(n).prefix + "x" for n in names_on_distinct_primaries(c, 3, "cm")]
+    for i, key in enumerate(keys):
+        r.set(key, i)
+    assert r.mget([keys[2], keys[0], keys[1]]) == [b"2", b"0", b"1"]
+    assert r.exists(*keys) == 3 and r.delete(*keys) == 3 and r.exists(*keys) == 0
+    name = names_on_distinct_primaries(c, 3, "cw")[2]
+    with worker(c.url, name, 1, log=tmp_path / "w.log"):
+        wait_for(lambda: r.zcard("fq:workers") == 1, timeout=15)
+        wid = r.zrange("fq:workers", 0, -1)[0].decode()
+        assert r.exists(f"fq:w:{wid}")
+    assert r.zcard("fq:workers") == 0 and not r.exists(f"fq:w:{wid}")  # its hash and sweep guards deleted

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from .. import codec, lease, log, ops, schema
+from .. import codec, durability, lease, log, ops, schema
 from ..errors import TaskKilled, TaskLost, is_transient
 from ..schema import GROUP, QueueKeys
 from .environment import EnvironmentNote
@@ -40,6 +40,7 @@ class Bookkeeper:
                  sweep_every: float) -> None:
         self.r = r
         self.scripts = ops.Scripts(r)
+        self.replicas = durability.replicas()  # $FORRESTQ_DURABILITY: a failure recorded here waits for a replica too
         self.keys = keys
         self.id = worker_id
         self.host = host
@@ -115,7 +116,7 @@ class Bookkeeper:
                            traceback=reason, reason=reason, host=self.host, runtime=ev.runtime,
                            output=ev.output, cpu_time=ev.cpu_time, peak_rss=ev.peak_rss, pid=ev.pid,
                            stack=ev.stack)
-        return ops.complete(self.scripts, k, c)
+        return durability.complete(self.scripts, k, c, self.replicas)
 
     def note_redis_error(self, e: redis.RedisError) -> None:
         if not self.redis_down:

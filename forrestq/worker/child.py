@@ -36,7 +36,7 @@ from .. import durability, log, ops, shared
 from ..cluster import ClusterClient, slot_groups
 from ..connection import connect
 from ..context import Where
-from ..errors import NotDurable, TimeLimitExceeded, escape_controls, is_transient
+from ..errors import TimeLimitExceeded, escape_controls, is_transient
 from ..lease import new_token
 from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, discard, one_line, unrecordable
 from ..schema import CONTINUED, DONE, GROUP, QueueKeys
@@ -128,15 +128,6 @@ def read_ready(r: redis.Redis, consumer: str, streams: list[str], block_ms: int)
     return r.xreadgroup(GROUP, consumer, dict.fromkeys(streams, ">"), count=1, block=block_ms)
 
 
-def confirm_end(waited: Any, replicas: int, task_id: str) -> None:
-    """Log a task's end that no replica confirmed (durability): it stands on the primary; if that
-    fails now, the task runs again (its lease ends on the promoted replica)."""
-    try:
-        durability.confirm(waited, replicas, f"the end of task {task_id}")
-    except NotDurable as e:
-        logger.warning("child %d: %s", os.getpid(), e)
-
-
 class Child:
     """The claim/run/complete loop of one child process."""
 
@@ -186,8 +177,6 @@ class Child:
         qi, c = self.pending
         try:
             kept = ops.complete.reply(raw)
-            if waited is not None:
-                confirm_end(waited, self.replicas, c.task_id)
         except Exception as e:  # noqa: BLE001 - an error reply of the server
             if is_transient(e):
                 raise
@@ -195,7 +184,9 @@ class Child:
                            "instead", self.pid, c.task_id, e)
             c = unrecordable(c, e)
             self.pending = (qi, c)
-            kept = ops.complete(self.scripts, self.keys[qi], c)
+            kept, waited = durability.complete(self.scripts, self.keys[qi], c, self.replicas), None
+        if waited is not None:
+            durability.settle_wait(waited, self.replicas, f"the end of task {c.task_id}")
         if not kept:
             logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
                            c.task_id, what_became_of(self.r, self.keys[qi], c.task_id, c.token))
@@ -372,7 +363,7 @@ class Child:
             pass
         elif outcome.state == RELEASE:
             self._patiently(lambda: self._release(k, c.id, c.token))
-        elif not self._patiently(lambda: ops.complete(self.scripts, k, record)):
+        elif not self._patiently(lambda: durability.complete(self.scripts, k, record, self.replicas)):
             logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
                            c.id, what_became_of(self.r, k, c.id, c.token))
         lane.end(None if outcome.state in (RELEASE, REFUSED) else outcome.state in (DONE, CONTINUED))
