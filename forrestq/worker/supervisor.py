@@ -188,8 +188,8 @@ def unblock(r: redis.Redis, names: set[str], now: float) -> float:
     times out (``block_ms``). CLIENT UNBLOCK, so an idle worker stops at once; returns ``now``."""
     try:
         for node in primaries(r) if names else ():  # a cluster: the children's reads are on every node
-            for client in node.client_list():
-                if client.get("name") in names:
+            for client in node.client_list():  # not a WAIT (durability): it would end unconfirmed
+                if client.get("name") in names and client.get("cmd") == "xreadgroup":
                     node.client_unblock(int(client["id"]))
     except redis.RedisError:  # Redis away, or CLIENT not allowed: the children leave at their timeout
         pass
