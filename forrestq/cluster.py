@@ -13,7 +13,7 @@ The rules (:class:`ClusterClient`):
   slot (:func:`pinned`: a queue's client is pinned to its queue);
 * a non-transactional pipeline over several slots is split by slot, one pipeline per slot, replies
   put back in order (the global registry keys ride with a queue's pipeline this way); a transaction
-  over several slots is a bug in forrestq and refused;
+  over several slots is a bug in forrestq and refused; multi-key DEL, EXISTS, MGET are split too;
 * commands for every node: FLUSHALL goes to every primary, SCAN to the node of the
   pattern's hash tag (else every primary), CLIENT LIST/UNBLOCK node by node (:meth:`primaries`);
 * ``MOVED`` (the command did not run) updates the slot map and resends at once; connection errors,
@@ -312,7 +312,8 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
                 waiting[slot][0].send_command("XREADGROUP", "GROUP", group, consumer, "COUNT", 1, "BLOCK",
                                               block_ms, "STREAMS", *part.keys(), *part.values())
             socks = {conn._sock: slot for slot, (conn, _) in waiting.items()}
-            ready = [socks[s] for s in select.select(list(socks), [], [], block_ms / 1000 + 1.0)[0]]
+            patience = block_ms / 1000 + (self.topology.options.get("socket_timeout") or 30.0)
+            ready = [socks[s] for s in select.select(list(socks), [], [], patience)[0]]
             if not ready:
                 raise redis.TimeoutError("no answer to a blocking read")
         except BaseException:
@@ -395,21 +396,17 @@ def _pairs(read: Any) -> Iterator[tuple[Any, Any]]:
 
 
 class SlotPipeline(Pipeline):  # type: ignore[misc]
-    """A pipeline of a :class:`ClusterClient`: split by slot when it executes; after WATCH it
-    stays on the watched key's primary (a transaction of one slot)."""
+    """A pipeline of a :class:`ClusterClient`: split by slot when it executes (a transaction must
+    stay in one slot). forrestq never WATCHes, so WATCH is refused rather than routed."""
 
     def __init__(self, client: ClusterClient, transaction: bool) -> None:
         super().__init__(client.connection_pool, client.response_callbacks, transaction, None)
         self.client = client
 
-    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.connection is None:  # WATCH (or a read after it): the pipeline lives on that node now
-            self.connection_pool = self.client.topology.primary(self.client.slot_for(args)).connection_pool
-        return super().immediate_execute_command(*args, **options)
+    def watch(self, *names: Any) -> Any:
+        raise NotImplementedError("WATCH on a forrestq ClusterClient pipeline")
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
-        if self.watching or self.connection is not None:
-            return super().execute(raise_on_error)
         stack = self.command_stack
         if not stack:
             return []

@@ -86,9 +86,11 @@ def test_an_idle_worker_on_three_primaries_wakes_for_each_on_the_connections_it_
             assert q.wait(q.schedule(defer(tasks.identity, base + i)), timeout=30).returnvalue == base + i
 
     with worker(c.url, names, 1, log=tmp_path / "w.log"):
+        def blocked_everywhere() -> list[set[str]] | None:
+            ids = child_connections()
+            return ids if all(len(i) == 1 for i in ids) else None
+        before = wait_for(blocked_everywhere, timeout=20, what="the idle child blocked on every primary")
         one_round(0)
-        before = child_connections()
-        assert all(len(ids) == 1 for ids in before), before
         one_round(10)
         one_round(20)
         assert child_connections() == before  # one blocking read per slot, kept; losers ended by CLIENT UNBLOCK
