@@ -278,16 +278,8 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
             pool = self.topology.node(address).connection_pool
             conn = self._raw[address] = pool.connection_class(**pool.connection_kwargs)
         try:
-            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except redis.ResponseError as e:
-                    out.append(e)
-            return out
+            return send_batch(conn, commands)
         except BaseException as e:
-            conn.disconnect()  # a reply may be left unread: the next send starts on a fresh socket
             if isinstance(e, redis.ConnectionError | redis.TimeoutError):
                 try:
                     self.topology.refresh()
@@ -371,6 +363,24 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
         conn.send_command("CLIENT", "ID")
         held = self._blocking[slot] = (conn, int(conn.read_response()))
         return held
+
+
+def send_batch(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send commands in one write on conn and read every reply raw (an error reply comes back as its
+    exception): a pipeline without redis-py's per-command machinery. On any failure the connection
+    is dropped (a reply may be left unread: the next send starts on a fresh one) and it raises."""
+    try:
+        conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+        out: list[Any] = []
+        for _ in commands:
+            try:
+                out.append(conn.read_response())
+            except redis.ResponseError as e:
+                out.append(e)
+        return out
+    except BaseException:
+        conn.disconnect()
+        raise
 
 
 def slots_along(commands: Sequence[Sequence[Any]], home: int) -> list[int]:

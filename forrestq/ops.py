@@ -24,12 +24,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import hiredis
 import redis
 from redis.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from .cluster import ClusterClient, primaries
+from .cluster import ClusterClient, primaries, send_batch
 from .errors import as_permission_error, is_permission_error
 from .schema import FAILED, GROUP, QueueKeys, lua_constants
 
@@ -147,16 +146,8 @@ class Scripts:
             self._pid = os.getpid()
             conn.connect()  # a Sentinel's connection asks where the primary is here, not when sending
         try:
-            conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except redis.ResponseError as e:
-                    out.append(e)
-            return out
+            return send_batch(conn, commands)
         except BaseException:
-            conn.disconnect()  # a reply may be left unread: the next send starts on a fresh connection
             self._conn = None
             raise
 
