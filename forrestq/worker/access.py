@@ -79,6 +79,9 @@ def first_round(w: Supervising, timeout: float) -> None:
     (heartbeat, sweep, due tasks): what the ACL refuses in either raises NoPermissionError now."""
     check_access(w.r, w.books.scripts, w.url, w.keys, f"{w.cfg.host}:{os.getpid()}:0", timeout)
     w.redis_round()
+    # nothing of it stays: a signal before run() installs its handlers ends the process at once, and
+    # a worker registered then would be listed until its entry expired; run()'s first round registers
+    w.books.leave()
     settled(w.denied)
 
 
