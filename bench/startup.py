@@ -21,9 +21,8 @@ FLUSHALL; the clock of a task's start is its claim (``t0``, written by the child
    ``q.map(time.sleep, [0.4] * 4, procs=2)``: call -> returned. The same map with ``procs=2`` and no
    warm workers (a fresh worker per call) for comparison.
 
-Also printed: the wall time of ``python -c "import ..."`` for nothing, redis-py, the package root, the
-command line and the launcher: the floor under any spawn -> first task; and of a whole ``python -m
-forrestq status`` (the server empty: issue 18's goal, <= 0.15 s).
+Also printed: the wall time of ``python -c "import ..."`` for nothing, redis-py, the command line and
+the launcher: the floor under any spawn -> first task.
 Goals: first task started <= 0.1 s after the spawn, idle stop <= 0.1 s.
 """
 from __future__ import annotations
@@ -151,26 +150,18 @@ def one_rep(b: Bench, args: argparse.Namespace) -> dict[str, float]:
     return out
 
 
-def import_times(reps: int, url: str) -> dict[str, float]:
-    """Median wall seconds of a bare interpreter, of importing the package root, the command line and the
-    launcher, and of the whole ``forrestq status`` process (issue 18: a lazy ``forrestq/__init__``)."""
+def import_times(reps: int) -> dict[str, float]:
+    """Median wall seconds of a bare interpreter, and of importing the command line / the launcher."""
     out = {}
-    for key, code in (("python_s", "pass"), ("import_redis_s", "import redis"),
-                      ("import_forrestq_s", "import forrestq"), ("import_cli_s", "import forrestq.cli"),
+    for key, code in (("python_s", "pass"), ("import_redis_s", "import redis"), ("import_cli_s", "import forrestq.cli"),
                       ("import_launcher_s", "import forrestq.worker.launch" if WARM else "import forrestq.worker")):
-        out[key] = _wall([sys.executable, "-c", code], reps)
-    out["status_cli_s"] = _wall([sys.executable, "-m", "forrestq", "status", "--url", url], reps)
+        xs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+            xs.append(time.perf_counter() - t)
+        out[key] = median(xs)
     return out
-
-
-def _wall(cmd: list[str], reps: int) -> float:
-    """Median wall seconds of running ``cmd`` (its output thrown away)."""
-    xs = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-        xs.append(time.perf_counter() - t)
-    return median(xs)
 
 
 ROWS = [  # key, label, aim
@@ -216,7 +207,7 @@ def main() -> None:
     with Bench() as b:
         ctx = context(b.r)
         print_context(ctx)
-        imports = import_times(max(3, args.reps), b.url)
+        imports = import_times(max(3, args.reps))
         print("# import (wall, median): " + ", ".join(f"{k} {v:.3f} s" for k, v in imports.items()))
         reps: list[dict[str, Any]] = []
         for i in range(args.reps):

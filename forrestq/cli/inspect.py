@@ -15,10 +15,12 @@ from typing import Any
 
 import redis
 import typer
+from rich.live import Live
 
 from .. import environment, schema
 from .. import events as event_stream
 from ..errors import ConfigError
+from ..queue import Queue
 from ..schema import QueueKeys
 from ..stats import read as read_stats
 from ..status import (
@@ -67,8 +69,6 @@ def _watch_json(r: redis.Redis, queue: str | None, data: dict[str, Any], interva
 def _watch_live(r: redis.Redis, queue: str | None, data: dict[str, Any], interval: float, count: int,
                 server: str) -> None:
     """The status view, refreshed in place."""
-    from rich.live import Live  # only --watch refreshes in place
-
     with Live(render_status(data, server), console=make_console(), auto_refresh=False) as live:
         shown = 1
         while not count or shown < count:
@@ -176,8 +176,6 @@ def show(
 
     Example: [bold]forrestq show n3q3jdvrdssa0[/bold]
     """
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     r = client(url)
     task = Queue(find_task(r, task_id, queue), url).get(task_id)
@@ -276,8 +274,6 @@ def events(
     Examples: [bold]forrestq events -q fits[/bold], [bold]forrestq events -q fits -f >> fits.log[/bold],
     [bold]forrestq events --since 1h --json | jq -c 'select(.kind == "failed")'[/bold]
     """
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     name = queue or "default"
     r = client(url)

@@ -4,23 +4,23 @@ why nothing happened to a task it was given but left alone (``--json``: ``skippe
 found nothing to do at all (``--json``: ``reason``)."""
 from __future__ import annotations
 
+import pdb as pdb_module
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import redis
 import typer
+from rich.console import Console
 
 from ..errors import ConfigError
+from ..producer import error_type as error_type_of
+from ..queue import Queue
 from ..status import find_task, queue_status, queues_of, records, resolve_queues, why_not_cancelled, why_not_requeued
 from ..task import Task
 from .common import EXIT_FAILURE, JSON, QUEUE, STATE, URL, VERBOSE, client, queue_option, set_verbose
 from .inspect import duration_value
 from .render import make_console, print_json, traceback_view, value_view
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 __all__ = ["cancel", "clean", "requeue", "run"]
 
@@ -68,9 +68,6 @@ def requeue(
     Examples: [bold]forrestq requeue --failed[/bold],
     [bold]forrestq requeue --failed -q fits --error-type MemoryError --dry-run[/bold]
     """
-    from ..producer import error_type as error_type_of
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     if not failed:
         raise ConfigError("say what to requeue: --failed (only failed tasks can be requeued)")
@@ -107,8 +104,6 @@ def _post_mortem(exc: BaseException, err: Console) -> None:
     if exc.__traceback__ is None:
         err.print("forrestq: the exception has no traceback to debug")
     else:
-        import pdb as pdb_module  # only run --pdb
-
         pdb_module.post_mortem(exc.__traceback__)
 
 
@@ -130,8 +125,6 @@ def run(
 
     Examples: [bold]forrestq run n3q3jdvrdssa0 --pdb[/bold], [bold]forrestq run n3q3jdvrdssa0 --raise[/bold]
     """
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     if raise_ and pdb:
         raise ConfigError("--raise and --pdb do not go together")
@@ -175,8 +168,6 @@ def clean(
     Examples: [bold]forrestq clean --done --yes[/bold], [bold]forrestq clean -q fits --all[/bold],
     [bold]forrestq clean --older-than 7d --yes[/bold]
     """
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     age = None if older_than is None else duration_value(older_than, "--older-than")
     if age is not None and all_:
@@ -244,8 +235,6 @@ def cancel(
 
     Examples: [bold]forrestq cancel n3q3jdvrdssa0[/bold], [bold]forrestq cancel -q fits --all[/bold]
     """
-    from ..queue import Queue  # the facade imports every layer: only the commands that use it
-
     set_verbose(verbose)
     _check_cancel(task_ids, queue, all_)
     r = client(url)

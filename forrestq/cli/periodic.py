@@ -3,20 +3,18 @@ in Redis (issue 16). Names, functions and cron expressions are user text: shown 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from ..errors import UnknownSchedule
 from ..periodic import Periodic, check_schedule_name, listing, pause, remove, resume
+from ..queue import Queue
 from ..schema import QueueKeys
 from ..status import human_duration, periodic_row, resolve_queues
 from .common import JSON, URL, VERBOSE, Command, PlainHelp, client, queue_option, set_verbose
 from .render import literal, make_console, print_json, when
-
-if TYPE_CHECKING:
-    from ..queue import Queue
 
 __all__ = ["app", "periodic_json", "periodic_table"]
 
@@ -57,8 +55,6 @@ def _holder(url: str | None, name: str, queue: str | None) -> Queue:
     names = resolve_queues(r, queue)
     for q in names:
         if r.exists(QueueKeys(q).schedule(name)):
-            from ..queue import Queue  # the facade imports every layer: only pause, resume and remove need it
-
             return Queue(q, url)
     where = f"queue {queue!r}" if queue else f"any of {len(names)} queue(s)"
     raise UnknownSchedule(f"no periodic schedule {name!r} in {where} (forrestq periodic list shows them)")

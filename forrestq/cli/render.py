@@ -23,11 +23,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderableType, RenderResult
 from rich.panel import Panel
+from rich.pretty import Pretty
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
@@ -38,10 +40,6 @@ from ..events import Event
 from ..stats import SAMPLES, FunctionStats
 from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
 from ..task import Task
-
-if TYPE_CHECKING:  # imported where used: pygments (Syntax) and rich.pretty cost ~25 ms, for show and run only
-    from rich.pretty import Pretty
-    from rich.syntax import Syntax
 
 __all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
            "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json",
@@ -513,8 +511,6 @@ def resources_text(task: Task) -> str:
 
 def traceback_view(text: str) -> Syntax:
     """A Python traceback, highlighted as such (never read as markup; control characters escaped)."""
-    from rich.syntax import Syntax
-
     return Syntax(escape_controls(text.rstrip()), "pytb", theme="ansi_dark", word_wrap=True)
 
 
@@ -543,8 +539,6 @@ def task_detail(task: Task, call: str, history: History, metadata: str, output_l
 
 def value_view(value: Any) -> Pretty:
     """A task's return value (``forrestq run``), pretty-printed."""
-    from rich.pretty import Pretty
-
     return Pretty(value)
 
 

@@ -18,6 +18,8 @@ from ..server import data_dir, local_server_info, serve_foreground, stop_local_s
 from ..signing import check as payloads_signed
 from ..signing import fingerprint
 from ..signing import use_environment as use_secret_from_environment
+from ..worker import Worker, WorkerConfig
+from ..worker.launch import parse_size
 from .common import URL, VERBOSE, queue_names, set_verbose
 from .render import print_json
 
@@ -33,14 +35,6 @@ _PASSWORD_FILE = typer.Option(None, "--password-file", metavar="FILE", help="Fil
 _DATA = typer.Option(None, "--data", metavar="DIR", help="Data directory (default: DATA_DIR/server-PORT).")
 
 # ------------------------------------------------------------------------------------------- worker
-
-
-def parse_size(text: str) -> int:
-    """'2G', '512M', '1.5GiB', '1000000' -> bytes (:func:`forrestq.worker.launch.parse_size`, imported on
-    use: the worker package, its supervisor and children, is for ``forrestq worker`` only)."""
-    from ..worker.launch import parse_size as parse
-
-    return parse(text)
 
 
 def _check_worker_options(autokill: float, grace: float, max_tasks_per_child: int) -> None:
@@ -100,7 +94,6 @@ def worker(
 
     Example: [bold]forrestq worker --procs 8 --queue fits --autokill 600 --max-memory 4G[/bold]
     """
-    from ..worker import Worker, WorkerConfig  # the supervisor and its children: for this command only
     set_verbose(verbose)
     level = -1 if quiet else verbose
     setup_logging(level)
