@@ -9,9 +9,11 @@ A Redis ACL that lacks a command forrestq uses is not an outage: retrying never 
   pending entries only, and a script: the renewal of a lease nobody holds, through ``EVALSHA`` and
   ``SCRIPT LOAD``): a user that lacks one gets one line and exit code 4 (``EXIT_AUTH``), as every CLI
   command does, instead of children that warn and retry for ever;
-* the supervisor's own rounds (heartbeat, sweep, due tasks and periodic ticks) run before the first
-  child starts, and :func:`refusal` turns an ACL refusal there, or later, also one inside a script
-  (a plain ResponseError), into the :class:`redis.exceptions.NoPermissionError` that ends the worker.
+* it also tries what the supervisor's rounds send first (XPENDING of the sweep; HSET, PEXPIRE and DEL
+  of a worker hash nobody lists) without registering anything: a worker registered before its signal
+  handlers exist would stay listed if a signal ended it there;
+* :func:`refusal` turns an ACL refusal in a later round, also one inside a script (a plain
+  ResponseError), into the :class:`redis.exceptions.NoPermissionError` that ends the worker.
 
 The minimal ACL of a worker and of a producer: README, Security.
 """
@@ -25,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import lease, ops
+from .. import lease, ops, schema
 from ..connection import connect
 from ..errors import as_permission_error, is_permission_error
 from ..schema import GROUP, QueueKeys
@@ -64,6 +66,11 @@ def check_access(r: redis.Redis, scripts: ops.Scripts, url: str, keys: list[Queu
         probe.ping()  # the connection names itself first: CLIENT SETNAME, as a child's does
         for k in keys:  # id 0: this consumer's own pending entries, never a new task
             probe.xreadgroup(GROUP, consumer, {k.stream: "0"}, count=1)
+            r.xpending(k.stream, GROUP)  # what the sweep reads first
+        unlisted = schema.worker(f"access-check-{consumer}")  # a hash not in fq:workers: no one sees it
+        r.hset(unlisted, schema.WORKER_HOST, "")
+        r.pexpire(unlisted, 1000)
+        r.delete(unlisted)
     finally:
         probe.close()
 
@@ -75,14 +82,9 @@ def refusal(error: BaseException) -> redis.exceptions.NoPermissionError | None:
 
 
 def first_round(w: Supervising, timeout: float) -> None:
-    """At the end of the worker's set-up: :func:`check_access`, then the supervisor's first Redis round
-    (heartbeat, sweep, due tasks): what the ACL refuses in either raises NoPermissionError now."""
+    """At the end of the worker's set-up: :func:`check_access` (what the ACL refuses raises
+    NoPermissionError now, before the startup line)."""
     check_access(w.r, w.books.scripts, w.url, w.keys, f"{w.cfg.host}:{os.getpid()}:0", timeout)
-    w.redis_round()
-    # nothing of it stays: a signal before run() installs its handlers ends the process at once, and
-    # a worker registered then would be listed until its entry expired; run()'s first round registers
-    w.books.leave()
-    settled(w.denied)
 
 
 def on_redis_error(w: Supervising, error: redis.RedisError) -> redis.exceptions.NoPermissionError | None:
