@@ -270,9 +270,13 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
                 return out
         return out
 
-    def _send_node(self, address: Address, commands: list[tuple[Any, ...]]) -> list[Any]:
-        if self._raw_pid != os.getpid():  # none yet, or the parent's (this is a fork)
+    def _own_connections(self) -> None:
+        """Forget the raw and blocking connections if another process made them (this is a fork)."""
+        if self._raw_pid != os.getpid():
             self._raw, self._blocking, self._raw_pid = {}, {}, os.getpid()
+
+    def _send_node(self, address: Address, commands: list[tuple[Any, ...]]) -> list[Any]:
+        self._own_connections()
         conn = self._raw.get(address)
         if conn is None:
             pool = self.topology.node(address).connection_pool
@@ -350,8 +354,7 @@ class ClusterClient(redis.Redis):  # type: ignore[misc]
 
     def _blocking_conn(self, slot: int) -> tuple[Any, int]:
         """This process's connection for blocking reads on the primary of slot, and its client id."""
-        if self._raw_pid != os.getpid():  # the parent's connections (this is a fork)
-            self._raw, self._blocking, self._raw_pid = {}, {}, os.getpid()
+        self._own_connections()
         node = self.topology.primary(slot)
         held = self._blocking.get(slot)
         where = node.connection_pool.connection_kwargs

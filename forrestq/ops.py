@@ -144,7 +144,6 @@ class Scripts:
             pool = self.client.connection_pool
             conn = self._conn = pool.connection_class(**pool.connection_kwargs)
             self._pid = os.getpid()
-            conn.connect()  # a Sentinel's connection asks where the primary is here, not when sending
         try:
             return send_batch(conn, commands)
         except BaseException:
