@@ -771,6 +771,24 @@ def stop_local_server(home: Path | None = None, timeout: float = 10.0) -> bool:
 # A server owned by the caller
 
 
+def end_process(proc: subprocess.Popen[bytes] | None, timeout: float,
+                ask: Callable[[], bool] | None = None) -> None:
+    """End a server process we started and reap it: ``ask()`` it to stop (False: it could not be
+    asked), else SIGTERM; SIGKILL once ``timeout`` s have passed (0: SIGKILL at once)."""
+    if proc is None or proc.poll() is not None:
+        return
+    if timeout > 0:
+        if ask is None or not ask():
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    proc.kill()
+    proc.wait(10)
+
+
 class ServerProcess:
     """A server process owned by the caller: tests, benchmarks, and ``forrestq server`` in the
     foreground. Not detached: it is the caller's child and stops when the caller says so.
@@ -864,21 +882,11 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful SHUTDOWN (the AOF is flushed), SIGKILL if it has not exited after timeout."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        if not _shutdown(self.url):
-            proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        end_process(self._proc, timeout, lambda: _shutdown(self.url))
 
     def kill(self) -> None:
         """SIGKILL the server and wait for it (what a crash looks like: no AOF flush)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        end_process(self._proc, 0)
 
     def restart(self, timeout: float = 15.0) -> None:
         """Start again on the same port and data directory (the server reloads its AOF)."""

@@ -34,7 +34,16 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from .errors import PortInUse, ServerUnreachable
-from .server import ServerProcess, _conf_quote, _free_port, _log_tail, _open_log, _wait_ready, server_binary
+from .server import (
+    ServerProcess,
+    _conf_quote,
+    _free_port,
+    _log_tail,
+    _open_log,
+    _wait_ready,
+    end_process,
+    server_binary,
+)
 
 __all__ = ["Node", "SentinelNode", "LocalCluster", "LocalSentinel", "wait_until"]
 
@@ -95,14 +104,7 @@ class Node(ServerProcess):
         """SIGTERM (the server fsyncs its AOF and exits, as on SHUTDOWN) and reap it; SIGKILL after
         timeout. A signal, not ServerProcess's SHUTDOWN over a connection: once seen, a SHUTDOWN
         that got a connection error left a replica running for the whole timeout."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        end_process(self._proc, timeout)
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A plain ``redis.Redis`` on this node; kwargs go to ``redis.Redis`` (``decode_responses``...)."""
@@ -500,20 +502,11 @@ class SentinelNode:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and reap it, SIGKILL if it has not exited after timeout."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        end_process(self._proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL the sentinel and reap it."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(10)
+        end_process(self._proc, 0)
 
     def __repr__(self) -> str:
         return f"<SentinelNode {HOST}:{self.port} {'pid ' + str(self.pid) if self.running else 'down'}>"
