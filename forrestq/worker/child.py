@@ -164,10 +164,7 @@ class Child:
         return a
 
     def _queue_completion(self, pipe: Any, pending: tuple[int, ops.Completion]) -> None:
-        """Queue a completion on pipe, and the WAIT that durability asks for right after it."""
-        ops.complete.queue(self.scripts, pipe, self.keys[pending[0]], pending[1])
-        if self.replicas:
-            pipe.execute_command(*durability.wait_args(self.replicas))
+        durability.queue_complete(self.scripts, pipe, self.keys[pending[0]], pending[1], self.replicas)
 
     def _settle(self, raw: Any, waited: Any = None) -> None:
         """The server's answer to the pending completion (and to its WAIT, with durability). Raises
