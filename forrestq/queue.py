@@ -26,6 +26,7 @@ from .durability import replicas as durability_replicas
 from .errors import ConfigError
 from .events import Event, cap_value, set_cap
 from .events import read as read_events
+from .executor import QueueExecutor
 from .limits import Limit
 from .local import LocalWorkers
 from .mapping import Submitter
@@ -377,6 +378,17 @@ class Queue:
         that cannot start raises ``WorkerStartError`` at once. See :mod:`forrestq.local`."""
         local.check_procs(procs, allow_zero=False)
         return local.warm(self.url, self.name, procs, worker_options)
+
+    # --- the standard interfaces: concurrent.futures and asyncio (issue 20) -----------------------
+    def executor(self, procs: int | None = None, worker_options: dict[str, Any] | None = None,
+                 **schedule_options: Any) -> QueueExecutor:
+        """A ``concurrent.futures.Executor`` whose ``submit``/``map`` calls run as tasks of this queue:
+        ``with q.executor() as ex: ex.submit(fn, x)``; its futures work with ``as_completed``, ``wait``,
+        ``cancel`` (which cancels the task, killing it if it runs) and ``await``. ``procs=N``: N local warm
+        workers for the executor's life (``worker_options`` as in :meth:`workers`); None: the workers
+        serving the queue; 0: run each call here (debug). ``schedule_options``: those of
+        :meth:`schedule` (``timeout``, ``resources``...), for every task. See :mod:`forrestq.executor`."""
+        return QueueExecutor(self.core, procs, worker_options, **schedule_options)
 
     # --- seed-tool habits (map, once, put); the code and its documentation live in their modules ---
     def map(self, fn: Callable[..., Any], inputs: Iterable[Any], *, progress: Any = True,
