@@ -188,6 +188,11 @@ class OrphanedServer(ConfigError):
         self.pids = pids
 
 
+class DashboardRefused(ConfigError):
+    """``forrestq dashboard`` was asked to listen beyond loopback without ``--token-file``: it
+    refuses to start (exit code 2) rather than serve tasks and actions to anyone who can reach it."""
+
+
 def shown(value: object, width: int = 80) -> str:
     """``repr(value)`` cut to ``width`` characters (the cut marked ``...``), for echoing user input in
     an error message: a 10,000-character name or a 5 kB id must not become a 5 kB line. Never raises

@@ -100,6 +100,10 @@ key                        type    what                                written b
                                    progress (TASK_PROGRESS), by the    the task's end); readers
                                    time of their last report: what     (forrestq.reading) drop
                                    the bars and status read            ids no longer running
+``fq:{q}:lost``            hash    LOST_ATTEMPTS: attempts lost so far worker sweep (HINCRBY, after
+                                   (a worker vanished: its lease       reclaim.lua); forrestq.metrics
+                                   expired); read
+                                   by /metrics (issue 19)
 =========================  ======  ==================================  ==========================
 
 Global keys (no hash tag: they are never used inside a script):
@@ -116,6 +120,12 @@ Global keys (no hash tag: they are never used inside a script):
                                    sorted "name==version" list         hourly)
 ``fq:wenv:<worker id>``    string  the env id a worker ran in (tasks   worker (SET EX ENV_TTL);
                                    name their worker: TASK_WORKER)     read by forrestq show
+``fq:wctl:<worker id>``    string  a request to that worker: "stop"    the dashboard (SET EX
+                                   (finish running tasks, then exit)   CONTROL_TTL); read by the
+                                                                       worker at each heartbeat
+``fq:dashboard``           string  the URL of a running dashboard      forrestq dashboard (SET EX
+                                                                       DASHBOARD_TTL, renewed);
+                                                                       read by forrestq show
 =========================  ======  ==================================  ==========================
 
 Per-task keys (``t:``, ``d:``, ``lease:``) are reached inside Lua from the ids the scripts read
@@ -343,6 +353,11 @@ EXPIRE_RETRY = "60"  # s: an expired root an unfinished task still needs is look
 EXPIRE_LIMIT = 200  # expired roots deleted per queue per timekeeper look (the rest: the next looks)
 
 QUEUES = "fq:queues"
+DASHBOARD = "fq:dashboard"  # string: the URL of a running dashboard (issue 19), kept DASHBOARD_TTL s unless renewed
+DASHBOARD_TTL = 30  # seconds; the dashboard renews it every third of that
+LOST_ATTEMPTS = "attempts"  # field of fq:{q}:lost: attempts lost with their worker (HINCRBY: in the worker's ACL)
+CONTROL_STOP = "stop"  # a worker control request (fq:wctl:<id>): finish the running tasks, then exit
+CONTROL_TTL = 600  # seconds a control request waits for its worker's heartbeat (a gone worker never reads it)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
 
@@ -361,6 +376,11 @@ def worker(worker_id: str) -> str:
     return f"fq:w:{worker_id}"
 
 
+def worker_control(worker_id: str) -> str:
+    """A request to one worker (CONTROL_STOP), read at its heartbeats (forrestq.worker.remote)."""
+    return f"fq:wctl:{worker_id}"
+
+
 def environment(env_id: str) -> str:
     """One environment fingerprint's description (JSON), stored once per fingerprint."""
     return f"fq:env:{env_id}"
@@ -377,7 +397,7 @@ class QueueKeys:
     __slots__ = ("name", "prefix", "stream", "counts", "todo", "done", "failed", "finished", "sweep",
                  "delayed", "signer", "events", "events_cap", "stats", "unfit", "progress", "periodic",
                  "limits", "rates",
-                 "result_ttl", "expiry", "levels")
+                 "result_ttl", "expiry", "levels", "lost")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -403,6 +423,7 @@ class QueueKeys:
         self.result_ttl = p + SUFFIX_RESULT_TTL
         self.expiry = p + SUFFIX_EXPIRY
         self.levels = self.stream + STREAM_LEVELS
+        self.lost = p + "lost"  # hash: LOST_ATTEMPTS -> attempts lost so far (the worker sweep counts them; /metrics)
 
     def task(self, task_id: str) -> str:
         return self.prefix + SUFFIX_TASK + task_id

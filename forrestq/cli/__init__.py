@@ -8,7 +8,8 @@ code (below); ``-v`` shows the traceback as well.
 
 The package: this module holds the typer ``app``, the error -> exit code mapping and :func:`main`;
 the commands live by concern in :mod:`.work` (worker, server), :mod:`.inspect` (status, tasks,
-show, events) and :mod:`.manage` (requeue, run, clean, cancel); everything they print is built in
+show, events), :mod:`.manage` (requeue, run, clean, cancel) and :mod:`.dashboard` (dashboard,
+metrics); everything they print is built in
 :mod:`.render`; :mod:`.common` holds the exit codes and options they share.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import typer
 
 from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
 from ..version import __version__
-from . import inspect, limits, manage, periodic, work
+from . import dashboard, inspect, limits, manage, periodic, work
 from .common import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -135,9 +136,11 @@ def _root(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Sh
 
 
 # the commands, in the order of --help
-for _command in (work.worker, inspect.status, inspect.tasks, inspect.show, inspect.events, inspect.stats, work.server,
-                 manage.requeue, manage.run, manage.clean, manage.cancel):
+# (show: with the task's dashboard URL when a dashboard runs, issue 19)
+for _command in (work.worker, inspect.status, inspect.tasks, dashboard.show, inspect.events, inspect.stats, work.server,
+                 manage.requeue, manage.run, manage.clean, manage.cancel, dashboard.dashboard):
     app.command(cls=Command)(_command)
+app.command("metrics", cls=Command)(dashboard.metrics_command)  # the Prometheus exporter alone (issue 19)
 app.add_typer(periodic.app, name="periodic")  # forrestq periodic list|pause|resume|remove (issue 16)
 app.add_typer(limits.app, name="limit")  # forrestq limit set|rate|rm|list (issue 16)
 

@@ -23,6 +23,7 @@ from .environment import EnvironmentNote
 from .forensics import Evidence, Kill, outside_kill_hint
 from .peers import loss_reason
 from .procs import signal_reason
+from .remote import answer_request, read_request
 from .slots import SlotView
 from .timekeeper import Timekeeper
 
@@ -168,7 +169,8 @@ class Bookkeeper:
         pipe.hset(schema.worker(self.id), mapping={**info, schema.WORKER_ENV: env})
         pipe.expire(schema.worker(self.id), ttl)
         pipe.zadd(schema.WORKERS, {self.id: info[schema.WORKER_BEAT]})
-        pipe.execute()
+        read_request(pipe, self.id)  # a stop asked for from elsewhere (the dashboard): answered as SIGTERM
+        answer_request(pipe.execute()[-2])
 
     # --- the sweep --------------------------------------------------------------------------
     def sweep(self) -> None:
@@ -208,6 +210,7 @@ class Bookkeeper:
     def reclaim(self, k: QueueKeys, ids: list[Any]) -> None:
         """Put these idle entries' tasks back; fail the ones that were lost too often."""
         gave_up = ops.reclaim(self.scripts, k, ops.ReclaimArgs(ids))
+        self.r.hincrby(k.lost, schema.LOST_ATTEMPTS, len(ids))  # each entry an attempt lost with its worker (/metrics)
         for g in gave_up:
             reason = f"lost {g.attempts} times; last on host {g.host}"
             self.fail(k, g.task_id, "", reason, TaskLost(reason))
