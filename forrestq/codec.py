@@ -238,11 +238,18 @@ class _Entry:
 
 
 _fn_cache: dict[int, _Entry] = {}
+FN_ID_CHARS = 24  # of the sha1 hex that names a function's blob: 96 bits, and 16 bytes less per task
+
+
+def fn_id(blob: bytes) -> str:
+    """The content address of a function's blob (``fq:{q}:fn:<id>``, kept on every task record)."""
+    return hashlib.sha1(blob).hexdigest()[:FN_ID_CHARS]
+
 _fn_cache_generation = 0  # signing.generation its blobs were signed under
 
 
 def dump_fn(fn: Callable[..., Any]) -> tuple[str, bytes, str]:
-    """``(sha1 hex, blob, "module.qualname")`` of a task function, cached per function object.
+    """``(fn_id, blob, "module.qualname")`` of a task function, cached per function object.
 
     By reference when the function is importable by name (a worker imports it), by value with
     dill otherwise. Raises SerializationError naming the function when neither works. The blob
@@ -273,10 +280,10 @@ def dump_fn(fn: Callable[..., Any]) -> tuple[str, bytes, str]:
         if not isinstance(fn, types.FunctionType):
             # A callable object or bound method carries data that may change: no caching.
             blob = blob if signing.signer is None else signing.sign(FN, blob)
-            return hashlib.sha1(blob).hexdigest(), blob, name
+            return fn_id(blob), blob, name
         names = _global_names(fn)
     blob = blob if signing.signer is None else signing.sign(FN, blob)
-    result = (hashlib.sha1(blob).hexdigest(), blob, name)
+    result = (fn_id(blob), blob, name)
     _remember(fn, key, names, result)
     return result
 

@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from .cluster import ClusterClient, primaries, send_batch
 from .errors import as_permission_error, is_permission_error
-from .schema import FAILED, GROUP, QueueKeys, lua_constants
+from .schema import DEFAULT_MAX_ATTEMPTS, FAILED, GROUP, QueueKeys, lua_constants
 
 _DIR = Path(__file__).parent / "scripts"
 _INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
@@ -90,7 +90,9 @@ def _plain(error: Exception) -> Exception:
     return as_permission_error(error) if is_permission_error(error) else error
 
 
-_RAW = ("EVALSHA", "WAIT")  # commands Scripts.send sends with no reply callback
+# commands Scripts.execute may send raw (no reply callback): scripts, WAIT, and the registrations a
+# schedule sends with its script (their replies are only looked at for errors)
+_RAW = frozenset(("EVALSHA", "WAIT", "SADD", "SET", "XGROUP"))
 
 
 class Scripts:
@@ -155,7 +157,7 @@ class Scripts:
         script and send again only the commands it refused with NOSCRIPT: the others ran, and running
         them twice would, e.g., claim a second task and strand the first. Replies stay in order."""
         stack = list(pipe.command_stack)
-        if all(args[0] in _RAW for args, _ in stack):  # raw replies: scripts (and WAIT) have no callbacks
+        if not pipe.transaction and all(args[0] in _RAW for args, _ in stack):
             replies: list[Any] = self.send([args for args, _ in stack])
             pipe.reset()
         else:
@@ -236,7 +238,7 @@ class Node:
     root: bool = False
     metadata: bytes = b""
     timeout: str = ""
-    max_attempts: str = "3"
+    max_attempts: str = DEFAULT_MAX_ATTEMPTS
     key: str = ""
     retry_policy: bytes | str = ""
     io_bound: bool = False  # an IO-bound coroutine: may share a child's event loop

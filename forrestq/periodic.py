@@ -126,7 +126,8 @@ def tick_node(name: str, tick: float, f: dict[str, bytes]) -> ops.Node:
     g = {field: f.get(field, b"") for field in _TASK}
     return ops.Node("p-" + key, g[schema.TASK_FN].decode(), g[schema.TASK_ARGS], "", g[schema.TASK_NAME].decode(),
                     True, g[schema.TASK_META], g[schema.TASK_TIMEOUT].decode(),
-                    g[schema.TASK_MAX_ATTEMPTS].decode() or "3", key, g[schema.TASK_RETRY_POLICY],
+                    g[schema.TASK_MAX_ATTEMPTS].decode() or schema.DEFAULT_MAX_ATTEMPTS, key,
+                    g[schema.TASK_RETRY_POLICY],
                     g[schema.TASK_IO_BOUND] == b"1", g[schema.TASK_SOFT_TIMEOUT].decode(),
                     g[schema.TASK_RESOURCES].decode())
 

@@ -495,8 +495,11 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]{}\\" else c for c in text)
 
 
-_LUA_NAMES = ("WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE",
-              "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
+# a task's attempts when its record names none (Queue(max_attempts=) and schedule(max_attempts=) store theirs)
+DEFAULT_MAX_ATTEMPTS = "3"
+
+_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN",
+              "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
               "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
               "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",

@@ -33,17 +33,19 @@ for _ = 1, 100 do
     tid = entry_task(redis.call('XRANGE', KEYS[1], sid, sid)[1])
   end
   local t = tid and (prefix .. SUFFIX_TASK .. tid)
-  if t and redis.call('HGET', t, TASK_STATE) == READY and redis.call('HGET', t, TASK_STREAM_ID) == sid then
-    local n = redis.call('HINCRBY', t, TASK_ATTEMPTS, 1)
+  -- one read of everything the claim checks and returns (a no-op's record is read once, written once)
+  local f = t and redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
+                             TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT,
+                             TASK_RESOURCES, TASK_WAITS, TASK_ALLOW_FAILED, TASK_LIMITS, TASK_STATE,
+                             TASK_STREAM_ID, TASK_ATTEMPTS)
+  if f and f[14] == READY and f[15] == sid then
+    local n = (tonumber(f[16]) or 0) + 1
     redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token, TASK_STARTED, ARGV[8], TASK_HOST, ARGV[6],
-               TASK_WORKER, ARGV[7])
+               TASK_WORKER, ARGV[7], TASK_ATTEMPTS, n)
     redis.call('SET', prefix .. SUFFIX_LEASE .. tid, token, 'PX', ARGV[5])
     move_count(KEYS[2], READY, RUNNING)
     event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
-    local f = redis.call('HMGET', t, TASK_FN, TASK_ARGS, TASK_TIMEOUT, TASK_MAX_ATTEMPTS, TASK_INPUTS,
-                         TASK_RETRY_POLICY, TASK_RETRIES_USED, TASK_IO_BOUND, TASK_SOFT_TIMEOUT,
-                         TASK_RESOURCES, TASK_WAITS, TASK_ALLOW_FAILED, TASK_LIMITS)
-    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or '3', f[6] or '', f[7] or '0', f[8] or '',
+    local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or DEFAULT_MAX_ATTEMPTS, f[6] or '', f[7] or '0', f[8] or '',
                  f[9] or '', f[10] or '', f[11] or '0', f[13] or ''}
     if f[5] and f[5] ~= '' then
       for dep in string.gmatch(f[5], '[^,]+') do

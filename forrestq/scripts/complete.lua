@@ -123,7 +123,9 @@ else
   fields[#fields+1] = TASK_REASON; fields[#fields+1] = ARGV[9]
 end
 evidence(fields)
-redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
+if f[7] ~= '1' or f[5] then  -- what an earlier attempt or generation left (a first attempt finds none)
+  redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
+end
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
 drop_entry(KEYS[1], group, f[3])

@@ -21,7 +21,7 @@ for i = 4, #ARGV do
                          TASK_PRIORITY)
     if f[2] ~= sid or (f[1] ~= RUNNING and f[1] ~= READY) then
       drop_entry(KEYS[1], group, sid)
-    elseif f[1] == RUNNING and tonumber(f[3]) >= tonumber(f[4] or '3') then
+    elseif f[1] == RUNNING and tonumber(f[3]) >= tonumber(f[4] or DEFAULT_MAX_ATTEMPTS) then
       giveup[#giveup + 1] = tid
       giveup[#giveup + 1] = f[3]
       giveup[#giveup + 1] = f[5] or '?'

@@ -51,8 +51,11 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
           end
         end
       end
-      local fields = {TASK_FN, fn, TASK_ARGS, args, TASK_INPUTS, inputs, TASK_NAME, name, TASK_CREATED, now,
-                      TASK_ATTEMPTS, 0, TASK_GEN, 0, TASK_MAX_ATTEMPTS, ARGV[b+8]}
+      -- only what differs from the defaults every reader assumes (no inputs, attempt 0, generation 0,
+      -- DEFAULT_MAX_ATTEMPTS): a queued no-op's record is what a queue's memory is made of
+      local fields = {TASK_FN, fn, TASK_ARGS, args, TASK_NAME, name, TASK_CREATED, now}
+      if inputs ~= '' then fields[#fields+1] = TASK_INPUTS; fields[#fields+1] = inputs end
+      if ARGV[b+8] ~= DEFAULT_MAX_ATTEMPTS then fields[#fields+1] = TASK_MAX_ATTEMPTS; fields[#fields+1] = ARGV[b+8] end
       if root == '1' then
         fields[#fields+1] = TASK_ROOT; fields[#fields+1] = '1'
         local ttl = ARGV[b+16]
