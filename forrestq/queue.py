@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import redis
 
-from . import codec, context, limits, local, mapping, once, periodic, producer, reading, shared
+from . import aio, codec, context, limits, local, mapping, once, periodic, producer, reading, shared
 from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
@@ -389,6 +390,17 @@ class Queue:
         serving the queue; 0: run each call here (debug). ``schedule_options``: those of
         :meth:`schedule` (``timeout``, ``resources``...), for every task. See :mod:`forrestq.executor`."""
         return QueueExecutor(self.core, procs, worker_options, **schedule_options)
+
+    def wait_async(self, ref: TaskRef | str, timeout: float | None = None) -> Coroutine[Any, Any, Task]:
+        """``await q.wait_async(ref)``: :meth:`wait` for a running event loop (a notebook), on redis-py's
+        asyncio client; every wait of a loop shares one reader of the finished stream. Sentinel and
+        Cluster URLs and debug mode run :meth:`wait` in a thread instead. See :mod:`forrestq.aio`."""
+        return aio.wait(self.core, ref, timeout, partial(self.wait, ref, timeout))
+
+    def results_async(self, timeout: float | None = None) -> AsyncIterator[Task]:
+        """``async for task in q.results_async():`` :meth:`results` for a running event loop, on
+        redis-py's asyncio client (in a thread for Sentinel and Cluster URLs and debug mode)."""
+        return aio.results(self.core, timeout, partial(self.results, timeout=timeout))
 
     # --- seed-tool habits (map, once, put); the code and its documentation live in their modules ---
     def map(self, fn: Callable[..., Any], inputs: Iterable[Any], *, progress: Any = True,

@@ -38,3 +38,13 @@ def nested_parallel(n):
 
     backend, _ = get_active_backend()
     return type(backend).__name__, Parallel(n_jobs=-1)(delayed(square)(i) for i in range(n)), os.getpid()
+
+
+def gated(path, value, limit=60.0):
+    """Return ``value`` once the file ``path`` exists (the test opens the gate when it is ready)."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gate {path} never opened")
+        time.sleep(0.01)
+    return value
