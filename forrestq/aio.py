@@ -157,7 +157,7 @@ class Hub:
     async def idle(self) -> None:
         """Close the connections once nothing is in progress."""
         if self.active == 0 and self.reader is None:
-            await self.pool.disconnect()
+            await self.pool.disconnect(inuse_connections=False)
 
     # --- the reader ---------------------------------------------------------------------------
     async def _read(self) -> None:

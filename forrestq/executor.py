@@ -5,7 +5,8 @@
 calls per task), and yields the results in order. The futures are real ``concurrent.futures.Future``
 objects: ``concurrent.futures.wait``/``as_completed``, ``result(timeout)``, ``exception()``,
 ``add_done_callback`` work as with a thread or process pool, and ``await fut`` works in a running
-event loop (:func:`asyncio.wrap_future`).
+event loop (:func:`asyncio.wrap_future`; as for any wrapped future, cancelling the coroutine that awaits it,
+``asyncio.wait_for`` at its timeout too, cancels the future, and so the task).
 
 One reader thread per executor follows the queue's ``finished`` stream for all its futures (blocking
 XREAD, on its own connection; no Redis call per future), fetches the records of the ones that

@@ -58,6 +58,19 @@ def test_return_as_generator_yields_in_order_as_results_come(url, importable):
         assert sorted(unordered) == [i * i for i in range(10)]
 
 
+def test_a_dropped_generator_cancels_the_batches_left(url, importable):
+    q = Queue("jl-drop")
+    with q.workers(2), parallel_config(backend="forrestq", queue=q):
+        gen = Parallel(n_jobs=2, batch_size=1, return_as="generator")(
+            delayed(tx.sleep_then)(0.05, i) for i in range(40))
+        assert [next(gen), next(gen)] == [0, 1]
+        with pytest.warns(UserWarning, match="cancelled"):
+            gen.close()  # what dropping it does
+    counts = q.root_counts()
+    assert counts["unfinished"] == 0 and counts["done"] + counts["failed"] < 40
+    assert {t.reason for t in q.fail_tasks()} <= {"cancelled"}
+
+
 def test_a_task_exception_is_raised_in_the_caller_with_the_remote_traceback(url, importable):
     q = Queue("jl-boom")
     calls = [delayed(tx.boom)("bad input")] + [delayed(tx.sleep_then)(60) for _ in range(4)]
