@@ -55,6 +55,8 @@ def templates() -> Environment:
     env.globals.update(task_url=partial(task_url, ""), quote=partial(quote, safe=""), states=schema.STATES,
                        list_states=data.LIST_STATES, chart=pictures.chart, dag_picture=pictures.dag_picture,
                        difference_line=environment.difference_line)
+    macros = env.get_template("macros.html").module  # globals: a page's main block alone sees them too
+    env.globals.update(action=macros.action, state=macros.state)  # type: ignore[attr-defined]
     return env
 
 
