@@ -29,6 +29,7 @@ SCAN_LIMIT = 10_000  # tasks a filtered listing page looks at, at most
 SCAN_BATCH = 500
 DAG_DEPTH = 4
 DAG_NODES = 60
+DEPENDENTS_SHOWN = 200  # dependents listed on a task's page (about: SSCAN's count is a hint)
 FAILURES_SCAN = 2_000
 CHART_MINUTES = 60
 OUTPUT_LINES = 200
@@ -192,11 +193,11 @@ def _read_nodes(r: redis.Redis, k: QueueKeys, ids: list[str]) -> dict[str, tuple
     pipe = r.pipeline(transaction=False)
     for tid in ids:
         pipe.hmget(k.task(tid), schema.TASK_STATE, schema.TASK_NAME, schema.TASK_INPUTS)
-        pipe.smembers(k.dependents(tid))
+        pipe.sscan(k.dependents(tid), 0, count=DAG_NODES)  # bounded: a fan-out of 100,000 is not read whole
     replies = pipe.execute() if ids else []
     out = {}
     for i, tid in enumerate(ids):
-        (state, name, inputs), deps = replies[2 * i], replies[2 * i + 1]
+        (state, name, inputs), (_, deps) = replies[2 * i], replies[2 * i + 1]
         if state is None:
             continue
         out[tid] = (_text(state), _text(name), [x for x in _text(inputs).split(",") if x],
@@ -205,8 +206,9 @@ def _read_nodes(r: redis.Redis, k: QueueKeys, ids: list[str]) -> dict[str, tuple
 
 
 def dag(r: redis.Redis, queue: str, task_id: str) -> list[Node]:
-    """The DAG around one task: its inputs and theirs (negative layers), its dependents and theirs
-    (positive), breadth first, at most :data:`DAG_DEPTH` steps and :data:`DAG_NODES` nodes."""
+    """The DAG around one task, breadth first: its inputs and theirs (negative layers), its dependents
+    and theirs (positive), and the other inputs and dependents of those (so a dependent's whole tree
+    shows), up to :data:`DAG_DEPTH` columns either side and :data:`DAG_NODES` nodes."""
     k = QueueKeys(queue)
     nodes: dict[str, Node] = {}
     frontier = [(task_id, 0)]
@@ -219,9 +221,9 @@ def dag(r: redis.Redis, queue: str, task_id: str) -> list[Node]:
                 continue
             state, name, inputs, deps = got[tid]
             nodes[tid] = Node(tid, name, state, layer, inputs)
-            if layer <= 0 and -layer < DAG_DEPTH:
+            if -layer < DAG_DEPTH:  # also the other inputs of its dependents: the tree they belong to
                 frontier += [(i, layer - 1) for i in inputs if i not in nodes]
-            if layer >= 0 and layer < DAG_DEPTH:
+            if layer < DAG_DEPTH:
                 frontier += [(d, layer + 1) for d in deps if d not in nodes]
     return sorted(nodes.values(), key=lambda n: (n.layer, n.id))
 
@@ -239,7 +241,8 @@ def task_page(r: redis.Redis, queue: str, task_id: str) -> dict[str, Any] | None
     output = task.output.splitlines()
     return {"task": task, "call": status.summarize_call(r, task, 200), "metadata": metadata_text(task),
             "history": status.task_history(task), "resources": _text(resources) or "cpus=1",
-            "dependents": sorted(_text(d) for d in r.smembers(k.dependents(task_id))),
+            "dependents": sorted(_text(d) for d in r.sscan(k.dependents(task_id), 0, count=DEPENDENTS_SHOWN)[1]),
+            "dependents_total": int(r.scard(k.dependents(task_id))),
             "output": "\n".join(output[-OUTPUT_LINES:]), "output_cut": max(0, len(output) - OUTPUT_LINES),
             "env": environment.of_worker(r, task.worker), "due": due, "dag": dag(r, queue, task_id),
             "type": failure_type(task) if task.state == schema.FAILED else ""}
