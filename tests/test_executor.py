@@ -77,7 +77,7 @@ def test_map_keeps_the_order_with_chunks_and_raises_the_failing_call(url, import
 def test_map_timeout_raises_and_cancels_the_calls_left(url, importable):
     q = Queue("ex-maptimeout")
     with q.executor(procs=1) as ex:
-        results = ex.map(tx.sleep_then, [0, 60, 60], timeout=2)
+        results = ex.map(tx.sleep_then, [0, 60, 60], timeout=3)
         assert next(results) is None
         with pytest.raises(cf.TimeoutError):
             next(results)
