@@ -375,6 +375,38 @@ def dist_versions(names: Iterable[str]) -> dict[str, str]:
 # --------------------------------------------------------------------------- measurement protocol
 
 
+# --------------------------------------------------------------------------- measurement protocol
+
+# the parts of a driver's run that ``--skip`` can leave out (the five original measurements always run)
+EXTRAS = ("single", "e2e", "idle", "coldstart", "bulk", "dag", "status")
+
+
+def bench_path() -> str:
+    """The directory the drivers and workers import ``forrestq`` and ``bench`` from (``PYTHONPATH`` and the
+    working directory): the repository root, or for ``forrestq-base`` a directory of two symlinks (the
+    base checkout's ``forrestq``, this checkout's ``bench``) made by the orchestrator."""
+    return os.environ.get("BENCH_PATH") or str(ROOT)
+
+
+class ServerStats:
+    """``INFO cpu`` and ``INFO memory`` of the private server (server-wide figures)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.r = redis.Redis.from_url(url)
+
+    def cpu(self) -> float:
+        info = self.r.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def memory(self) -> int:
+        return int(self.r.info("memory")["used_memory"])
+
+    def close(self) -> None:
+        self.r.close()
+
+
 class Peer:
     """What each system's driver implements (all synchronous; arq's runs its own event loop).
 
@@ -384,6 +416,10 @@ class Peer:
     name = "?"
     distributions: tuple[str, ...] = ()
     notes: dict[str, str] = {}
+    has_bulk = False  # a pipelined batch enqueue: also timed with --bulk-n tasks
+    # metric -> why this system has no figure for it (shown under the table)
+    na: dict[str, str] = {"dag_schedule_s": "forrestq only", "dag_drain_rate": "forrestq only",
+                          "status_ms": "forrestq only"}
 
     def __init__(self, url: str, workdir: Path) -> None:
         self.url = url
@@ -392,14 +428,29 @@ class Peer:
     def worker_cmds(self) -> list[list[str]]:  # each command is started as its own process group
         raise NotImplementedError
 
+    def cold_cmd(self) -> list[str]:
+        """The one worker command a cold start spawns (the first of :meth:`worker_cmds`)."""
+        return self.worker_cmds()[0]
+
     def worker_env(self) -> dict[str, str]:
-        return {"BENCH_REDIS_URL": self.url, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+        return {"BENCH_REDIS_URL": self.url, "PYTHONPATH": bench_path(), "PYTHONDONTWRITEBYTECODE": "1"}
 
     def setup(self) -> None:
         """Connect (and warm the connection): called before anything is timed."""
 
     def enqueue_noops(self, n: int) -> None:
+        """N no-ops with the system's batch API where it has one."""
         raise NotImplementedError
+
+    def enqueue_one(self) -> None:
+        """One no-op with the system's single enqueue call (``schedule``, ``enqueue``, ``delay``...)."""
+        raise NotImplementedError
+
+    def enqueue_single(self, n: int) -> None:
+        """N no-ops, one single-enqueue call per task, from this one producer."""
+        one = self.enqueue_one
+        for _ in range(n):
+            one()
 
     def enqueue_sleeps(self, n: int) -> None:
         raise NotImplementedError
@@ -412,51 +463,113 @@ class Peer:
         """Enqueue one no-op and wait for its result with the system's idiomatic wait."""
         raise NotImplementedError
 
+    def probe(self, res: dict[str, Any]) -> None:
+        """Called once while the workers run and are idle (after the warm-up round trips)."""
+
+    def extras(self, a: argparse.Namespace, res: dict[str, Any], skip: set[str], workers_log: Path,
+               phase: Callable[[str], None]) -> None:
+        """System-specific measurements after the others, with this driver's workers stopped; ``phase(name)``
+        records the wall time since the last phase under ``name``."""
+
     def close(self) -> None:
         pass
 
 
 def run_driver(peer_cls: type[Peer], argv: list[str] | None = None) -> None:
-    """Entry point of every ``bench/peers/*_peer.py``: one repetition of the five measurements for
-    one system, against an already running (and flushed) server. Prints one JSON line tagged
+    """Entry point of every ``bench/peers/*_peer.py``: one repetition of every measurement for one
+    system, against an already running (and flushed) server. Prints one JSON line tagged
     ``BENCH_RESULT`` on stdout. Worker output goes to ``<workdir>/<name>.log``."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rt", type=int, default=200)
     ap.add_argument("--sleep-n", type=int, default=200)
+    ap.add_argument("--single-n", type=int, default=1000)
+    ap.add_argument("--e2e-n", type=int, default=1000)
+    ap.add_argument("--idle-rt", type=int, default=6)
+    ap.add_argument("--idle-s", type=float, default=1.5)
+    ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--bulk-n", type=int, default=20_000)
+    ap.add_argument("--dag-nodes", type=int, default=100_000)
+    ap.add_argument("--status-n", type=int, default=5)
+    ap.add_argument("--skip", default="")
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--pgid-file", type=Path, default=None)
     ap.add_argument("--variant", default="")
     a = ap.parse_args(argv)
+    skip = {s for s in a.skip.split(",") if s}
 
     # a SIGTERM from the orchestrator (timeout) unwinds through the finally blocks below
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
 
-    peer = peer_cls(a.url, a.workdir, a.variant) if a.variant else peer_cls(a.url, a.workdir)
+    peer = peer_cls(a.url, a.workdir, a.variant) if a.variant else peer_cls(a.url, a.workdir)  # type: ignore[call-arg]
+    na = dict(peer.na)
     res: dict[str, Any] = {"system": peer.name, "versions": dist_versions(peer.distributions),
-                           "notes": peer.notes, "python": sys.version.split()[0]}
+                           "notes": dict(peer.notes), "python": sys.version.split()[0], "na": na}
     n, warm = a.n, 2
-    workers = Workers(peer.worker_cmds(), a.workdir / f"{peer.name}.log", a.pgid_file, peer.worker_env())
+    log_path = a.workdir / f"{peer.name}.log"
+    cwd = Path(bench_path())
+    workers = Workers(peer.worker_cmds(), log_path, a.pgid_file, peer.worker_env(), cwd=cwd)
+
     def shown(arg: str) -> str:  # paths relative to the repository, the interpreter as `python`
         if arg == sys.executable:
             return "python"
         return arg[len(str(ROOT)) + 1:] if arg.startswith(str(ROOT) + "/") else arg
     res["worker_cmds"] = [" ".join(shown(x) for x in c) for c in workers.cmds]
+    srv = ServerStats(a.url)
+    single = "single" not in skip
+    phases: dict[str, float] = {}  # wall seconds per part of this driver's run (for the run's budget)
+    res["phase_s"] = phases
+    t_phase = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal t_phase
+        now = time.perf_counter()
+        phases[name] = round(now - t_phase, 3)
+        t_phase = now
     try:
         peer.setup()
-        # 1. enqueue rate: warm-up tasks first (not timed), then N no-ops from this one producer
+        # 1. enqueue rate: warm-up tasks first (not timed), then N no-ops from this one producer;
+        # server CPU and memory around it
         peer.enqueue_noops(warm)
+        mem0, cpu0 = srv.memory(), srv.cpu()
         t0 = time.perf_counter()
         peer.enqueue_noops(n)
         res["enqueue_s"] = time.perf_counter() - t0
+        cpu1, mem1 = srv.cpu(), srv.memory()
         res["enqueue_rate"] = n / res["enqueue_s"]
+        res["mem_per_task_b"] = (mem1 - mem0) / n
+        backlog = n + warm
+        # the server CPU of this driver's own completion polls (one every 2 ms), to take out of the drain's
+        polls = 50
+        c_a = srv.cpu()
+        for _ in range(polls):
+            time.sleep(0.002)
+            peer.done_count()
+        poll_cpu = (srv.cpu() - c_a) / polls
+        res["poll_server_cpu_us"] = poll_cpu * 1e6
 
+        phase("enqueue")
+        # 1b. single enqueue: one call per task, still with no worker running (these join the backlog)
+        if single:
+            try:
+                peer.enqueue_one()  # warm the single path (not timed)
+                t0 = time.perf_counter()
+                peer.enqueue_single(a.single_n)
+                res["single_enqueue_rate"] = a.single_n / (time.perf_counter() - t0)
+                backlog += a.single_n + 1
+            except NotImplementedError:
+                single = False
+                na["single_enqueue_rate"] = na["e2e_rate"] = "no single-enqueue call in this driver"
+        else:
+            na["single_enqueue_rate"] = na["e2e_rate"] = "skipped (--skip single)"
+
+        phase("single")
         # 2. drain: start the workers on the backlog; the clock starts once the warm-up tasks are
         # done (both worker processes are up), and counts only what finishes after that moment
-        drain_timeout = 60 + n * 0.05
+        drain_timeout = 60 + backlog * 0.05
         roots = workers.start()
         sampler = RssSampler(roots)
         with sampler:
@@ -465,20 +578,36 @@ def run_driver(peer_cls: type[Peer], argv: list[str] | None = None) -> None:
                 return peer.done_count() >= warm
             wait_until(warmed, 120, f"{peer.name} workers to finish the warm-up tasks", interval=0.001)
             t_start = time.perf_counter()
+            cpu2 = srv.cpu()
             c_start = peer.done_count()
-            wait_until(lambda: peer.done_count() >= n + warm, drain_timeout,
-                       f"{peer.name} to drain {n} tasks", interval=0.002)
+            calls = [0]
+
+            def drained() -> bool:
+                calls[0] += 1
+                return peer.done_count() >= backlog
+            wait_until(drained, drain_timeout, f"{peer.name} to drain {backlog} tasks", interval=0.002)
             t_end = time.perf_counter()
+            cpu3 = srv.cpu()
             sampler.sample()
         res["drain_s"] = t_end - t_start
-        res["drain_counted"] = n + warm - c_start
+        res["drain_counted"] = backlog - c_start
         res["drain_rate"] = res["drain_counted"] / res["drain_s"] if res["drain_s"] > 0 else None
         res["peak_rss_mib"] = sampler.peak / 2**20
         res["rss_samples"] = sampler.samples
+        # server CPU per no-op: the bulk enqueue of N (per task) + the measured drain (per task counted),
+        # less what this driver's own polls cost the server
+        counted = max(1, res["drain_counted"])
+        res["drain_polls"] = calls[0]
+        res["server_cpu_enqueue_us"] = (cpu1 - cpu0) / n * 1e6
+        res["server_cpu_drain_gross_us"] = (cpu3 - cpu2) / counted * 1e6
+        res["server_cpu_drain_us"] = max(0.0, cpu3 - cpu2 - calls[0] * poll_cpu) / counted * 1e6
+        res["server_cpu_us"] = res["server_cpu_enqueue_us"] + res["server_cpu_drain_us"]
 
+        phase("drain")
         # 3. round trips on idle, running workers
         for _ in range(3):
             peer.round_trip()
+        peer.probe(res)
         rts = []
         deadline = time.monotonic() + 30 + a.rt * 2
         for _ in range(a.rt):
@@ -490,6 +619,7 @@ def run_driver(peer_cls: type[Peer], argv: list[str] | None = None) -> None:
         res["rt_p50_ms"] = percentile(rts, 50) * 1000
         res["rt_p99_ms"] = percentile(rts, 99) * 1000
 
+        phase("rt")
         # 4. sleep drain: 200 x time.sleep(0.01) enqueued (batch API) onto idle running workers;
         # the clock runs from before the enqueue to the last completion
         base = peer.done_count()
@@ -499,8 +629,81 @@ def run_driver(peer_cls: type[Peer], argv: list[str] | None = None) -> None:
                    f"{peer.name} to drain {a.sleep_n} sleep tasks", interval=0.002)
         res["sleep_drain_s"] = time.perf_counter() - t0
         res["sleep_ideal_s"] = a.sleep_n * 0.01 / 2
+
+        phase("sleep")
+        # 5. round trips after --idle-s seconds with the workers idle
+        if "idle" not in skip and a.idle_rt > 0:
+            idle = []
+            for _ in range(a.idle_rt):
+                time.sleep(a.idle_s)
+                t0 = time.perf_counter()
+                peer.round_trip()
+                idle.append(time.perf_counter() - t0)
+            res["idle_rt_p50_ms"] = percentile(idle, 50) * 1000
+            res["idle_rt_ms"] = [round(x * 1000, 3) for x in idle]
+        else:
+            na["idle_rt_p50_ms"] = "skipped (--skip idle)"
+
+        phase("idle")
+        # 6. end to end: warm workers idle for 1 s, then one producer calling the single enqueue per
+        # task; from the first call to the last task finished
+        if single and "e2e" not in skip and a.e2e_n > 0:
+            time.sleep(1.0)
+            base = peer.done_count()
+            t0 = time.perf_counter()
+            peer.enqueue_single(a.e2e_n)
+            wait_until(lambda: peer.done_count() >= base + a.e2e_n, 60 + a.e2e_n * 0.05,
+                       f"{peer.name} to finish {a.e2e_n} end-to-end tasks", interval=0.001)
+            res["e2e_s"] = time.perf_counter() - t0
+            res["e2e_rate"] = a.e2e_n / res["e2e_s"]
+        elif single:
+            na["e2e_rate"] = "skipped (--skip e2e)"
+        phase("e2e")
+        workers.stop()
+        phase("stop")
+
+        # 7. cold start: one no-op queued, then the worker command spawned afresh: spawn -> finished
+        if "coldstart" not in skip and a.cold > 0:
+            cold = []
+            for _ in range(a.cold):
+                base = peer.done_count()
+                peer.enqueue_noops(1)
+                w = Workers([peer.cold_cmd()], log_path, a.pgid_file, peer.worker_env(), cwd=cwd)
+                try:
+                    t0 = time.perf_counter()
+                    w.start()
+
+                    def first(w: Workers = w, base: int = base) -> bool:
+                        w.check_alive()
+                        return peer.done_count() > base
+                    wait_until(first, 60, f"{peer.name} cold worker to finish its first task", interval=0.001)
+                    cold.append(time.perf_counter() - t0)
+                finally:
+                    w.stop()
+            res["cold_start_s"] = median(cold)
+            res["cold_start_all_s"] = [round(x, 4) for x in cold]
+            res["cold_cmd"] = " ".join(shown(x) for x in peer.cold_cmd())
+        else:
+            na["cold_start_s"] = "skipped (--skip coldstart)"
+
+        phase("coldstart")
+        # 8. the batch API with --bulk-n no-ops (left queued; no worker runs any more)
+        if "bulk" in skip:
+            na["bulk_rate"] = "skipped (--skip bulk)"
+        elif peer.has_bulk:
+            t0 = time.perf_counter()
+            peer.enqueue_noops(a.bulk_n)
+            res["bulk_rate"] = a.bulk_n / (time.perf_counter() - t0)
+        else:
+            na.setdefault("bulk_rate", "no pipelined batch API (the enqueue row is its per-task loop)")
+
+        phase("bulk")
+        # 9. system-specific extras (forrestq: the DAG, `forrestq status`)
+        peer.extras(a, res, skip, log_path, phase)
     finally:
         workers.stop()
         with contextlib.suppress(Exception):
             peer.close()
+        with contextlib.suppress(Exception):
+            srv.close()
     print(RESULT_TAG + json.dumps(res), flush=True)

@@ -4,8 +4,9 @@ needs redis<6).
 Workers: two ``arq bench.peers.arq_tasks.WorkerSettings`` processes (defaults: poll every 0.5 s, up to
 10 concurrent jobs each). ``--variant 10ms`` (system ``arq-10ms``) uses ``FastWorkerSettings``
 (poll_delay 0.01 s) and waits for results with ``poll_delay=0.01``. Enqueue: ``await
-pool.enqueue_job(...)`` in sequence (arq has no bulk enqueue). Result wait: ``await job.result(...)``
-(polls, every 0.5 s by default). Completion count: enqueued minus ZCARD of ``arq:queue`` (a job leaves
+pool.enqueue_job(...)`` in sequence (arq has no bulk enqueue; the single enqueue is the same loop).
+Result wait: ``await job.result(...)`` (polls, every 0.5 s by default).
+Completion count: enqueued minus ZCARD of ``arq:queue`` (a job leaves
 the queue set when it finishes).
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ArqPeer(Peer):
             self.name = "arq-10ms"
         self.notes = {
             "enqueue": "await enqueue_job() in sequence (no bulk API)",
+            "single": "await enqueue_job() in sequence (as the enqueue)",
             "workers": "2 x `arq WorkerSettings`"
                        + (" (poll_delay=0.01)" if self.fast else " (defaults: poll_delay=0.5 s)"),
             "result wait": f"await job.result(poll_delay={self.poll})",
@@ -62,6 +64,12 @@ class ArqPeer(Peer):
         self.enqueued += n
 
     def enqueue_noops(self, n: int) -> None:
+        self.loop.run_until_complete(self._many("noop", n))
+
+    def enqueue_one(self) -> None:
+        self.loop.run_until_complete(self._many("noop", 1))
+
+    def enqueue_single(self, n: int) -> None:
         self.loop.run_until_complete(self._many("noop", n))
 
     def enqueue_sleeps(self, n: int) -> None:

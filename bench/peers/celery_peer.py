@@ -3,7 +3,7 @@
 Worker: ``celery -A bench.peers.celery_tasks worker -P prefork -c 2 -l WARNING`` (one main process
 and 2 forked pool children; Redis broker, Redis result backend). Enqueue: ``group(...).apply_async()``
 (Celery has no pipelined bulk send: it publishes one message per task over one producer).
-Result wait: ``AsyncResult.get(timeout=...)`` (the Redis backend waits on pub/sub).
+Single enqueue: ``noop.delay()``. Result wait: ``AsyncResult.get(timeout=...)`` (the Redis backend waits on pub/sub).
 Completion count: DBSIZE of the result database (db 1).
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ class CeleryPeer(Peer):
     distributions = ("celery", "kombu", "redis", "hiredis")
     notes = {
         "enqueue": "group(...).apply_async() (one publish per task, no pipelining)",
+        "single": "noop.delay()",
         "workers": "`celery worker -P prefork -c 2`, redis broker + redis result backend",
         "result wait": "AsyncResult.get (pub/sub)",
     }
@@ -48,6 +49,9 @@ class CeleryPeer(Peer):
 
     def enqueue_noops(self, n: int) -> None:
         self._many(self.t.noop, n)
+
+    def enqueue_one(self) -> None:
+        self.t.noop.delay()
 
     def enqueue_sleeps(self, n: int) -> None:
         self._many(self.t.sleep10, n)

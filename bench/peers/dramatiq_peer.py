@@ -2,7 +2,7 @@
 
 Worker: ``dramatiq bench.peers.dramatiq_tasks -p 2 -t 1`` (2 worker processes of one thread each;
 RedisBroker, Results middleware with a RedisBackend). Enqueue: ``actor.send()`` per message (Dramatiq
-has no bulk enqueue; ``group().run()`` does the same loop). Result wait:
+has no bulk enqueue; ``group().run()`` does the same loop; the single enqueue is the same call). Result wait:
 ``message.get_result(block=True, timeout=...)`` (a blocking BRPOPLPUSH). Completion count: DBSIZE of
 the result database (db 1).
 """
@@ -20,6 +20,7 @@ class DramatiqPeer(Peer):
     distributions = ("dramatiq", "redis", "hiredis")
     notes = {
         "enqueue": "actor.send() per message (no bulk API)",
+        "single": "actor.send()",
         "workers": "`dramatiq -p 2 -t 1`, Results middleware (redis)",
         "result wait": "message.get_result(block=True) (BRPOPLPUSH)",
     }
@@ -46,6 +47,9 @@ class DramatiqPeer(Peer):
 
     def enqueue_noops(self, n: int) -> None:
         self._many(self.t.noop, n)
+
+    def enqueue_one(self) -> None:
+        self.t.noop.send()
 
     def enqueue_sleeps(self, n: int) -> None:
         self._many(self.t.sleep10, n)

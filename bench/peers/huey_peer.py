@@ -2,9 +2,9 @@
 
 Worker: ``huey_consumer bench.peers.huey_tasks.huey -w 2 -k process -q`` (one consumer process and 2
 worker processes; RedisHuey, blocking BRPOP dequeue). Enqueue: ``task.map(...)`` (one LPUSH per task;
-Huey has no pipelined bulk enqueue). Result wait: ``result.get(blocking=True, timeout=...)`` with
-``notify_result=True`` (a BLPOP on a per-task notification key). Completion count: HLEN of the
-result hash (``store_none=True``).
+Huey has no pipelined bulk enqueue); single enqueue: ``noop()`` (calling a task enqueues it).
+Result wait: ``result.get(blocking=True, timeout=...)`` with ``notify_result=True`` (a BLPOP on a
+per-task notification key). Completion count: HLEN of the result hash (``store_none=True``).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class HueyPeer(Peer):
     distributions = ("huey", "redis", "hiredis")
     notes = {
         "enqueue": "task.map() (one LPUSH per task, no pipelining)",
+        "single": "noop() (the task call enqueues)",
         "workers": "`huey_consumer -w 2 -k process`, RedisHuey(notify_result=True, store_none=True)",
         "result wait": "result.get(blocking=True) with notify_result (BLPOP)",
     }
@@ -39,6 +40,9 @@ class HueyPeer(Peer):
 
     def enqueue_noops(self, n: int) -> None:
         self.t.noop.map([()] * n)
+
+    def enqueue_one(self) -> None:
+        self.t.noop()
 
     def enqueue_sleeps(self, n: int) -> None:
         self.t.sleep10.map([()] * n)

@@ -3,8 +3,8 @@
 Workers: two ``rq worker -u URL -q bench`` processes (default forking ``rq.Worker``: one fork per
 job), or with ``--variant simple`` two ``rq worker -u URL -q -w rq.SimpleWorker bench`` (jobs run in
 the worker process itself). Enqueue: ``Queue.enqueue_many`` of ``Queue.prepare_data`` (one
-pipeline). Result wait: ``job.latest_result(timeout=...)`` (a blocking XREAD on the job's result
-stream). Completion count: ZCARD of the finished and failed registries.
+pipeline). Single enqueue: ``Queue.enqueue(noop)``. Result wait: ``job.latest_result(timeout=...)``
+(a blocking XREAD on the job's result stream). Completion count: ZCARD of the finished and failed registries.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ QUEUE = "bench"
 class RQPeer(Peer):
     name = "rq"
     distributions = ("rq", "redis", "hiredis")
+    has_bulk = True
 
     def __init__(self, url: str, workdir: Path, variant: str = "") -> None:
         super().__init__(url, workdir)
@@ -27,6 +28,7 @@ class RQPeer(Peer):
             self.name = "rq-simple"
         self.notes = {
             "enqueue": "Queue.enqueue_many (pipelined)",
+            "single": "Queue.enqueue(noop)",
             "workers": "2 x `rq worker -q" + (" -w rq.SimpleWorker`" if self.simple else "` (fork per job)"),
             "result wait": "job.latest_result(timeout) (blocking XREAD)",
         }
@@ -55,6 +57,9 @@ class RQPeer(Peer):
 
     def enqueue_noops(self, n: int) -> None:
         self._many(self.noop, n)
+
+    def enqueue_one(self) -> None:
+        self.q.enqueue(self.noop)
 
     def enqueue_sleeps(self, n: int) -> None:
         self._many(self.sleep10, n)
