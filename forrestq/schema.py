@@ -354,7 +354,7 @@ EXPIRE_LIMIT = 200  # expired roots deleted per queue per timekeeper look (the r
 
 QUEUES = "fq:queues"
 DASHBOARD = "fq:dashboard"  # string: the URL of a running dashboard (issue 19), kept DASHBOARD_TTL s unless renewed
-DASHBOARD_TTL = 30  # seconds; the dashboard renews it every third of that
+DASHBOARD_TTL = 30  # seconds; the dashboard renews it every few seconds (forrestq.dashboard.serve)
 LOST_ATTEMPTS = "attempts"  # field of fq:{q}:lost: attempts lost with their worker (HINCRBY: in the worker's ACL)
 CONTROL_STOP = "stop"  # a worker control request (fq:wctl:<id>): finish the running tasks, then exit
 CONTROL_TTL = 600  # seconds a control request waits for its worker's heartbeat (a gone worker never reads it)

@@ -22,7 +22,7 @@ from helpers import free_port, wait_for
 from procs import worker, worker_env
 from prometheus_client.parser import text_string_to_metric_families
 
-from forrestq import Queue, defer
+from forrestq import Queue, defer, schema
 from forrestq.server import ServerProcess
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
@@ -249,22 +249,23 @@ def test_metrics_parse_and_equal_the_queues_counts(url, dashboard):
     assert found["done"] == 3 and found["ready"] == 1 and found["waiting"] == 1
 
 
-def test_forrestq_show_prints_the_dashboard_url_of_the_task(url, server):
+def show(url: str, task_id: str) -> str:
+    return subprocess.run([sys.executable, "-m", "forrestq", "show", task_id, "--url", url], capture_output=True,
+                          text=True, env=worker_env(), timeout=30).stdout
+
+
+def test_forrestq_show_prints_the_dashboard_url_of_the_task(url, server, dashboard, r):
     q = Queue("shown")
     ref = q.schedule(defer(tasks.identity, 1))
-    d = Dashboard(server.url).ready()
-    try:
-        out = wait_for(lambda: (r := subprocess.run([sys.executable, "-m", "forrestq", "show", ref.id, "--url", url],
-                                                    capture_output=True, text=True, env=worker_env(), timeout=30))
-                       and "dashboard:" in r.stdout and r.stdout, timeout=20, what="show to name the dashboard")
-        line = next(x for x in out.splitlines() if x.startswith("dashboard:"))
-        assert line == f"dashboard: {d.base}/task/shown/{ref.id}"
-        assert get(line.split(" ", 1)[1])[0] == 200
-    finally:
-        assert d.stop() == 0
-    shown = subprocess.run([sys.executable, "-m", "forrestq", "show", ref.id, "--url", url], capture_output=True,
-                           text=True, env=worker_env(), timeout=30)
-    assert "dashboard:" not in shown.stdout  # the stopped dashboard took its URL away
+    expected = f"dashboard: {dashboard.base}/task/shown/{ref.id}"
+    out = wait_for(lambda: (text := show(url, ref.id)) and expected in text.splitlines() and text, timeout=20,
+                   what="show to name the dashboard (its URL is renewed every 3 s)")
+    assert get(expected.split(" ", 1)[1])[0] == 200
+    other = Dashboard(server.url).ready()
+    wait_for(lambda: r.get(schema.DASHBOARD) == other.base.encode(), timeout=10, what="the second dashboard's URL")
+    assert other.stop() == 0
+    assert r.get(schema.DASHBOARD) != other.base.encode()  # a stopped dashboard takes its URL away
+    assert out.index(ref.id) < out.index(expected)  # show's own output first
 
 
 # --- who may use it ------------------------------------------------------------------------------------
@@ -309,6 +310,9 @@ def test_actions_need_the_csrf_token_and_read_only_has_none(url, server, dashboa
     ref = q.schedule(defer(tasks.identity, 1))
     status, _ = get(dashboard.base + "/action/cancel", data=f"queue=guarded&id={ref.id}".encode())
     assert status == 403 and q.get(ref).state == "ready"  # no CSRF token: refused, nothing done
+    # another site's name rebound to 127.0.0.1 (DNS rebinding): neither its pages nor its actions answer
+    assert get(dashboard.base + "/", {"Host": f"evil.example:{dashboard.port}"})[0] == 403
+    assert get(dashboard.base + "/", {"Host": f"localhost:{dashboard.port}"})[0] == 200
     ro = Dashboard(server.url, "--read-only").ready()
     try:
         page.goto(f"{ro.base}/task/guarded/{ref.id}")

@@ -17,7 +17,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import redis
 from jinja2 import Environment, PackageLoader
@@ -170,4 +170,5 @@ def create_app(cfg: DashboardConfig, r: redis.Redis) -> Any:
               Route("/action/{name}", d.action, methods=["POST"]),
               Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")]
     app = Starlette(routes=routes)
-    return security.Guard(app, cfg.token, lambda path: d.login_body(path))
+    names = frozenset({cfg.bind, urlsplit(cfg.base_url()).hostname or ""})
+    return security.Guard(app, cfg.token, lambda path: d.login_body(path), names)

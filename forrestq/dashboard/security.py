@@ -6,6 +6,9 @@
 * The token (``--token-file``): every request must carry it, as the ``fq_auth`` cookie the login page
   sets (a digest of the token, HttpOnly, SameSite=Strict) or as ``Authorization: Bearer TOKEN`` (a
   Prometheus scrape). Without it: 401 and the login page (:class:`Guard`).
+* Without a token (loopback), a request must name this machine in its ``Host`` header (a loopback
+  address, ``localhost``, the bind address, the ``--public-url`` host): a page of another site whose
+  name was rebound to 127.0.0.1 (DNS rebinding) gets 403, so it can neither read pages nor act.
 * CSRF: actions are POSTs whose form carries ``csrf``, the value of the ``fq_csrf`` cookie (random,
   set on the first page; SameSite=Strict): another site can neither read nor set it, so it cannot
   make a visitor's browser post an action (double-submit cookie). A POST whose ``Origin`` is another
@@ -121,24 +124,48 @@ def csrf_ok(scope: Scope, form: dict[str, str]) -> bool:
     return bool(expected) and hmac.compare_digest(form.get("csrf", "").encode(), expected.encode())
 
 
+def host_ok(scope: Scope, names: frozenset[str]) -> bool:
+    """Whether the request's Host names this machine: a loopback address or one of ``names``."""
+    host = _header(scope, b"host").strip().lower()
+    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 \
+        else host
+    if name in names or name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _refuse(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class Guard:
     """ASGI middleware: with a token, every request but the login page's needs it (else 401 and the
-    login page, ``login_page(next_path)``)."""
+    login page, ``login_page(next_path)``); without one, the Host must name this machine (``names``:
+    the bind address and the public URL's host besides the loopback ones; else 403)."""
 
-    def __init__(self, app: ASGIApp, token: str | None, login_page: Callable[[str], bytes]) -> None:
+    def __init__(self, app: ASGIApp, token: str | None, login_page: Callable[[str], bytes],
+                 names: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.token = token
         self.login_page = login_page
+        self.names = frozenset(n.lower().strip("[]") for n in names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or self.token is None or path.startswith(OPEN_PATHS) \
-                or authorized(scope, self.token):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        body = self.login_page(path)
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"text/html; charset=utf-8"),
-                                (b"www-authenticate", b'Bearer realm="forrestq"'),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        elif self.token is None:
+            if host_ok(scope, self.names):
+                await self.app(scope, receive, send)
+            else:
+                await _refuse(send, 403, b"refused: this dashboard answers to its own address only (Host header)")
+        elif path.startswith(OPEN_PATHS) or authorized(scope, self.token):
+            await self.app(scope, receive, send)
+        else:
+            await _refuse(send, 401, self.login_page(path), [(b"www-authenticate", b'Bearer realm="forrestq"')])

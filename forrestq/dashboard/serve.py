@@ -1,8 +1,9 @@
 """Running the dashboard: uvicorn in the foreground, and its URL kept in Redis while it runs.
 
 The URL is ``fq:dashboard`` (:data:`forrestq.schema.DASHBOARD`), set with a TTL of
-:data:`forrestq.schema.DASHBOARD_TTL` seconds and renewed every third of it by a thread, so a
-dashboard that died stops being named within half a minute; ``forrestq show`` prints the task's page
+:data:`forrestq.schema.DASHBOARD_TTL` seconds and renewed every :data:`RENEW_EVERY` seconds by a
+thread (after a FLUSHALL it is back within that), so a dashboard that died stops being named within
+half a minute; ``forrestq show`` prints the task's page
 there (:func:`known_url`, :func:`task_url`). On a clean stop the key is deleted if it is still ours.
 
 Starlette and uvicorn are imported by :func:`run` only: every other command of the CLI imports this
@@ -19,7 +20,9 @@ from .. import schema
 from ..connection import connect
 from .config import DashboardConfig, task_url
 
-__all__ = ["DashboardConfig", "run", "known_url", "task_url", "register"]
+__all__ = ["DashboardConfig", "run", "known_url", "task_url", "register", "RENEW_EVERY"]
+
+RENEW_EVERY = 3.0  # seconds between two SETs of fq:dashboard (one SET: nothing to save on)
 
 
 def known_url(r: redis.Redis) -> str | None:
@@ -36,7 +39,7 @@ def register(r: redis.Redis, base: str, stop: threading.Event) -> None:
             r.set(schema.DASHBOARD, base, ex=schema.DASHBOARD_TTL)
         except redis.RedisError:
             pass
-        if stop.wait(schema.DASHBOARD_TTL / 3):
+        if stop.wait(RENEW_EVERY):
             break
     try:
         if r.get(schema.DASHBOARD) == base.encode():
