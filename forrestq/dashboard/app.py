@@ -29,7 +29,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import environment, metrics, schema, status
-from ..errors import ConfigError
+from ..errors import ConfigError, ForrestqError
 from ..queue import Queue
 from . import actions, data, pictures, security
 from .config import DashboardConfig, task_url
@@ -88,6 +88,15 @@ class Dashboard:
         response = HTMLResponse(html, status_code, headers=SECURITY_HEADERS)
         response.set_cookie(security.CSRF_COOKIE, csrf, httponly=True, samesite="strict", path="/")
         return response
+
+    async def redis_error(self, request: Request, exc: Exception) -> Response:
+        """Redis unreachable, or refusing a command (a Redis user's ACL): one line, 503, not a traceback."""
+        what = "Redis refused" if isinstance(exc, redis.exceptions.NoPermissionError) else "Redis is unreachable"
+        text = f"{what}: {status.short_error(str(exc), 300)}"
+        if isinstance(exc, ForrestqError):
+            text = status.short_error(str(exc), 300)
+        return HTMLResponse(self.env.get_template("error.html").render(text=text, cfg=self.cfg, path=request.url.path),
+                            503, headers=SECURITY_HEADERS)
 
     def login_body(self, next_path: str, failed: bool = False) -> bytes:
         return self.env.get_template("login.html").render(next=next_path, failed=failed, cfg=self.cfg).encode()
@@ -169,6 +178,6 @@ def create_app(cfg: DashboardConfig, r: redis.Redis) -> Any:
               Route("/login", d.login, methods=["GET", "POST"]),
               Route("/action/{name}", d.action, methods=["POST"]),
               Mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={redis.RedisError: d.redis_error, ForrestqError: d.redis_error})
     names = frozenset({cfg.bind, urlsplit(cfg.base_url()).hostname or ""})
     return security.Guard(app, cfg.token, lambda path: d.login_body(path), names)
