@@ -44,8 +44,7 @@ def dashboard(
 ) -> None:
     """A web dashboard: queues, workers, tasks, failures, one task's page; actions; /metrics.
 
-    Pages update themselves every 2 s. Listens on loopback unless told; beyond loopback it refuses to start
-    without [bold]--token-file[/bold].
+    Pages update themselves every 2 s. Beyond loopback it refuses to start without [bold]--token-file[/bold].
 
     Examples: [bold]forrestq dashboard[/bold] (then open http://127.0.0.1:8765),
     [bold]forrestq dashboard --bind 0.0.0.0 --token-file ~/.forrestq-dashboard-token --read-only[/bold]
