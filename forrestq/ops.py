@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 from redis.client import Pipeline
@@ -30,7 +30,7 @@ from redis.exceptions import NoScriptError
 
 from .cluster import ClusterClient, primaries, send_batch
 from .errors import as_permission_error, is_permission_error
-from .schema import DEFAULT_MAX_ATTEMPTS, FAILED, GROUP, QueueKeys, lua_constants
+from .schema import DEFAULT_MAX_ATTEMPTS, FAILED, GROUP, TOKEN_SEP, QueueKeys, lua_constants
 
 _DIR = Path(__file__).parent / "scripts"
 _INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
@@ -340,6 +340,7 @@ class ClaimArgs:
     worker_id: str
     sid: str = ""  # a stream entry XREADGROUP delivered to this consumer; "" = read one in the script
     now: float = field(default_factory=_now)
+    count: int = 1  # tasks to claim at most (claim_many)
 
 
 @dataclass
@@ -375,7 +376,12 @@ SKIP = Skip()
 
 
 def _claim_argv(k: QueueKeys, a: ClaimArgs) -> list[Any]:
-    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid]
+    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid, a.count]
+
+
+def claim_token(token: str, n: int) -> str:
+    """The fencing token of the n-th task (from 0) of one claim_many call with ``token``."""
+    return token if n == 0 else f"{token}{TOKEN_SEP}{n + 1}"
 
 
 def _claimed(raw: Any) -> Claimed | Skip | None:
@@ -390,8 +396,15 @@ def _claimed(raw: Any) -> Claimed | Skip | None:
                    resources=_text(raw[11]), waits=int(raw[12]), limits=_text(raw[13]), inputs=list(raw[14:]))
 
 
+def _claimed_many(raw: Any) -> list[Claimed]:
+    return [cast(Claimed, _claimed(one)) for one in raw or ()]
+
+
 claim: Op[ClaimArgs, Claimed | Skip | None] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
                                                     _claimed)
+# the same script claiming up to ClaimArgs.count tasks; each Claimed's token: claim_token(args.token, i)
+claim_many: Op[ClaimArgs, list[Claimed]] = Op("claim", _named("stream", "counts", "delayed"), _claim_argv,
+                                              _claimed_many)
 
 
 # ------------------------------------------------------------------------------------------ complete

@@ -497,8 +497,9 @@ def glob_escape(text: str) -> str:
 
 # a task's attempts when its record names none (Queue(max_attempts=) and schedule(max_attempts=) store theirs)
 DEFAULT_MAX_ATTEMPTS = "3"
+TOKEN_SEP = "."  # the n-th task of one claim of several is fenced by token + TOKEN_SEP + n (claim.lua)
 
-_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN",
+_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN",
               "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
               "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",

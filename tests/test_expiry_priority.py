@@ -187,7 +187,9 @@ def test_twenty_high_start_before_the_remaining_low_ones(url: str, r: redis.Redi
     last_high = max(i for i, (tag, _) in enumerate(order) if tag.startswith("high"))
     overtaking = [tag for tag, t in order[:last_high] if tag.startswith("low") and t > sent]
     assert len(overtaking) <= procs, overtaking  # the claims under way when the highs came
-    assert sum(tag.startswith("low") for tag, _ in order[last_high:]) >= left  # the rest came after
+    # the rest came after, but for the overtakers: a low claimed after the last high may start before
+    # it (two children: claim order and start order can swap)
+    assert sum(tag.startswith("low") for tag, _ in order[last_high:]) + len(overtaking) >= left
     highs = [tag for tag, _ in order if tag.startswith("high")]
     # FIFO within a level: claimed in order; two children may swap neighbours between claim and start
     assert sorted(highs) == sorted(f"high{i}" for i in range(20))

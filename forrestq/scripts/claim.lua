@@ -5,6 +5,9 @@
 -- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s, the worker's clock: TASK_STARTED)
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here: from the
 --         streams of the priority levels above 0, highest first, then KEYS[1] (include/stream.lua)
+-- ARGV[10] (optional) how many tasks to claim at most, "1" if absent: with more, the n-th one claimed (from 1)
+--         is fenced by the token ARGV[4] .. TOKEN_SEP .. n (the first by ARGV[4] itself), and the reply is
+--         the list of the claims (each as below; empty when there is nothing to run)
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
 --       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, limit keys ("a,b"; "" = none), input results...}
@@ -15,16 +18,17 @@
 --- @include counts
 --- @include events
 --- @include delayed
-local prefix, group, consumer, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local sid = ARGV[9]
+local prefix, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local sid, most = ARGV[9], tonumber(ARGV[10] or '1')
+local claims, token = {}, ARGV[4]
 promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
-for _ = 1, 100 do
+for _ = 1, 100 + most do
   local tid
   if sid == '' then
     local entry = read_levels(KEYS[1], group, consumer)  -- priorities: the highest level above 0 first
     if not entry then
       local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-      if not got then return nil end
+      if not got then break end
       entry = got[1][2][1]
     end
     sid = entry[1]
@@ -60,11 +64,16 @@ for _ = 1, 100 do
         end
       end
     end
-    return out
+    if most == 1 then return out end
+    claims[#claims + 1] = out
+    if #claims >= most then return claims end
+    token = ARGV[4] .. TOKEN_SEP .. (#claims + 1)
+  else
+    -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
+    drop_entry(KEYS[1], group, sid)
+    if ARGV[9] ~= '' and #claims == 0 then return {CLAIM_SKIP} end
   end
-  -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
-  drop_entry(KEYS[1], group, sid)
-  if ARGV[9] ~= '' then return {CLAIM_SKIP} end
   sid = ''
 end
-return nil
+if most == 1 then return nil end
+return claims

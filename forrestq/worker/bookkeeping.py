@@ -81,7 +81,9 @@ class Bookkeeper:
         ``kill``: why this worker killed the child, if it did."""
         if kill is not None and kill.token != view.token:
             kill = Kill("stop", view.token)  # it had moved on to another task: not that task's fault
-        if kill is not None and kill.why == "stop":
+        if view.parked:  # claimed ahead, or ended while another task ran: whatever killed the child, not it
+            self.hand_back(k, view, counted=False)
+        elif kill is not None and kill.why == "stop":
             self.hand_back(k, view, counted=False)
         elif kill is not None and kill.why == "lost":
             pass  # the task is someone else's now

@@ -36,11 +36,12 @@ from .. import durability, log, ops, shared
 from ..cluster import ClusterClient, slot_groups
 from ..connection import connect
 from ..context import Where
-from ..errors import TimeLimitExceeded, escape_controls, is_transient
+from ..errors import TimeLimitExceeded, escape_controls
 from ..lease import new_token
-from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, discard, one_line, unrecordable
+from ..runner import REFUSED, RELEASE, Outcome, Runner, completion, discard, one_line
 from ..schema import CONTINUED, DONE, GROUP, QueueKeys
 from .capacity import Capacity, Gate
+from .claims import Claims
 from .continuation import planned
 from .forensics import Meter
 from .peers import what_became_of
@@ -134,7 +135,8 @@ class Child:
     def __init__(self, cfg: ChildConfig, slot: Slot, lanes: list[Slot] | None = None) -> None:
         self.cfg = cfg
         self.slot = slot
-        self.lanes = lanes or [slot]
+        every = lanes or [slot]
+        self.lanes = every[:max(cfg.async_concurrency, 1)]  # the async lanes (one: the child's own slot)
         self.pid = os.getpid()
         # named by its consumer: a stopping worker finds it (CLIENT LIST) and ends its blocking read
         self.r: redis.Redis = connect(cfg.url, check=False, socket_timeout=cfg.socket_timeout,
@@ -148,94 +150,47 @@ class Child:
         log.redirect(self.capture.stderr)  # log lines go to the worker's stderr, not the task's output
         self.woke = 0.0
         self.tasks_run = 0
-        # the completion of the task the slot holds, not recorded yet: (queue index, completion)
-        self.pending: tuple[int, ops.Completion] | None = None
         self.backoff = Backoff()
-        self.claim_args = ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host, cfg.worker_id)
         self.replicas = durability.replicas()  # $FORRESTQ_DURABILITY: a task's end waits for a replica
+        # claims (several at once while tasks end fast, one lane each) and the ends not recorded yet
+        self.claims = Claims(self.r, self.scripts, self.keys, ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host,
+                             cfg.worker_id), every if cfg.async_concurrency <= 1 else [slot], self.replicas,
+                             self.wake, cfg.max_tasks)
         self.refuser = Refuser(self.r, self.scripts, cfg.host, slot)
         self.gate = Gate(cfg.capacity, cfg.index, self.r, self.scripts, cfg.host, self.refuser, self._patiently)
 
     # --- Redis side -------------------------------------------------------------------------
-    def _claim_args(self, token: str, sid: str = "") -> ops.ClaimArgs:
-        """The claim's arguments: one object, refreshed per call (this loop runs once per task)."""
-        a = self.claim_args
-        a.token, a.sid, a.now = token, sid, time.time()
-        return a
-
-    def _queue_completion(self, pipe: Any, pending: tuple[int, ops.Completion]) -> None:
-        durability.queue_complete(self.scripts, pipe, self.keys[pending[0]], pending[1], self.replicas)
-
-    def _settle(self, raw: Any, waited: Any = None) -> None:
-        """The server's answer to the pending completion (and to its WAIT, with durability). Raises
-        a transient error (kept pending). Any other error means the server will never take this
-        record (too big, a broken blob): it is replaced by a failure record that says so, sent at once."""
-        assert self.pending is not None
-        qi, c = self.pending
-        try:
-            kept = ops.complete.reply(raw)
-        except Exception as e:  # noqa: BLE001 - an error reply of the server
-            if is_transient(e):
-                raise
-            logger.warning("child %d: the server refused the result of task %s (%s); recording a failure "
-                           "instead", self.pid, c.task_id, e)
-            c = unrecordable(c, e)
-            self.pending = (qi, c)
-            kept, waited = durability.complete(self.scripts, self.keys[qi], c, self.replicas), None
-        if waited is not None:
-            durability.settle_wait(waited, self.replicas, f"the end of task {c.task_id}")
-        if not kept:
-            logger.warning("child %d: result of task %s refused: this attempt no longer holds it: %s", self.pid,
-                           c.task_id, what_became_of(self.r, self.keys[qi], c.task_id, c.token))
-        self.pending = None
-        self.slot.end(c.outcome in (DONE, CONTINUED))
-        self.wake()
-
-    def next_task(self, block: bool = True) -> tuple[int, ops.Claimed] | None:
-        """Record the pending completion and claim the next task in one round trip; block if idle
-        (and ``block``). Returns (queue index, the claimed task), or None."""
+    def next_task(self, block: bool = True) -> tuple[int, ops.Claimed, Slot] | None:
+        """The next task claimed ahead, else record the ends and claim in one round trip; block if
+        idle (and ``block``). Returns (queue index, the claimed task, the lane that holds it), or None."""
+        taken = self.claims.take()
+        if taken is not None:
+            return taken
         token = new_token()  # the fencing token of whatever this call claims
         # queues in the order given: the first has priority; one claim per call, never one per queue
         for qi, k in enumerate(self.keys):
-            pipe = self.r.pipeline(transaction=False)
-            pending = self.pending
-            if pending is not None:
-                self._queue_completion(pipe, pending)
-            ops.claim.queue(self.scripts, pipe, k, self._claim_args(token))
-            replies = self.scripts.execute(pipe, raise_on_error=False)
-            raw = replies[-1]
-            if pending is not None:
-                try:
-                    self._settle(replies[0], replies[1] if self.replicas else None)
-                except redis.RedisError:
-                    held = None if isinstance(raw, Exception) else ops.claim.reply(raw)
-                    if isinstance(held, ops.Claimed):  # hold one task at a time
-                        self._release(k, held.id, token)
-                    raise
-            got = ops.claim.reply(raw)
-            if isinstance(got, ops.Claimed):
-                got.token = token
-                return qi, got
+            got = self.claims.exchange(k, token, self.claims.count(self.tasks_run))
+            if isinstance(got, list) and got:
+                return self.claims.hold(qi, got)
         if self.slot.stop or not block:
             return None
         return self._wait_for_task(token)
 
-    def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed] | None:
+    def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed, Slot] | None:
         """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it."""
         read = read_ready(self.r, self.cfg.consumer, [k.stream for k in self.keys], self.cfg.block_ms)
-        held: tuple[int, ops.Claimed] | None = None
+        held: tuple[int, ops.Claimed, Slot] | None = None
         for stream, entries in read or ():
             name = stream.decode() if isinstance(stream, bytes) else stream
             qi = [k.stream for k in self.keys].index(name)
             sid = entries[0][0]
             k = self.keys[qi]
-            got = ops.claim(self.scripts, k, self._claim_args(token, sid.decode() if isinstance(sid, bytes) else sid))
-            if isinstance(got, ops.Claimed):
-                got.token = token
+            got = self.claims.exchange(k, token, 1, sid.decode() if isinstance(sid, bytes) else sid)
+            if isinstance(got, list) and got:
                 if self.slot.stop or held is not None:  # stopping, or one task is held already: hand it back
-                    self._release(k, got.id, token)
+                    self._release(k, got[0].id, got[0].token)
                 else:
-                    held = qi, got
+                    held = self.claims.hold(qi, got)
                 token = new_token()
         return held
 
@@ -257,15 +212,12 @@ class Child:
         ops.release(self.scripts, k, ops.ReleaseArgs(task_id, token))
 
     def flush(self) -> None:
-        """Record a completion still pending (the child is leaving). Retries while Redis is away:
-        the worker ends the wait if it has to (its grace), and then hands the task back."""
-        while self.pending:
-            qi, c = self.pending
+        """Record the ends not recorded yet and hand back the tasks claimed ahead (the child is leaving).
+        Retries while Redis is away: the worker ends the wait if it has to (its grace), and then hands
+        the tasks back."""
+        while self.claims.holding():
             try:
-                pipe = self.r.pipeline(transaction=False)
-                self._queue_completion(pipe, (qi, c))
-                replies = self.scripts.execute(pipe, raise_on_error=False)
-                self._settle(replies[0], replies[1] if self.replicas else None)
+                self.claims.flush()
             except redis.RedisError as e:
                 logger.warning("child %d: cannot record a result yet (%s); retrying", self.pid, one_line(e))
                 self.backoff.pause()
@@ -302,13 +254,13 @@ class Child:
             except OSError:  # full (the worker is behind anyway) or gone
                 pass
 
-    def execute(self, qi: int, c: ops.Claimed) -> Outcome:
-        """Run one claimed task; its completion is left pending (sent with the next claim)."""
+    def execute(self, qi: int, c: ops.Claimed, lane: Slot) -> Outcome:
+        """Run one claimed task in its lane; its completion is left for the next round trip."""
         cfg = self.cfg
         k = self.keys[qi]
-        self.slot.begin(qi, c.id, c.token, c.attempts, c.max_attempts, self.meter.begin())
+        lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts, self.meter.begin())
         if not self.gate.admit(k, c, self.slot):  # not startable here (now): handed back unrun
-            self.slot.end(None)
+            self.free(lane)
             return Outcome(REFUSED, reason="not startable here")
         self.capture.start()
         try:
@@ -317,7 +269,8 @@ class Child:
                 outcome = self.refused(k, c, loaded)
             else:
                 self.refuser.loaded()
-                self.slot.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
+                lane.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
+                self.claims.started()
                 soft = c.soft_timeout or cfg.soft_timeout
                 if soft:
                     with soft_limit(soft):
@@ -328,8 +281,9 @@ class Child:
         finally:
             if os.getpid() != self.pid:  # a fork made by the task returned here: it must not go on
                 os._exit(0)
+            self.claims.stopped()
             self.gate.done()
-            self.slot.disarm()
+            lane.disarm()
             size = self.capture.stop()
         outcome = planned(outcome, self.r, k, c, self._patiently)  # a returned tree: its continuation
         if outcome.state == RELEASE:  # stale code: a fresh child runs it with the code as it is now
@@ -337,16 +291,21 @@ class Child:
             logger.info("handed back %s %s: %s; starting a fresh process", k.name, c.id,
                         escape_controls(outcome.reason))
         if outcome.state in (RELEASE, REFUSED):
-            self.slot.end(None)
+            self.free(lane)
             self.wake()
             return outcome
         out = self.capture.tail(size)
         if cfg.logfile:
             self.capture.copy_to(cfg.logfile, c.id, size)
-        self.pending = (qi, completion(c, outcome, out, cfg.host, self.pid))
+        self.claims.ended(qi, completion(c, outcome, out, cfg.host, self.pid), lane, outcome.runtime)
         self.log_end(k, c.id, outcome)
         self.tasks_run += 1
         return outcome
+
+    def free(self, lane: Slot) -> None:
+        """The lane's task was handed back unrun (or refused): the lane holds nothing."""
+        lane.end(None)
+        self.claims.release_lane(lane)
 
     def record(self, lane: Slot, qi: int, c: ops.Claimed, outcome: Outcome) -> Slot:
         """Record one task's outcome now (fenced by its token); returns its lane, free again. (The
@@ -476,7 +435,8 @@ class AsyncLanes:
                 return
             if claimed is None:
                 return
-            self.start(*claimed)
+            self.child.claims.release_lane(claimed[2])  # the async lanes are this loop's own
+            self.start(*claimed[:2])
 
     def start(self, qi: int, c: ops.Claimed) -> None:
         """Load the task and call its function; a coroutine it returns runs on the loop."""

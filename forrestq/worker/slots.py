@@ -28,6 +28,7 @@ class SlotView(NamedTuple):
     timeout: float  # seconds allowed from ``started``, 0 = no limit (loading, recording, none set)
     own_limit: bool  # the limit is the task's own ``timeout`` (else the worker's --autokill)
     cpu0: float  # CPU seconds the child had used when it took the task (forrestq.worker.forensics)
+    parked: bool  # not running: claimed ahead of its turn, or ended while another runs (worker.claims)
 
 
 class Slot(ctypes.Structure):
@@ -38,6 +39,7 @@ class Slot(ctypes.Structure):
         ("busy", ctypes.c_uint8),
         ("stop", ctypes.c_uint8),  # set by the parent: finish the current task, then exit
         ("own_limit", ctypes.c_uint8),  # the time limit is the task's own timeout, not --autokill
+        ("parked", ctypes.c_uint8),  # not running: claimed ahead, or ended and not recorded (``park``)
         ("queue", ctypes.c_uint16),
         ("attempts", ctypes.c_uint16),
         ("max_attempts", ctypes.c_uint16),
@@ -53,10 +55,12 @@ class Slot(ctypes.Structure):
         ("token", ctypes.c_char * 24),
     ]
 
-    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int, cpu0: float = 0.0) -> None:
-        """The child holds a task (claimed; no time limit yet); ``cpu0``: its CPU seconds so far."""
+    def begin(self, queue: int, task: str, token: str, attempts: int, max_attempts: int, cpu0: float = 0.0,
+              parked: bool = False) -> None:
+        """The child holds a task (claimed; no time limit yet); ``cpu0``: its CPU seconds so far;
+        ``parked``: claimed ahead of its turn (see :meth:`park`)."""
         self.seq += 1
-        self.cpu0 = cpu0
+        self.cpu0, self.parked = cpu0, int(parked)
         self.queue, self.task, self.token = queue, task.encode(), token.encode()
         self.attempts, self.max_attempts = min(attempts, 65535), min(max_attempts, 65535)
         self.timeout, self.started, self.busy = 0.0, time.monotonic(), 1
@@ -66,7 +70,14 @@ class Slot(ctypes.Structure):
         """The user's code starts now, with this time limit (0 = none); ``own``: the limit is the
         task's own timeout rather than the worker's --autokill."""
         self.seq += 1
-        self.started, self.timeout, self.own_limit = time.monotonic(), timeout, own
+        self.started, self.timeout, self.own_limit, self.parked = time.monotonic(), timeout, own, 0
+        self.seq += 1
+
+    def park(self) -> None:
+        """The task ended, its end is not recorded yet, and another task runs now: should the child die,
+        it was not this task's doing (the worker hands it back, its attempt not counted, and it runs again)."""
+        self.seq += 1
+        self.parked = 1
         self.seq += 1
 
     def disarm(self) -> None:
@@ -93,7 +104,7 @@ class Slot(ctypes.Structure):
             if s1 % 2 == 0:
                 got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
                                self.attempts, self.max_attempts, self.started, self.timeout, bool(self.own_limit),
-                               self.cpu0)
+                               self.cpu0, bool(self.parked))
                 if self.seq == s1:
                     return got
 

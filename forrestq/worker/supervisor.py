@@ -61,6 +61,7 @@ from .access import first_round, on_redis_error, settled
 from .bookkeeping import Bookkeeper
 from .capacity import Capacity, worker_totals
 from .child import ChildConfig, child_main
+from .claims import LANES
 from .forensics import Kill, TaskFiles, ask_for_stack, of_dead_child
 from .procs import PR_SET_CHILD_SUBREAPER, descendants, kill_tree, killpg, own_children, prctl, pss, rss
 from .refusals import SIGNATURE_LIMIT, stop_claiming_words
@@ -212,8 +213,8 @@ class Worker:
         self.beat_every = cfg.heartbeat or cfg.lease / 3
         self.sweep_every = cfg.sweep_interval or min(cfg.lease / 3, 5.0)
         self.books = Bookkeeper(self.r, self.keys, self.id, cfg.host, self.lease_ms, self.sweep_every)
-        # one slot per task a child may hold: ``async_concurrency`` lanes per child
-        self.slots = SlotTable(cfg.procs, cfg.async_concurrency)
+        # one slot per task a child may hold: ``async_concurrency`` lanes per child, or claims.LANES
+        self.slots = SlotTable(cfg.procs, cfg.async_concurrency if cfg.async_concurrency > 1 else LANES)
         self.capacity = Capacity(cfg.totals, cfg.procs, cfg.async_concurrency, cfg.admit_by_memory)
         self.pids: dict[int, int] = {}  # pid -> child index
         self.vacant: dict[int, float] = {}  # child index -> monotonic time it may be filled
@@ -305,7 +306,7 @@ class Worker:
         now = time.monotonic()
         lanes = self.slots.lanes(index)
         for slot in lanes:
-            slot.busy, slot.stop, slot.refused = 0, 0, 0
+            slot.busy, slot.stop, slot.refused, slot.parked = 0, 0, 0, 0
         cfg = self.child_config(index)
         self.files[index].clear_stack()  # nothing of the child before
         old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD})
@@ -452,7 +453,7 @@ class Worker:
                 pid_of = {v.token: pid for pid, v in held}
                 for v in self.books.taken_over(k, lost):
                     self.kill(pid_of[v.token], Kill("lost", v.token))
-        busy = sum(len(held) for held in running.values())
+        busy = sum(not v.parked for held in running.values() for _, v in held)  # parked: not running
         _, done, failed = snap = self.tally()  # what is published: a change while it is sent shows next round
         c = self.cfg
         info = {schema.WORKER_HOST: c.host, schema.WORKER_PID: os.getpid(), schema.WORKER_PROCS: c.procs,
@@ -467,7 +468,7 @@ class Worker:
     def tally(self) -> tuple[int, int, int]:
         """(busy, done, failed) over the children, as published in the worker's hash."""
         slots = [s for i in self.pids.values() for s in self.slots.lanes(i)]
-        return (sum(s.busy for s in slots), sum(s.done for s in slots) + self.retired_done,
+        return (sum(s.busy and not s.parked for s in slots), sum(s.done for s in slots) + self.retired_done,
                 sum(s.failed for s in slots) + self.retired_failed)
 
     # --- stopping ---------------------------------------------------------------------------

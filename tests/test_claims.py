@@ -1,0 +1,83 @@
+"""Claims of several tasks at once (issue 18, forrestq.worker.claims): fast tasks are claimed ahead of
+their turn, and nothing is stranded or held up by it: not by a slow task, not by a child's death."""
+from __future__ import annotations
+
+import time
+
+import redis
+import tasks
+from helpers import wait_for
+from procs import worker
+
+from forrestq import Queue, defer, ops, schema
+from forrestq.schema import QueueKeys
+
+
+def test_claim_many_takes_up_to_count_tasks_each_fenced_by_its_own_token(r: redis.Redis) -> None:
+    q = Queue("many")
+    refs = q.schedule_many(defer(tasks.add, i, 1) for i in range(5))
+    s, k = ops.Scripts(r), QueueKeys("many")
+    first = ops.claim_many(s, k, ops.ClaimArgs("c1", "tok", 60_000, "h", "w", count=3))
+    assert [c.id for c in first] == [ref.id for ref in refs[:3]]
+    tokens = [ops.claim_token("tok", i) for i in range(3)]
+    assert tokens == ["tok", "tok.2", "tok.3"]
+    assert [r.hget(k.task(c.id), schema.TASK_TOKEN).decode() for c in first] == tokens
+    assert [r.get(k.lease(c.id)).decode() for c in first] == tokens
+    rest = ops.claim_many(s, k, ops.ClaimArgs("c1", "tok2", 60_000, "h", "w", count=8))
+    assert [c.id for c in rest] == [ref.id for ref in refs[3:]]
+    assert ops.claim_many(s, k, ops.ClaimArgs("c1", "tok3", 60_000, "h", "w", count=8)) == []
+    assert q.counts()["running"] == 5 and q.counts()["ready"] == 0
+    # each is its own attempt: a completion fenced by another task's token is refused
+    done = ops.complete(s, k, ops.Completion(first[1].id, "tok", schema.DONE, result=b"\x80N."))
+    assert not done
+    assert ops.complete(s, k, ops.Completion(first[1].id, "tok.2", schema.DONE, result=b"\x80N."))
+
+
+def test_fast_tasks_are_claimed_several_at_a_time_and_each_runs_once(url: str) -> None:
+    q = Queue("fast")
+    refs = q.schedule_many(defer(tasks.add, i, 1) for i in range(300))
+    with worker(url, "fast", 1):
+        got = [q.wait(ref, timeout=30) for ref in refs]
+    assert [t.returnvalue for t in got] == [i + 1 for i in range(300)]
+    assert all(t.attempts == 1 for t in got)
+    r = q.r
+    ahead = [t for t in got if schema.TOKEN_SEP in r.hget(q.keys.task(t.id), schema.TASK_TOKEN).decode()]
+    assert ahead, "no task was claimed ahead of its turn"
+
+
+def test_a_slow_task_holds_no_task_claimed_behind_it(url: str) -> None:
+    """The tasks one child claimed after a slow one are handed back once it has run 0.1 s: a worker
+    started later runs them while the slow one still runs."""
+    q = Queue("hostage")
+    before = q.schedule_many(defer(tasks.add, i, 0) for i in range(20))  # the claims grow to 8 at a time
+    slow = q.schedule(defer(tasks.sleep_then, 8, "slow"))
+    after = q.schedule_many(defer(tasks.add, i, 100) for i in range(20))
+    with worker(url, "hostage", 1):
+        for ref in before:
+            q.wait(ref, timeout=30)
+        wait_for(lambda: q.get(slow).state == "running", timeout=10, what="the slow task to start")
+        started = time.monotonic()
+        with worker(url, "hostage", 1):
+            got = [q.wait(ref, timeout=6) for ref in after]
+            assert q.get(slow).state == "running", "the tasks behind it waited for the slow task"
+        assert time.monotonic() - started < 8
+        assert [t.returnvalue for t in got] == [i + 100 for i in range(20)]
+        assert all(t.attempts == 1 for t in got)
+        assert q.wait(slow, timeout=20).returnvalue == "slow"
+
+
+def test_a_child_killed_with_tasks_claimed_ahead_hands_them_back_at_once(url: str) -> None:
+    """Its claimed-ahead tasks are handed back with their attempt not counted, long before their
+    leases (30 s) would expire; the task that killed it is the only one charged."""
+    q = Queue("killed")
+    before = q.schedule_many(defer(tasks.add, i, 0) for i in range(20))
+    killer = q.schedule(defer(tasks.kill_myself), max_attempts=1)
+    after = q.schedule_many(defer(tasks.add, i, 100) for i in range(20))
+    with worker(url, "killed", 1):
+        t0 = time.monotonic()
+        got = [q.wait(ref, timeout=15) for ref in [*before, *after]]
+        assert time.monotonic() - t0 < 15
+        died = q.wait(killer, timeout=15)
+    assert died.state == "failed" and "SIGKILL" in died.reason
+    assert [t.returnvalue for t in got] == [i for i in range(20)] + [i + 100 for i in range(20)]
+    assert all(t.attempts == 1 for t in got)
