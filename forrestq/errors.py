@@ -132,6 +132,11 @@ class WorkerStartError(ForrestqError, RuntimeError):
     bad worker option, a server it cannot reach, a secret it cannot read; the message says which."""
 
 
+class SlurmError(ForrestqError, RuntimeError):
+    """A SLURM command (sbatch, squeue, scancel) is missing or refused (``forrestq launch slurm``); the
+    message carries its first line of complaint."""
+
+
 class NotClaimed(ForrestqError, LookupError):
     """``notify_success`` for an exactly-once key this process does not hold (never claimed, or
     already settled)."""

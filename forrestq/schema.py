@@ -114,7 +114,8 @@ Global keys (no hash tag: they are never used inside a script):
 ``fq:w:<worker id>``       hash    one worker: host, pid, procs,       worker (with a TTL of
                                    busy, done, failed, rss, queues,    3 heartbeats)
                                    env (its environment's id),
-                                   resources (what it has)
+                                   resources (what it has),
+                                   job (its batch job: "slurm:<id>")
 ``fq:env:<env id>``        string  one environment fingerprint, once:  worker (SET EX ENV_TTL, once
                                    JSON of python, forrestq, platform, its children run; refreshed
                                    sorted "name==version" list         hourly)
@@ -298,6 +299,7 @@ WORKER_FINGERPRINT = "fingerprint"  # signing.fingerprint() of its secret ("none
 WORKER_REFUSING = "refusing"  # why it stopped claiming tasks (its secret differs); "" while it claims
 WORKER_ENV = "env"  # id of its environment fingerprint (fq:env:<id>); "" until computed
 WORKER_RESOURCES = "resources"  # what it has, in forrestq.resources' text form ("cpus=8,gpu=2,mem=...")
+WORKER_JOB = "job"  # the batch job it runs in, from $FORRESTQ_JOB ("slurm:<job id>"; "" outside one)
 
 # --- function statistics (fq:{q}:stats, fq:{q}:stats:s:<name>; forrestq.stats) --------------------------
 STATS_RUNS = "n:"  # field prefix of fq:{q}:stats: runs of a function that ended (done or failed)

@@ -8,8 +8,8 @@ code (below); ``-v`` shows the traceback as well.
 
 The package: this module holds the typer ``app``, the error -> exit code mapping and :func:`main`;
 the commands live by concern in :mod:`.work` (worker, server), :mod:`.inspect` (status, tasks,
-show, events), :mod:`.manage` (requeue, run, clean, cancel) and :mod:`.dashboard` (dashboard,
-metrics); everything they print is built in
+show, events), :mod:`.manage` (requeue, run, clean, cancel), :mod:`.dashboard` (dashboard,
+metrics) and :mod:`.slurm` (launch slurm); everything they print is built in
 :mod:`.render`; :mod:`.common` holds the exit codes and options they share.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import typer
 
 from ..errors import AuthFailed, ConfigError, ForrestqError, ServerUnreachable, UnknownQueue, UnknownTask
 from ..version import __version__
-from . import dashboard, inspect, limits, manage, periodic, work
+from . import dashboard, inspect, limits, manage, periodic, slurm, work
 from .common import (
     EXIT_AUTH,
     EXIT_FAILURE,
@@ -143,6 +143,7 @@ for _command in (work.worker, inspect.status, inspect.tasks, dashboard.show, ins
 app.command("metrics", cls=Command)(dashboard.metrics_command)  # the Prometheus exporter alone (issue 19)
 app.add_typer(periodic.app, name="periodic")  # forrestq periodic list|pause|resume|remove (issue 16)
 app.add_typer(limits.app, name="limit")  # forrestq limit set|rate|rm|list (issue 16)
+app.add_typer(slurm.app, name="launch")  # forrestq launch slurm [status|stop] (issue 21)
 
 
 def main(argv: list[str] | None = None) -> None:
