@@ -70,6 +70,7 @@ def worker(
     lease: float = typer.Option(30, metavar="SECONDS", help="Seconds a claim lives without a heartbeat."),
     grace: float = typer.Option(30, metavar="SECONDS", help="On SIGTERM/SIGINT, seconds running tasks may finish."),
     max_tasks_per_child: int = typer.Option(0, metavar="N", help="Replace a child after this many tasks (0 = never)."),
+    idle_exit: float = typer.Option(0, metavar="SECONDS", help="Exit after this long without a task (0 = never)."),
     max_child_rss: str | None = typer.Option(None, metavar="SIZE",
                                              help="Replace a child that grew past this RSS, e.g. 1G."),
     logfile: str | None = typer.Option(None, metavar="FILE",
@@ -105,7 +106,7 @@ def worker(
                        max_memory=parse_size(max_memory) if max_memory else 0, grace=grace,
                        max_tasks_per_child=max_tasks_per_child,
                        max_child_rss=parse_size(max_child_rss) if max_child_rss else 0,
-                       logfile=logfile, verbose=level, async_concurrency=async_concurrency,
+                       logfile=logfile, verbose=level, async_concurrency=async_concurrency, idle_exit=idle_exit,
                        paths=list(path or []), resources=resources, admit_by_memory=admit_by_memory)
     w = Worker(cfg)
     if _log.isEnabledFor(logging.INFO):  # not with --quiet

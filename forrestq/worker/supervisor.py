@@ -63,6 +63,7 @@ from .capacity import Capacity, worker_totals
 from .child import ChildConfig, child_main
 from .claims import LANES
 from .forensics import Kill, TaskFiles, ask_for_stack, of_dead_child
+from .idle import IdleWatch
 from .procs import PR_SET_CHILD_SUBREAPER, descendants, kill_tree, killpg, own_children, prctl, pss, rss
 from .refusals import SIGNATURE_LIMIT, stop_claiming_words
 from .slots import SlotTable, SlotView
@@ -109,6 +110,8 @@ class WorkerConfig:
     # ``totals`` is the checked form, with the defaults (cpus = procs, mem = the machine's memory)
     resources: str | dict[str, Any] | None = None
     admit_by_memory: bool = False  # no task without a declared mem starts while MemAvailable < its p95 peak
+    idle_exit: float = 0.0  # seconds without a task after which the worker stops by itself, 0 = never
+    job: str = field(default_factory=lambda: os.environ.get("FORRESTQ_JOB", ""))  # its batch job ("slurm:123")
     totals: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,6 +133,8 @@ class WorkerConfig:
             raise ConfigError(f"--autokill must be 0 (never) or a positive number of seconds, not {self.autokill:g}")
         if self.grace < 0:
             raise ConfigError(f"--grace must be 0 or more seconds, not {self.grace:g}")
+        if self.idle_exit < 0:
+            raise ConfigError(f"--idle-exit must be 0 (never) or a positive number of seconds, not {self.idle_exit:g}")
         if self.max_tasks_per_child < 0:
             raise ConfigError(f"--max-tasks-per-child must be 0 (never) or more, not {self.max_tasks_per_child}")
         for path in self.paths:
@@ -197,6 +202,23 @@ def unblock(r: redis.Redis, names: set[str], now: float) -> float:
     return now
 
 
+def respawn_at(crashes: list[float], index: int, crashed: bool) -> float:
+    """When to replace dead child ``index`` (``crashes``: its slot's recent failure times, updated):
+    at once, unless children of this slot keep failing on their own, holding no task (a broken
+    environment, not a bad task): then after a pause."""
+    now = time.monotonic()
+    if not crashed:
+        return now
+    count, window, pause = CRASH_LOOP
+    crashes[:] = [t for t in crashes if t > now - window] + [now]
+    if len(crashes) < count:
+        return now
+    crashes.clear()
+    logger.warning("child %d failed %d times within %g s; waiting %g s before starting it again",
+                   index, count, window, pause)
+    return now + pause
+
+
 class Worker:
     """Supervises ``procs`` children for ``queues``; ``run()`` returns the exit code."""
 
@@ -233,6 +255,7 @@ class Worker:
         self.next_beat = self.next_sweep = self.reported_at = 0.0
         self.reported = (0, 0, 0)  # tally() as last published
         self.denied: redis.exceptions.NoPermissionError | None = None  # an ACL refusal: the worker ends
+        self.idle = IdleWatch(cfg.idle_exit)  # --idle-exit: stops the worker once it held no task that long
         first_round(self, REDIS_TIMEOUT)  # what the ACL refuses is one line now, before any child starts
 
     # --- the loop ---------------------------------------------------------------------------
@@ -247,6 +270,7 @@ class Worker:
                 self.stop_round()
                 self.redis_round()
                 self.fill_vacant()
+                self.idle.step(self.slots.all)
                 self.sleep()  # last: the first round (register, fork the children) starts at once
             self.books.last_words(self.cfg.grace)
             return settled(self.denied)  # 0, or raises what the ACL refused (the CLI: one line, EXIT_AUTH)
@@ -322,22 +346,6 @@ class Worker:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.pids[pid] = index
 
-    def respawn_at(self, index: int, crashed: bool) -> float:
-        """When to replace a dead child: at once, unless children of this slot keep failing on their
-        own, holding no task (a broken environment, not a bad task): then after a pause."""
-        now = time.monotonic()
-        if not crashed:
-            return now
-        count, window, pause = CRASH_LOOP
-        crashes = [t for t in self.crashes[index] if t > now - window] + [now]
-        self.crashes[index] = crashes
-        if len(crashes) < count:
-            return now
-        self.crashes[index] = []
-        logger.warning("child %d failed %d times within %g s; waiting %g s before starting it again",
-                       index, count, window, pause)
-        return now + pause
-
     def fill_vacant(self) -> None:
         now = time.monotonic()
         for index, when in list(self.vacant.items()):
@@ -374,7 +382,7 @@ class Worker:
             self.capacity.release_child(index)  # what its tasks reserved (forrestq.worker.capacity)
             if not self.stopping and not self.refusing:
                 crashed = not held and kill is None and status != 0  # a retiring child exits 0
-                self.vacant[index] = self.respawn_at(index, crashed)
+                self.vacant[index] = respawn_at(self.crashes[index], index, crashed)
 
     def enforce_timeouts(self) -> None:
         """Kill the children whose task is past its time limit (after asking for its stack), or
@@ -461,7 +469,8 @@ class Worker:
                 schema.WORKER_RSS: rss([os.getpid(), *self.pids]), schema.WORKER_QUEUES: ",".join(c.queues),
                 schema.WORKER_STARTED: self.started, schema.WORKER_BEAT: time.time(),
                 schema.WORKER_STOPPING: 1 if self.stopping else 0, schema.WORKER_RESOURCES: self.capacity.text,
-                schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing}
+                schema.WORKER_FINGERPRINT: signing.fingerprint(), schema.WORKER_REFUSING: self.refusing,
+                schema.WORKER_JOB: c.job}
         self.books.publish(info, max(3, int(self.beat_every * 3) + 1), forked=bool(self.pids))
         self.reported, self.reported_at = snap, time.monotonic()
 
