@@ -218,3 +218,18 @@ def test_sigterm_at_the_wall_time_hands_the_task_back(cluster: SlurmCluster, url
     with worker(url, "slwall", 1):
         done = q.wait(ref, timeout=30)
     assert done.returnvalue == "finished" and done.worker != first
+
+
+def test_a_job_at_its_real_time_limit_hands_its_task_back(cluster: SlurmCluster, url: str, r: redis.Redis) -> None:
+    """The same with SLURM's own signal: --time 1 (a minute) and a worker grace of 1 s, so the signal
+    (grace + 60 s before the end) is due at once; slurmctld sends it at its next time-limit check."""
+    q = Queue("slreal")
+    ref = q.schedule(defer(sleep_then, 120.0, "finished"))
+    out = fq("launch", "slurm", "-q", "slreal", "--grace", "1", "--time", "1", "--json", "--url", url)
+    assert out.returncode == 0, out.stderr
+    (job,) = json.loads(out.stdout)["jobs"]
+    first = wait_for(lambda: (t := q.get(ref)) and t.state == schema.RUNNING and t.worker, timeout=60,
+                     interval=0.2, what="the task running in the job")
+    wait_for(lambda: job not in cluster.job_ids(), timeout=90, interval=0.2, what="SLURM's signal to end the job")
+    t = q.get(ref)
+    assert t.state == schema.READY and t.attempts == 0 and t.worker == first
