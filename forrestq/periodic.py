@@ -29,8 +29,6 @@ import zoneinfo
 from dataclasses import dataclass
 from typing import Any
 
-from croniter import croniter
-
 from . import ops, producer, schema, signing
 from .core import QueueCore
 from .errors import ConfigError, UnknownSchedule, shown
@@ -84,6 +82,8 @@ def check_interval(seconds: object) -> float:
 def check_cron(expr: object, tz: object) -> tuple[str, str]:
     """The cron expression (five fields: minute hour day-of-month month day-of-week, or an alias like
     ``@daily``) and the zone name ("" = UTC), checked by croniter and zoneinfo; ConfigError otherwise."""
+    from croniter import croniter  # here: `forrestq status` and a worker without cron schedules skip its import
+
     if not isinstance(expr, str) or not (len(expr.split()) == 5 or expr.strip() in _ALIASES) \
             or not croniter.is_valid(expr):
         raise ConfigError(f"bad cron expression {shown(expr)}: use five fields (minute hour day-of-month month "
@@ -107,6 +107,8 @@ def next_due(every: float | None, cron: str, tz: str, tick: float, now: float) -
     interval's grid continued from ``tick``, or the cron expression's next time after ``now``."""
     if every:
         return tick + every * (math.floor(max(0.0, now - tick) / every) + 1)
+    from croniter import croniter
+
     zone = zoneinfo.ZoneInfo(tz) if tz else datetime.timezone.utc
     start = datetime.datetime.fromtimestamp(max(now, tick), zone)
     return float(croniter(cron, start).get_next(float))
