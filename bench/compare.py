@@ -1,7 +1,7 @@
 """Side-by-side benchmark of forrestq against RQ, Celery, Dramatiq, Huey and arq, in one run.
 
-    python -m bench.compare [--reps 3] [--n 2000] [--rt 200] [--sleep-n 200] [--single-n 1000]
-                            [--e2e-n 1000] [--idle-rt 6] [--cold 3] [--bulk-n 20000]
+    python -m bench.compare [--reps 3] [--n 2000] [--rt 200] [--rt-budget 20] [--sleep-n 200] [--single-n 1000]
+                            [--e2e-n 500] [--idle-rt 5] [--cold 3] [--bulk-n 20000]
                             [--dag-nodes 100000] [--status-n 5] [--skip dag,coldstart,...]
                             [--only forrestq,rq,...] [--forrestq-base PATH] [--quick]
                             [--out bench/RESULTS.md]
@@ -147,7 +147,7 @@ class Run:
         a = self.args
         pgid_file = self.workdir / f"{name}.{rep}.pgids"
         self.pgid_files.append(pgid_file)
-        cmd = [python, "-m", module, "--url", url, "--n", str(a.n), "--rt", str(a.rt),
+        cmd = [python, "-m", module, "--url", url, "--n", str(a.n), "--rt", str(a.rt), "--rt-budget", str(a.rt_budget),
                "--sleep-n", str(a.sleep_n), "--single-n", str(a.single_n), "--e2e-n", str(a.e2e_n),
                "--idle-rt", str(a.idle_rt), "--idle-s", str(a.idle_s), "--cold", str(a.cold),
                "--bulk-n", str(a.bulk_n), "--dag-nodes", str(a.dag_nodes), "--status-n", str(a.status_n),
@@ -282,7 +282,8 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
         f"- Python {m['python']}; server: {server.version}, private, loopback, "
         f"`--save \"\" --appendonly no` (no persistence)",
         f"- N = {args.n:,} no-ops, {args.single_n:,} single enqueues, {args.e2e_n:,} end to end, "
-        f"{args.rt} round trips, {args.idle_rt} after {args.idle_s:g} s idle, {args.cold} cold start(s), "
+        f"{args.rt} round trips (at most {args.rt_budget:g} s of them), {args.idle_rt} after {args.idle_s:g} s idle, "
+        f"{args.cold} cold start(s), "
         f"{args.sleep_n} × `time.sleep(0.01)` (ideal {args.sleep_n * 0.01 / 2:.2f} s on 2 procs); "
         f"median of {args.reps} repetition(s), systems in turns within each repetition"
         + (f"; skipped: {', '.join(sorted(args.skip_set))}" if args.skip_set else ""),
@@ -316,14 +317,15 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, systems: 
                      f"{n.get('workers', '')} | {n.get('result wait', '')} |")
     keys = [k for k, *_ in METRICS]
     lines += ["", "### Every repetition", "",
-              "| system | rep | " + " | ".join(keys) + " | drain_counted |",
-              "|---|---|" + "---|" * (len(keys) + 1)]
+              "| system | rep | " + " | ".join(keys) + " | drain_counted | rt_n |",
+              "|---|---|" + "---|" * (len(keys) + 2)]
     for s in systems:
         for i, r in enumerate(results.get(s) or []):
             lines.append(f"| {s} | {i + 1} | " + " | ".join(fmt(r.get(k), spec) for k, _, spec, _ in METRICS)
-                         + f" | {r.get('drain_counted', '')} |")
+                         + f" | {r.get('drain_counted', '')} | {r.get('rt_n', '')} |")
     lines += ["", "drain_counted: tasks finished after the drain clock started (of the backlog: N + "
-              "single enqueues + 3 warm-ups).", "", "Worker commands:", ""]
+              f"single enqueues + 3 warm-ups). rt_n: round trips made (at most {args.rt}, stopped after "
+              f"{args.rt_budget:g} s).", "", "Worker commands:", ""]
     for s in systems:
         last = (results.get(s) or [{}])[-1]
         for c in last.get("worker_cmds", []):
@@ -364,7 +366,7 @@ def write_section(path: Path, text: str) -> None:
 
 QUICK = {"reps": 1, "n": 200, "rt": 50, "sleep_n": 50, "single_n": 100, "e2e_n": 100, "idle_rt": 1, "cold": 1,
          "bulk_n": 2000, "dag_nodes": 2000, "status_n": 1}
-FULL = {"reps": 3, "n": 2000, "rt": 200, "sleep_n": 200, "single_n": 1000, "e2e_n": 1000, "idle_rt": 6, "cold": 3,
+FULL = {"reps": 3, "n": 2000, "rt": 200, "sleep_n": 200, "single_n": 1000, "e2e_n": 500, "idle_rt": 5, "cold": 3,
         "bulk_n": 20_000, "dag_nodes": 100_000, "status_n": 5}
 
 
@@ -373,13 +375,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; --quick: 1)")
     ap.add_argument("--n", type=int, default=None, help="no-op tasks to enqueue and drain (default 2000; --quick: 200)")
     ap.add_argument("--rt", type=int, default=None, help="sequential round trips (default 200; --quick: 50)")
+    ap.add_argument("--rt-budget", type=float, default=20.0,
+                    help="... but stop them after this many seconds (default 20; 0 = no limit): arq's take 0.5 s each")
     ap.add_argument("--sleep-n", type=int, default=None, help="time.sleep(0.01) tasks (default 200; --quick: 50)")
     ap.add_argument("--single-n", type=int, default=None,
                     help="no-ops enqueued one call each, no worker running (default 1000; --quick: 100)")
     ap.add_argument("--e2e-n", type=int, default=None,
-                    help="end to end: single enqueues onto idle workers (default 1000; --quick: 100)")
+                    help="end to end: single enqueues onto idle workers (default 500; --quick: 100)")
     ap.add_argument("--idle-rt", type=int, default=None,
-                    help="round trips after --idle-s seconds idle, per repetition (default 6; --quick: 1)")
+                    help="round trips after --idle-s seconds idle, per repetition (default 5; --quick: 1)")
     ap.add_argument("--idle-s", type=float, default=1.5, help="idle seconds before each of those (default 1.5)")
     ap.add_argument("--cold", type=int, default=None,
                     help="worker cold starts per repetition, median (default 3; --quick: 1)")
@@ -527,7 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"forrestq side-by-side benchmark — {started:%Y-%m-%d %H:%M}, {m['nproc']} cores ({m['cpu']}), "
                   f"Python {m['python']}, {server.version}, private loopback server without persistence")
             print(f"N={args.n:,} no-ops, {args.single_n:,} single enqueues, {args.e2e_n:,} end to end, "
-                  f"{args.rt} round trips, {args.idle_rt} after {args.idle_s:g} s idle, {args.cold} cold start(s), "
+                  f"{args.rt} round trips (at most {args.rt_budget:g} s), {args.idle_rt} after {args.idle_s:g} s idle, "
+                  f"{args.cold} cold start(s), "
                   f"{args.sleep_n} x sleep(0.01) (ideal {args.sleep_n * 0.01 / 2:.2f} s), median of {args.reps}; "
                   f"(x) = forrestq's advantage, > 1 = forrestq better; run took {elapsed:.0f} s")
             print()
