@@ -9,7 +9,8 @@ counted, if the child dies (forrestq.worker.bookkeeping); so is a task that ende
 runs before its end is recorded: a crash of the next one makes it run again, it does not fail it.
 Nothing waits behind a slow task: once a task has run HOSTAGE seconds, a watcher thread records the
 ends before it and hands the tasks claimed after it back, so that idle children here or elsewhere
-take them. With durability (each end waits for a replica) a claim takes one task, as before.
+take them; and no end waits for its record more than about ENDS_WAIT seconds while others run. With
+durability (each end waits for a replica) a claim takes one task, as before.
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from .slots import Slot
 
 logger = logging.getLogger("forrestq.worker")
 
-FAST = 0.005  # s: tasks that each ran less than this let the next claim take twice as many
+FAST = 0.02  # s: tasks that each ran less than this let the next claim take twice as many
 HOSTAGE = 0.1  # s a task runs before the ends recorded before it and the tasks claimed after it are settled
+ENDS_WAIT = 0.05  # s an end waits for its record while later tasks run before the watcher records it
 LANES = 8  # lanes of a child that runs one task at a time: at most this many tasks held at once
 
 End = tuple[int, ops.Completion, Slot]  # queue index, the completion to record, the lane that holds it
@@ -53,6 +55,7 @@ class Claims:
         self.want = 1  # tasks the next claim asks for
         self.queued: deque[Held] = deque()
         self.ends: list[End] = []
+        self.ends_at = 0.0  # monotonic time the oldest of ``ends`` was added
         self.lock = threading.Lock()
         self.since = 0.0  # monotonic time the running task started (0: none runs)
         self.watcher: threading.Thread | None = None  # started with the first claim of several
@@ -69,6 +72,8 @@ class Claims:
     def ended(self, qi: int, c: ops.Completion, lane: Slot, runtime: float) -> None:
         """A task ended: its completion waits for the next round trip; a fast one doubles the next claim."""
         with self.lock:
+            if not self.ends:
+                self.ends_at = time.monotonic()
             self.ends.append((qi, c, lane))
         self.want = min(self.want * 2, self.most) if runtime < FAST else 1
 
@@ -224,19 +229,22 @@ class Claims:
         self.since = 0.0
 
     def watch(self) -> None:
-        """(The watcher thread.) While a task has run HOSTAGE s, record the ends before it and hand back
-        the tasks claimed after it, on a connection of its own; what fails waits for the child's next
-        round trip (the leases keep it)."""
+        """(The watcher thread.) While a task has run HOSTAGE s, hand back the tasks claimed after it and
+        record the ends before it; record ends that waited ENDS_WAIT s. On a connection of its own;
+        what fails waits for the child's next round trip (the leases keep it)."""
         while True:
-            time.sleep(HOSTAGE / 2)
-            since = self.since
-            if not since or time.monotonic() - since < HOSTAGE or not self.holding():
+            time.sleep(ENDS_WAIT / 2)
+            since, now = self.since, time.monotonic()
+            slow = since and now - since >= HOSTAGE and self.queued
+            stale = since and self.ends and now - self.ends_at >= ENDS_WAIT
+            if not slow and not stale:
                 continue
-            self.want = 1
             if self.rescuer is None:
                 self.rescuer = ops.Scripts(self.r)
             try:
-                self.hand_back(self.rescuer)
+                if slow:
+                    self.want = 1
+                    self.hand_back(self.rescuer)
                 self.record(self.rescuer)
             except redis.RedisError as e:
                 logger.warning("cannot settle the tasks held behind a running one yet (%s); retrying", e)
