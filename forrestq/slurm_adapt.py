@@ -27,7 +27,7 @@ from typing import Any
 import redis
 
 from . import schema
-from .errors import ConfigError
+from .errors import ConfigError, SlurmError
 from .slurm import Job, LaunchSpec, cancel_pending, jobs, submit, workers_of, write_files
 from .status import queue_status
 from .worker.remote import request_stop
@@ -101,8 +101,13 @@ class Controller:
         self.stopped.set()
 
     def run(self) -> None:
+        """Rounds until :meth:`stop`; a round that fails (slurmctld or Redis busy or away) is said and
+        tried again at the next one."""
         while not self.stopped.is_set():
-            self.step()
+            try:
+                self.step()
+            except (SlurmError, redis.RedisError) as e:
+                self.say(f"this round failed, trying again in {self.interval:g} s: {e}")
             self.stopped.wait(self.interval)
 
     def step(self) -> Plan:
@@ -112,6 +117,8 @@ class Controller:
         listed = jobs(self.spec.name)
         workers = workers_of(self.r, listed)
         now = time.monotonic()
+        live = {w["id"] for w in workers.values()}
+        self.idle_since = {wid: t for wid, t in self.idle_since.items() if wid in live}  # the gone: forgotten
         for w in workers.values():
             if w["busy"]:
                 self.idle_since.pop(w["id"], None)

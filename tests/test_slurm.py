@@ -155,7 +155,7 @@ def test_jobs_drain_200_tasks_then_leave_by_idle_exit(cluster: SlurmCluster, url
 
 def test_status_and_stop(cluster: SlurmCluster, url: str, r: redis.Redis) -> None:
     q = Queue("slst")
-    ref = q.schedule(defer(sleep_then, 2.0, "ok"))
+    ref = q.schedule(defer(sleep_then, 8.0, "ok"))  # running through the two status calls
     out = fq("launch", "slurm", "-q", "slst", "--jobs", "2", "--grace", "30", "--worker-args", "--lease 3",
              "--url", url)
     assert out.returncode == 0, out.stderr
@@ -163,11 +163,11 @@ def test_status_and_stop(cluster: SlurmCluster, url: str, r: redis.Redis) -> Non
 
     def running() -> list[dict[str, object]]:
         rows = json.loads(fq("launch", "slurm", "status", "-q", "slst", "--json", "--url", url).stdout)
-        return [row for row in rows if row["running"]]
+        return [row for row in rows if row["running"] and row["worker"]["busy"]]  # busy: at its next beat
     (row,) = wait_for(running, timeout=60, interval=0.3, what="a job running the task")
     assert row["state"] == "RUNNING" and row["worker"]["busy"] == 1 and row["running"][0]["id"] == ref.id
     table = fq("launch", "slurm", "status", "-q", "slst", "--url", url).stdout
-    assert row["id"] in table and "sleep_then" in table
+    assert row["id"] in table and "sleep_then" in table, table
     stopped = json.loads(fq("launch", "slurm", "stop", "-q", "slst", "--json", "--url", url).stdout)
     assert len(stopped["asked"]) + len(stopped["signalled"]) + len(stopped["cancelled"]) == 2
     assert q.wait(ref, timeout=30).returnvalue == "ok"  # the running task finished: nothing lost
@@ -185,7 +185,7 @@ def test_adapt_scales_up_from_zero_and_down_after_idle(cluster: SlurmCluster, ur
     try:
         q = Queue("slad")
         refs = [q.schedule(defer(sleep_then, 2.0, i)) for i in range(6)]
-        wait_for(lambda: len(jobs(spec.name)) == 3, timeout=30, interval=0.2, what="3 jobs for 6 tasks")
+        wait_for(lambda: len(jobs(spec.name)) == 3, timeout=60, interval=0.2, what="3 jobs for 6 tasks")
         assert sorted(t.returnvalue for t in q.results(timeout=90)) == list(range(6))
         assert len({t.worker for t in (q.wait(ref) for ref in refs)}) >= 2  # spread over the jobs
         wait_for(lambda: not jobs(spec.name), timeout=60, interval=0.2, what="the idle jobs to be stopped")
@@ -212,7 +212,7 @@ def test_sigterm_at_the_wall_time_hands_the_task_back(cluster: SlurmCluster, url
                      interval=0.2, what="the task running in the job")
     assert _job_of(r, first) == f"slurm:{job}"
     cluster.run("scancel", "--signal=TERM", "--batch", job)
-    wait_for(lambda: job not in cluster.job_ids(), timeout=30, interval=0.2, what="the job to end")
+    wait_for(lambda: job not in cluster.job_ids(), timeout=60, interval=0.2, what="the job to end")
     t = q.get(ref)
     assert t.state == schema.READY and t.attempts == 0  # handed back, not counted
     with worker(url, "slwall", 1):
@@ -233,3 +233,21 @@ def test_a_job_at_its_real_time_limit_hands_its_task_back(cluster: SlurmCluster,
     wait_for(lambda: job not in cluster.job_ids(), timeout=90, interval=0.2, what="SLURM's signal to end the job")
     t = q.get(ref)
     assert t.state == schema.READY and t.attempts == 0 and t.worker == first
+
+
+def test_the_adapt_command_runs_until_sigterm(cluster: SlurmCluster, url: str, tmp_path: Path) -> None:
+    """``forrestq launch slurm --adapt`` is the controller in the foreground: one line per action, a
+    clean exit at SIGTERM, the jobs left as they are."""
+    q = Queue("slcli")
+    ref = q.schedule(defer(add, 2, 3))
+    proc = subprocess.Popen([sys.executable, "-m", "forrestq", "launch", "slurm", "-q", "slcli", "--adapt", "0,1",
+                             "--interval", "0.5", "--idle-exit", "30", "--url", url, "--dir", str(tmp_path / "j")],
+                            env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert q.wait(ref, timeout=60).returnvalue == 5
+        assert len(cluster.job_ids()) == 1  # the one job it submitted stays until its --idle-exit
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "keeping 0 to 1 jobs forrestq-slcli" in out and "submitted job(s)" in out

@@ -27,7 +27,7 @@ __all__ = ["app"]
 
 app = typer.Typer(cls=PlainHelp, no_args_is_help=True, rich_markup_mode="rich",
                   help="Start workers through a batch scheduler: [bold]forrestq launch slurm[/bold].")
-slurm_app = typer.Typer(cls=PlainHelp, invoke_without_command=True, rich_markup_mode="rich")
+slurm_app = typer.Typer(cls=PlainHelp, invoke_without_command=True, no_args_is_help=True, rich_markup_mode="rich")
 app.add_typer(slurm_app, name="slurm")
 
 _QUEUE = typer.Option("default", "--queue", "-q", metavar="NAME", callback=queue_name, help="The queue the jobs serve.")
@@ -115,18 +115,31 @@ def launch_slurm(
     if ctx.invoked_subcommand is not None:
         return
     set_verbose(verbose)
-    if adapt is not None and jobs is not None:
-        raise ConfigError("--jobs and --adapt do not go together: --adapt decides how many")
+    count = _count(jobs, adapt)
     spec = _spec(queue, url, name, directory, procs=procs, time=time, mem=mem, cpus=cpus, partition=partition,
                  account=account, extra_sbatch=shlex.split(extra_sbatch or ""), grace=grace, idle_exit=idle_exit,
                  worker_args=shlex.split(worker_args or ""))
     if dry_run:
-        return _dry_run(spec, jobs or 1, adapt)
+        return _dry_run(spec, count, adapt)
     if adapt is not None:
         return _adapt(spec, url or "", adapt, interval, idle)
-    if (jobs or 1) < 1:
-        raise ConfigError(f"--jobs must be at least 1, not {jobs}")
-    ids = slurm.submit(spec, jobs or 1)
+    _submit(spec, count, as_json)
+
+
+def _count(jobs: int | None, adapt: str | None) -> int:
+    """How many jobs --jobs asks for (1 by default), the options checked."""
+    if adapt is not None:
+        if jobs is not None:
+            raise ConfigError("--jobs and --adapt do not go together: --adapt decides how many")
+        parse_range(adapt)  # a bad MIN,MAX is refused also with --dry-run
+    count = 1 if jobs is None else jobs
+    if count < 1:
+        raise ConfigError(f"--jobs must be at least 1, not {count}")
+    return count
+
+
+def _submit(spec: slurm.LaunchSpec, count: int, as_json: bool) -> None:
+    ids = slurm.submit(spec, count)
     if as_json:
         return print_json({"jobs": ids, "name": spec.name, "script": str(spec.dir / "job.sh")})
     make_console().print(literal(f"submitted {len(ids)} job(s) {spec.name}: {', '.join(ids)} (script "

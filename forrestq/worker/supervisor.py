@@ -11,8 +11,9 @@ The supervision loop (:meth:`Worker.run`) is a list of named steps, run every ti
 as a signal or a child wakes the worker: ``reap`` (collect dead children, settle their tasks),
 ``check_refusals`` (stop claiming when this worker's secret is not the producers'),
 ``enforce_timeouts``, ``stop_round`` (while stopping), ``redis_round`` (outbox, heartbeat, sweep, time
-keeping: due delayed tasks and periodic ticks, :mod:`forrestq.worker.timekeeper`) and
-``fill_vacant`` (start children). Set-up (which puts the working directory and ``paths`` on the
+keeping: due delayed tasks and periodic ticks, :mod:`forrestq.worker.timekeeper`),
+``fill_vacant`` (start children) and ``idle.step`` (``--idle-exit``: stop once no task was held that
+long, :mod:`forrestq.worker.idle`). Set-up (which puts the working directory and ``paths`` on the
 children's import path) and tear-down sit outside the loop; all state is made in ``__init__``.
 
 What becomes of a task whose child died:
