@@ -20,7 +20,7 @@ from procs import worker, worker_env
 from slurm import SlurmCluster, Unavailable
 from tasks import add, sleep_then
 
-from forrestq import Queue, defer, schema
+from forrestq import Queue, defer, schema, signing
 from forrestq.slurm import Job, LaunchSpec, env_file, job_script, jobs, sbatch_command, write_files
 from forrestq.slurm_adapt import Controller, parse_range, plan, wanted
 
@@ -138,7 +138,22 @@ def _job_of(r: redis.Redis, worker_id: str) -> str:
     return (r.hget(schema.worker(worker_id), schema.WORKER_JOB) or b"").decode()
 
 
-def test_jobs_drain_200_tasks_then_leave_by_idle_exit(cluster: SlurmCluster, url: str, r: redis.Redis) -> None:
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A payload secret in this process's environment (the jobs get it through their 0600 file)."""
+    monkeypatch.setenv("FORRESTQ_SECRET", "slurm-test-secret")
+    monkeypatch.delenv("FORRESTQ_SECRET_FILE", raising=False)
+    signing.use_environment()
+    try:
+        yield "slurm-test-secret"
+    finally:
+        monkeypatch.delenv("FORRESTQ_SECRET")
+        signing.use_environment()
+
+
+def test_jobs_drain_200_tasks_then_leave_by_idle_exit(cluster: SlurmCluster, url: str, r: redis.Redis,
+                                                      secret: str) -> None:
+    """Signed payloads: the jobs' workers run them only if the secret reached them (by its file)."""
     q = Queue("sl200")
     refs = [q.schedule(defer(add, i, 1)) for i in range(200)]
     out = fq("launch", "slurm", "-q", "sl200", "--procs", "2", "--jobs", "2", "--idle-exit", "3", "--json",
@@ -146,10 +161,14 @@ def test_jobs_drain_200_tasks_then_leave_by_idle_exit(cluster: SlurmCluster, url
     assert out.returncode == 0, out.stderr
     ids = json.loads(out.stdout)["jobs"]
     assert len(ids) == 2 and sorted(cluster.job_ids()) == sorted(ids)
+    stored = [p for p in (cluster.root / "state").rglob("*") if p.is_file()]  # scripts and environments
+    assert any(p.name == "environment" for p in stored) and not [p for p in stored if secret.encode() in p.read_bytes()]
     results = {t.id: t for t in q.results(timeout=90)}
     assert len(results) == 200 and {results[ref.id].returnvalue for ref in refs} == set(range(1, 201))
     ran_in = {_job_of(r, t.worker) for t in results.values()}
     assert ran_in <= {f"slurm:{i}" for i in ids} and ran_in  # every task ran in one of the jobs
+    fingerprints = {r.hget(schema.worker(t.worker), schema.WORKER_FINGERPRINT) for t in results.values()}
+    assert fingerprints == {signing.fingerprint().encode()}
     wait_for(lambda: not cluster.job_ids(), timeout=60, interval=0.2, what="the idle jobs to end by themselves")
 
 

@@ -152,7 +152,7 @@ def _status_table(rows: list[dict[str, Any]], name: str) -> Table:
         table.add_column(column)
     for row in rows:
         w = row["worker"] or {}
-        running = ", ".join(f"{t['function']} {t['id'][:8]}" for t in row["running"][:3])
+        running = ", ".join(f"{t['function']} {t['id']}" for t in row["running"][:3])
         running += f" (+{len(row['running']) - 3})" if len(row["running"]) > 3 else ""
         table.add_row(row["id"], row["state"], row["node"] or row["reason"], row["elapsed"], row["limit"],
                       w.get("id", "-") + (f" ({w['state']})" if w else ""),
