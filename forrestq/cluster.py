@@ -373,7 +373,7 @@ def send_batch(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     exception): a pipeline without redis-py's per-command machinery. On any failure the connection
     is dropped (a reply may be left unread: the next send starts on a fresh one) and it raises."""
     try:
-        conn.send_packed_command([b"".join([hiredis.pack_command(c) for c in commands])])
+        conn.send_packed_command(_pieces([hiredis.pack_command(c) for c in commands]))
         out: list[Any] = []
         for _ in commands:
             try:
@@ -384,6 +384,23 @@ def send_batch(conn: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
     except BaseException:
         conn.disconnect()
         raise
+
+
+def _pieces(packed: list[bytes], size: int = 1 << 16) -> list[bytes]:
+    """The packed commands joined into writes of about ``size`` bytes: the socket timeout bounds each
+    write, not the whole batch (a big schedule_many is written as fast as the server runs its chunks)."""
+    out: list[bytes] = []
+    part: list[bytes] = []
+    held = 0
+    for p in packed:
+        if part and held + len(p) > size:
+            out.append(b"".join(part))
+            part, held = [], 0
+        part.append(p)
+        held += len(p)
+    if part:
+        out.append(b"".join(part))
+    return out
 
 
 def slots_along(commands: Sequence[Sequence[Any]], home: int) -> list[int]:

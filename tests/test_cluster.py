@@ -209,3 +209,15 @@ def test_multi_key_commands_over_several_slots_and_a_worker_that_leaves(c: Local
         wid = r.zrange("fq:workers", 0, -1)[0].decode()
         assert r.exists(f"fq:w:{wid}")
     assert r.zcard("fq:workers") == 0 and not r.exists(f"fq:w:{wid}")  # its hash and sweep guards deleted
+
+
+def test_a_batch_is_written_in_pieces_each_bounded_by_the_socket_timeout() -> None:
+    """send_batch writes about 64 KiB at a time: a big schedule_many (tens of MB of script arguments)
+    must not have to be taken by the server within one socket timeout."""
+    from forrestq.cluster import _pieces
+
+    packed = [bytes(40_000), bytes(40_000), bytes(10), bytes(200_000), bytes(5)]
+    pieces = _pieces(packed)
+    assert b"".join(pieces) == b"".join(packed)
+    assert [len(p) for p in pieces] == [40_000, 40_010, 200_000, 5]
+    assert _pieces([]) == []
