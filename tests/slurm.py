@@ -4,7 +4,7 @@
 its CPUs and most of its memory; cons_tres with cores shared by up to 8 jobs, so several 1-CPU worker
 jobs run at once on a small VM; no accounting; proctrack/linuxproc, task/none; state and spool in a
 tmp dir; free ports), a munge key, and starts ``munged``, ``slurmctld`` and ``slurmd`` as real
-foreground processes of the test session, waits (bounded) until ``sinfo`` shows the node idle, and
+foreground processes of the test run, waits (bounded) until ``sinfo`` shows the node idle, and
 at the end cancels every job, waits for them to leave, and stops the daemons (SIGTERM, wait, SIGKILL).
 
 Where SLURM cannot start (not root, a package missing, a daemon that fails), :func:`start` raises
@@ -143,8 +143,9 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.cancel_all()
+        if any(name == "slurmctld" and proc.poll() is None for name, proc in self.procs):  # else none to ask
+            with contextlib.suppress(Exception):
+                self.cancel_all()
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -108,8 +108,9 @@ def test_a_worker_with_idle_exit_leaves_by_itself_after_its_tasks(url: str) -> N
 # ------------------------------------------------------------------------------ against SLURM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """The daemons, for this module's tests (stopped once they ran, not at the session's end)."""
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
