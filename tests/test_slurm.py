@@ -65,6 +65,16 @@ def test_the_secret_and_the_url_sit_in_files_only_the_user_reads(tmp_path: Path,
         assert "pa55word" not in public and "s3cr3t" not in public
 
 
+def test_without_slurm_the_launch_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # python, forrestq; no sbatch
+    out = fq("launch", "slurm", "-q", "x", "--url", "redis://db:6379/0", "--dir", str(tmp_path / "d"))
+    assert out.returncode == 1 and out.stderr.splitlines() == [
+        "forrestq: sbatch not found: forrestq launch slurm runs on a host with SLURM's client commands"]
+    bad = fq("launch", "slurm", "--adapt", "4,1", "--url", "redis://db:6379/0", "--dry-run")
+    assert bad.returncode == 2 and "MIN <= MAX" in bad.stderr
+    assert fq("launch", "slurm", "--dry-run").returncode == 2  # no URL: where would the jobs connect?
+
+
 def test_the_controller_wants_work_over_procs_within_its_range() -> None:
     assert parse_range("0,8") == (0, 8)
     for bad in ("8", "3,1", "a,b", "0,0"):
