@@ -174,7 +174,9 @@ def test_twenty_high_start_before_the_remaining_low_ones(url: str, r: redis.Redi
     path = str(tmp_path / "starts")
     procs = 2
     with worker(url, "p-order", procs):
-        low = q.schedule_many([defer(tasks_priority.stamp, path, f"low{i}", 0.01) for i in range(200)])
+        # 30 ms each: a child claims tasks under 20 ms several at a time (forrestq.worker.claims), and lows
+        # claimed ahead before the highs came would start before them
+        low = q.schedule_many([defer(tasks_priority.stamp, path, f"low{i}", 0.03) for i in range(200)])
         wait_for(lambda: len(tasks_priority.starts(path)) >= 10, 30, what="the low ones to be running")
         sent = time.time()
         high = q.schedule_many([defer(tasks_priority.stamp, path, f"high{i}") for i in range(20)], priority=9)

@@ -7,7 +7,9 @@
 --         streams of the priority levels above 0, highest first, then KEYS[1] (include/stream.lua)
 -- ARGV[10] (optional) how many tasks to claim at most, "1" if absent: with more, the n-th one claimed (from 1)
 --         is fenced by the token ARGV[4] .. TOKEN_SEP .. n (the first by ARGV[4] itself), and the reply is
---         the list of the claims (each as below; empty when there is nothing to run)
+--         the list of the claims (each as below; empty when there is nothing to run). While the queue has
+--         priority levels in use, one task only (in that list): claimed ahead, a task of a lower level
+--         would start before a higher one scheduled meanwhile
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
 --       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, limit keys ("a,b"; "" = none), input results...}
@@ -20,6 +22,7 @@
 --- @include delayed
 local prefix, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local sid, most = ARGV[9], tonumber(ARGV[10] or '1')
+local cap = (most > 1 and redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1) and 1 or most
 local claims, token = {}, ARGV[4]
 promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
 for _ = 1, 100 + most do
@@ -66,7 +69,7 @@ for _ = 1, 100 + most do
     end
     if most == 1 then return out end
     claims[#claims + 1] = out
-    if #claims >= most then return claims end
+    if #claims >= cap then return claims end
     token = ARGV[4] .. TOKEN_SEP .. (#claims + 1)
   else
     -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
