@@ -152,13 +152,19 @@ class Scripts:
             self._conn = None
             raise
 
-    def execute(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
+    def execute(self, pipe: Pipeline, raise_on_error: bool = True, retried: bool = False) -> list[Any]:
         """Execute a pipeline holding scripts. If the server had forgotten some of them, load every
         script and send again only the commands it refused with NOSCRIPT: the others ran, and running
-        them twice would, e.g., claim a second task and strand the first. Replies stay in order."""
+        them twice would, e.g., claim a second task and strand the first. Replies stay in order.
+        ``retried``: on a connection error, send it all again under the client's retry policy, as
+        redis-py does for a pipeline (for commands that may run twice: a schedule)."""
         stack = list(pipe.command_stack)
         if not pipe.transaction and all(args[0] in _RAW for args, _ in stack):
-            replies: list[Any] = self.send([args for args, _ in stack])
+            commands = [args for args, _ in stack]
+            retry = None if not retried else self.client.router_retry if isinstance(self.client, ClusterClient) \
+                else self.client.get_retry()
+            replies: list[Any] = retry.call_with_retry(lambda: self.send(commands), lambda e: None) \
+                if retry is not None else self.send(commands)
             pipe.reset()
         else:
             replies = pipe.execute(raise_on_error=False)

@@ -235,7 +235,7 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
         ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         pipe.execute_command(*durability.wait_args(q.replicas))
-    replies = q.scripts.execute(pipe, raise_on_error=False)
+    replies = q.scripts.execute(pipe, raise_on_error=False, retried=True)  # a schedule may be sent twice
     waited = replies.pop() if q.replicas else None
     for reply in replies:
         if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
