@@ -539,12 +539,22 @@ class GaveUp:
     host: str
 
 
-def _gave_up(raw: list[Any]) -> list[GaveUp]:
-    return [GaveUp(_text(raw[i]), int(raw[i + 1]), _text(raw[i + 2])) for i in range(0, len(raw), 3)]
+@dataclass(frozen=True)
+class Reclaimed:
+    """What reclaim.lua found: running tasks lost (put back or given up) and the ones given up."""
+
+    lost: int
+    gave_up: list[GaveUp]
 
 
-reclaim: Op[ReclaimArgs, list[GaveUp]] = Op(
-    "reclaim", _named("stream", "counts"), lambda k, a: [k.prefix, GROUP, a.now, *a.entry_ids], _gave_up)
+def _reclaimed(raw: list[Any]) -> Reclaimed:
+    return Reclaimed(int(raw[0]), [GaveUp(_text(raw[i]), int(raw[i + 1]), _text(raw[i + 2]))
+                                   for i in range(1, len(raw), 3)])
+
+
+reclaim: Op[ReclaimArgs, Reclaimed] = Op(
+    "reclaim", _named("stream", "counts", "lost"), lambda k, a: [k.prefix, GROUP, a.now, *a.entry_ids],
+    _reclaimed)
 
 
 # ------------------------------------------------------------------- requeue, takeover, clean

@@ -100,8 +100,8 @@ key                        type    what                                written b
                                    progress (TASK_PROGRESS), by the    the task's end); readers
                                    time of their last report: what     (forrestq.reading) drop
                                    the bars and status read            ids no longer running
-``fq:{q}:lost``            hash    LOST_ATTEMPTS: attempts lost so far worker sweep (HINCRBY, after
-                                   (a worker vanished: its lease       reclaim.lua); forrestq.metrics
+``fq:{q}:lost``            hash    LOST_ATTEMPTS: attempts lost so far reclaim.lua (HINCRBY, each
+                                   (a worker vanished: its lease       running task found lost); metrics
                                    expired); read
                                    by /metrics (issue 19)
 =========================  ======  ==================================  ==========================
@@ -501,8 +501,8 @@ def glob_escape(text: str) -> str:
 DEFAULT_MAX_ATTEMPTS = "3"
 TOKEN_SEP = "."  # the n-th task of one claim of several is fenced by token + TOKEN_SEP + n (claim.lua)
 
-_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "WAITING", "READY", "RUNNING", "DONE", "FAILED", "COUNT_OPEN",
-              "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
+_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "LOST_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE",
+              "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
               "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
               "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",

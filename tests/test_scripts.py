@@ -376,12 +376,12 @@ def test_release_and_reclaim_hand_a_task_back(r: redis.Redis, k: QueueKeys, s: o
     a = claim(s, k, "T2")
     assert a.attempts == 1
     r.delete(k.lease("a"))  # its worker is gone: the lease expired
-    assert ops.reclaim(s, k, ops.ReclaimArgs([a.sid])) == []
+    assert ops.reclaim(s, k, ops.ReclaimArgs([a.sid])) == ops.Reclaimed(1, [])  # lost once: put back
     assert field(r, k, "a", schema.TASK_STATE) == schema.READY and field(r, k, "a", schema.TASK_LOST_ON) == "h1"
     a = claim(s, k, "T3")
     assert a.attempts == 2
     r.delete(k.lease("a"))
-    assert ops.reclaim(s, k, ops.ReclaimArgs([a.sid])) == [ops.GaveUp("a", 2, "h1")]  # used up: caller fails it
+    assert ops.reclaim(s, k, ops.ReclaimArgs([a.sid])) == ops.Reclaimed(1, [ops.GaveUp("a", 2, "h1")])  # used up
     assert ops.complete(s, k, ops.Completion("a", "", schema.FAILED, reason="lost")) is True
     assert counts(r, k) == {schema.FAILED: 1}
 

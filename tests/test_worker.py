@@ -176,7 +176,7 @@ def test_fencing_refuses_a_stale_attempt(url, r):
     first = claim("T1")
     assert first.id == ref.id
     r.delete(k.lease(ref.id))  # the lease expires: the first attempt's worker is cut off
-    assert ops.reclaim(s, k, ops.ReclaimArgs([first.sid])) == []
+    assert ops.reclaim(s, k, ops.ReclaimArgs([first.sid])).gave_up == []
     assert claim("T2").id == ref.id
     assert complete("T1", pickle.dumps("stale")) is False
     assert complete("T2", pickle.dumps("fresh")) is True

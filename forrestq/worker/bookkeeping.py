@@ -211,13 +211,12 @@ class Bookkeeper:
 
     def reclaim(self, k: QueueKeys, ids: list[Any]) -> None:
         """Put these idle entries' tasks back; fail the ones that were lost too often."""
-        gave_up = ops.reclaim(self.scripts, k, ops.ReclaimArgs(ids))
-        self.r.hincrby(k.lost, schema.LOST_ATTEMPTS, len(ids))  # each entry an attempt lost with its worker (/metrics)
-        for g in gave_up:
+        got = ops.reclaim(self.scripts, k, ops.ReclaimArgs(ids))  # it counts the lost attempts (/metrics)
+        for g in got.gave_up:
             reason = f"lost {g.attempts} times; last on host {g.host}"
             self.fail(k, g.task_id, "", reason, TaskLost(reason))
-        if len(ids) > len(gave_up):
-            logger.info("reclaimed %d abandoned task(s) of %s", len(ids) - len(gave_up), k.name)
+        if got.lost > len(got.gave_up):
+            logger.info("reclaimed %d abandoned task(s) of %s", got.lost - len(got.gave_up), k.name)
 
     def ensure_groups(self) -> None:
         for k in self.keys:
