@@ -59,6 +59,7 @@ class Claims:
         self.lock = threading.Lock()
         self.since = 0.0  # monotonic time the running task started (0: none runs)
         self.watcher: threading.Thread | None = None  # started with the first claim of several
+        self.armed = threading.Event()  # set while a task runs with something held: the watcher looks
         self.rescuer: ops.Scripts | None = None  # the watcher's own connection
 
     # --- what the next claim asks for -----------------------------------------------------------
@@ -224,6 +225,8 @@ class Claims:
 
     def started(self) -> None:
         self.since = time.monotonic()
+        if self.holding():
+            self.armed.set()  # the watcher looks while this task runs
 
     def stopped(self) -> None:
         self.since = 0.0
@@ -233,6 +236,11 @@ class Claims:
         record the ends before it; record ends that waited ENDS_WAIT s. On a connection of its own;
         what fails waits for the child's next round trip (the leases keep it)."""
         while True:
+            if not (self.since and self.holding()):  # nothing to look after: sleep until a task starts with some
+                self.armed.clear()
+                if not (self.since and self.holding()):  # (looked again: it may have been set meanwhile)
+                    self.armed.wait()
+                continue
             time.sleep(ENDS_WAIT / 2)
             since, now = self.since, time.monotonic()
             slow = since and now - since >= HOSTAGE and self.queued
