@@ -240,12 +240,14 @@ def _config_text(*, dir: Path, port: int, bind: str, unixsocket: Path | None,
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write text atomically to a 0600 file (it may hold a password)."""
+def write_private(path: Path, text: str) -> None:
+    """Write text atomically to a file its owner alone can read, from the first byte (it may hold a
+    password or a secret); renamed into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
@@ -606,13 +608,13 @@ def _start_background(home: Path, timeout: float) -> str:
             url = f"redis://:{password}@127.0.0.1:{port}/0"
             conf = _config_text(dir=home, port=port, bind="127.0.0.1", unixsocket=None,
                                 password=password, appendfsync=fsync)
-        _write_private(home / "server.conf", conf)
+        write_private(home / "server.conf", conf)
         log_fd = _open_log(home / "server.log", binary)
         try:
             pid = _spawn_detached([binary, str(home / "server.conf")], log_fd)
         finally:
             os.close(log_fd)
-        _write_private(home / "server.json", json.dumps(
+        write_private(home / "server.json", json.dumps(
             {"pid": pid, "url": url, "binary": binary, "started": time.time()}))
         try:
             _wait_ready(url, functools.partial(_exited, pid), max(0.1, deadline - time.monotonic()),
@@ -647,7 +649,7 @@ def ensure_local_server(home: Path | None = None, timeout: float = 15.0) -> str:
                 _refuse_orphans(home)  # a second server would hide the work the orphan holds
                 return _start_background(home, timeout)
             if _read_record(home) != record:  # adopted a server whose record was lost
-                _write_private(home / "server.json", json.dumps(record))
+                write_private(home / "server.json", json.dumps(record))
     _wait_ready(record["url"], lambda: _exited(int(record["pid"])), timeout, home / "server.log")
     return record["url"]
 
@@ -762,7 +764,7 @@ def stop_local_server(home: Path | None = None, timeout: float = 10.0) -> bool:
         if orphans and not stopped:
             record = _orphan_record(home, orphans)
         if record is not None and (stopped or orphans):
-            _write_private(home / "stopped.json", json.dumps(
+            write_private(home / "stopped.json", json.dumps(
                 {**record, "stopped": time.time(), "orphans": [o["pid"] for o in orphans]}))
         return stopped or bool(orphans)
 
@@ -863,7 +865,7 @@ class ServerProcess:
 
     def _spawn(self) -> None:
         conf = self.data_dir / "server.conf"
-        _write_private(conf, _config_text(
+        write_private(conf, _config_text(
             dir=self.data_dir, port=self.port or 0, bind=self.bind, unixsocket=self.unixsocket,
             password=self.password, appendfsync=self.appendfsync))
         binary = server_binary()

@@ -35,6 +35,7 @@ import redis
 
 from . import schema
 from .errors import ConfigError, SlurmError
+from .server import write_private
 from .status import list_tasks, worker_status
 from .worker.remote import request_stop
 
@@ -139,16 +140,6 @@ def env_file(spec: LaunchSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only from the first byte (then renamed into place)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def write_files(spec: LaunchSpec) -> Path:
     """Write the job files into ``spec.dir`` (mode 0700): ``job.sh``, ``env`` and, with
     ``$FORRESTQ_SECRET``, ``secret`` (each 0600). Returns the script's path."""
@@ -156,9 +147,9 @@ def write_files(spec: LaunchSpec) -> Path:
     os.chmod(spec.dir, 0o700)
     secret = os.environ.get("FORRESTQ_SECRET")
     if secret:
-        _write_private(spec.dir / "secret", secret.strip() + "\n")
-    _write_private(spec.dir / "env", env_file(spec))
-    _write_private(spec.dir / "job.sh", job_script(spec))
+        write_private(spec.dir / "secret", secret.strip() + "\n")
+    write_private(spec.dir / "env", env_file(spec))
+    write_private(spec.dir / "job.sh", job_script(spec))
     return spec.dir / "job.sh"
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -32,25 +31,6 @@ from bench.common import Peer, Workers, bench_path, run_driver, wait_until
 
 QUEUE = "bench"
 DAG_QUEUE = "bench-dag"
-
-
-def build_dag(n: int, fan_in: int, window: int, seed: int) -> tuple[list[Any], list[int]]:
-    """(nodes, sink indices): node i is ``defer(combine, i, *inputs)`` with 0..fan_in inputs drawn
-    from the ``window`` nodes before it (``bench/dag.py``'s graph)."""
-    from bench.peers.tasks import combine
-    from forrestq import defer
-
-    rng = random.Random(seed)
-    nodes: list[Any] = []
-    used = bytearray(n)
-    for i in range(n):
-        lo = max(0, i - window)
-        k = rng.randint(0, min(fan_in, i - lo))
-        ins = rng.sample(range(lo, i), k) if k else []
-        for j in ins:
-            used[j] = 1
-        nodes.append(defer(combine, i, *[nodes[j] for j in ins]))
-    return nodes, [i for i in range(n) if not used[i]]
 
 
 class ForrestqPeer(Peer):
@@ -144,7 +124,9 @@ class ForrestqPeer(Peer):
 
     def dag(self, n: int, res: dict[str, Any], pgid_file: Path | None, workers_log: Path) -> None:
         t0 = time.perf_counter()
-        nodes, sinks = build_dag(n, 5, 1000, 1)
+        from bench.dag import build  # bench/dag.py's graph: fan-in 0..5 from the 1,000 nodes before, seed 1
+
+        nodes, sinks, _, _ = build(n, 5, 1000, 1)
         res["dag_build_s"] = time.perf_counter() - t0
         q = self.Queue(DAG_QUEUE, url=self.url)
         t0 = time.perf_counter()
