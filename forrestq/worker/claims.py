@@ -98,11 +98,7 @@ class Claims:
     def exchange(self, k: QueueKeys, token: str, count: int, sid: str = "") -> list[ops.Claimed] | ops.Skip:
         """Record the ends and claim up to ``count`` tasks of ``k`` in one round trip. A transient
         error on an end keeps it for the next try and hands back what was claimed, then raises."""
-        with self.lock:
-            ends, self.ends = self.ends, []
-        pipe = self.r.pipeline(transaction=False)
-        for qi, c, _ in ends:
-            durability.queue_complete(self.scripts, pipe, self.keys[qi], c, self.replicas)
+        ends, pipe = self._take_ends(self.scripts)
         a = self.args
         a.token, a.sid, a.now, a.count = token, sid, time.time(), count
         (ops.claim_many if count > 1 else ops.claim).queue(self.scripts, pipe, k, a)
@@ -125,6 +121,16 @@ class Claims:
         if isinstance(raw, Exception):
             ops.claim.reply(raw)  # raises it
         return got
+
+    def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], Any]:
+        """The ends not recorded yet (taken: another thread cannot send them too), and a pipeline
+        holding their completions (each followed by its WAIT, with durability)."""
+        with self.lock:
+            ends, self.ends = self.ends, []
+        pipe = self.r.pipeline(transaction=False)
+        for qi, c, _ in ends:
+            durability.queue_complete(scripts, pipe, self.keys[qi], c, self.replicas)
+        return ends, pipe
 
     def _send(self, ends: list[End], pipe: Any, scripts: ops.Scripts) -> list[Any]:
         """Execute ``pipe`` (the completions of ``ends`` first); if it cannot be sent, the ends are kept."""
@@ -206,12 +212,8 @@ class Claims:
 
     def record(self, scripts: ops.Scripts) -> None:
         """Record the ends now, in one round trip."""
-        with self.lock:
-            ends, self.ends = self.ends, []
+        ends, pipe = self._take_ends(scripts)
         if ends:
-            pipe = self.r.pipeline(transaction=False)
-            for qi, c, _ in ends:
-                durability.queue_complete(scripts, pipe, self.keys[qi], c, self.replicas)
             self.settle(ends, self._send(ends, pipe, scripts), scripts)
 
     def flush(self) -> None:
