@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any
 
-from . import codec, context, durability, ops, schema, signing
+from . import codec, context, durability, ops, schema, signing, unfinished
 from . import resources as requests
 from .core import QueueCore
 from .deferred import Call, Deferred, _identity
@@ -491,7 +491,7 @@ def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = Fa
             raise ConfigError("older_than= deletes finished records only: it does not go with all=True")
         cutoff = f"({time.time() - float(age)!r}"
         done, failed = (done, failed) if done or failed else (True, True)
-    sources = [k.done] * (done or all) + [k.failed] * (failed or all) + [k.todo] * all
+    sources = [k.done] * (done or all) + [k.failed] * (failed or all)
     deleted = 0
     for source in sources:
         start = 0
@@ -504,6 +504,9 @@ def clean(q: QueueCore, done: bool = False, failed: bool = False, all: bool = Fa
             # the kept ones stay in front (n also counts continuations deleted with their task, which
             # may have stood further on: re-reading a few kept ones is harmless, skipping would not be)
             start = max(0, start + len(ids) - n)
+    if all:  # then the unfinished ones, a snapshot (clean.lua keeps the running ones and what they need)
+        ids = unfinished.ids(q.r, k)
+        deleted += sum(ops.clean(q.scripts, k, ids[i:i + BATCH]) for i in range(0, len(ids), BATCH))
     if all and not sum(counts(q).values()):
         forget(q)
     return deleted

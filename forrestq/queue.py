@@ -236,7 +236,7 @@ class Queue:
     def todo_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
         """The roots (the tasks scheduled) not finished yet (waiting, scheduled, ready, running), oldest first.
         ``nodes=True``: every DAG node, the inner calls of trees too."""
-        return reading.listing(self.core, self.keys.todo, limit, nodes)
+        return reading.listing(self.core, None, limit, nodes)
 
     def done_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
         """The roots that are done, by finishing time; ``nodes=True``: every DAG node."""
@@ -321,7 +321,7 @@ class Queue:
         Queued tasks never start; a running task's worker loses its lease and kills it at its next
         heartbeat. Returns the ids cancelled."""
         if all:
-            chosen = [i.decode() for i in self.r.zrange(self.keys.todo, 0, -1)]
+            chosen = reading.unfinished_ids(self.core)
         elif ids is None:
             raise ConfigError("cancel needs task ids, or all=True")
         else:

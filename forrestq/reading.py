@@ -36,7 +36,7 @@ from typing import Any, TypeVar, cast
 
 import redis
 
-from . import schema
+from . import schema, unfinished
 from .bars import ResultsProgress
 from .core import QueueCore
 from .errors import ConfigError, UnknownTask, shown
@@ -150,31 +150,51 @@ def check_limit(limit: Any) -> int | None:
     return limit
 
 
-def listing(q: QueueCore, key: str, limit: int | None, nodes: bool = False) -> list[Task]:
-    """The records of the ids in sorted set ``key`` (todo, done, failed), in score order: the roots
-    (what users scheduled) only, or with ``nodes`` every DAG node (the inner calls of trees too).
+def listing(q: QueueCore, key: str | None, limit: int | None, nodes: bool = False) -> list[Task]:
+    """The records of the ids in sorted set ``key`` (done, failed), in score order, or with ``key``
+    None of the unfinished tasks (:mod:`forrestq.unfinished`'s order): the roots (what users
+    scheduled) only, or with ``nodes`` every DAG node (the inner calls of trees too).
 
-    Without a limit the ids are read in one ZRANGE (a snapshot); with one, roots are looked for
-    page by page (the root flag first, then the records of the roots), so a queue of big trees does
-    not send every inner node's record to find ten roots."""
+    Without a limit the ids are read at once (a snapshot); with one, roots are looked for page by
+    page (the root flag first, then the records of the roots), so a queue of big trees does not send
+    every inner node's record to find ten roots."""
     limit = check_limit(limit)
     if limit == 0:
         return []
     if nodes or limit is None:
-        ids = [_text(i) for i in q.r.zrange(key, 0, -1 if limit is None else limit - 1)]
+        if key is None:
+            ids = unfinished.ids(q.r, q.keys, limit)
+        else:
+            ids = [_text(i) for i in q.r.zrange(key, 0, -1 if limit is None else limit - 1)]
         return fetch_records(q.r, q.keys, ids if nodes else _roots(q, ids))
     out: list[Task] = []
     seen: set[str] = set()
-    start = 0
-    while len(out) < limit:
-        page = [_text(i) for i in q.r.zrange(key, start, start + FETCH_BATCH - 1)]
-        if not page:
-            break
-        start += len(page)
+    for page in _pages(q, key):
         fresh = [i for i in _roots(q, page) if i not in seen]  # an id may shift into the next page
         seen.update(fresh)
         out += fetch_records(q.r, q.keys, fresh)
+        if len(out) >= limit:
+            break
     return out[:limit]
+
+
+def unfinished_ids(q: QueueCore) -> list[str]:
+    """The ids of every unfinished task (DAG node) of the queue (a snapshot)."""
+    return unfinished.ids(q.r, q.keys)
+
+
+def _pages(q: QueueCore, key: str | None) -> Iterator[list[str]]:
+    """Ids of sorted set ``key`` (None: of the unfinished tasks), :data:`FETCH_BATCH` at a time."""
+    if key is None:
+        yield from (page.ids for page in unfinished.scan(q.r, q.keys, count=FETCH_BATCH))
+        return
+    start = 0
+    while True:
+        page = [_text(i) for i in q.r.zrange(key, start, start + FETCH_BATCH - 1)]
+        if not page:
+            return
+        start += len(page)
+        yield page
 
 
 def _roots(q: QueueCore, ids: Sequence[str]) -> list[str]:

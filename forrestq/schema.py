@@ -20,8 +20,12 @@ key                        type    what                                written b
                                    of roots: ``open`` (not finished
                                    yet), ``roots_done``,
                                    ``roots_failed``
-``fq:{q}:todo``            zset    ids of unfinished tasks, by         schedule, complete
-                                   creation time
+``fq:{q}:todo``            zset    ids of unfinished tasks that have   schedule, complete,
+                                   no stream entry and are not in      requeue, takeover
+                                   ``delayed``: waiting ones (and ones
+                                   taken over), by the time they began
+                                   waiting (``forrestq.unfinished``
+                                   reads the three indexes as one)
 ``fq:{q}:done``            zset    ids of done tasks, by finish time   complete
 ``fq:{q}:failed``          zset    ids of failed tasks, by finish time complete
 ``fq:{q}:delayed``         zset    ids of SCHEDULED tasks (a delay or  schedule (delay/at),

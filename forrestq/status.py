@@ -15,9 +15,10 @@ Everything here is read from counters and sorted sets, never from a scan of a qu
   :func:`forrestq.reading.worker_serves`); a queue with unfinished tasks and no worker serving it is
   listed as ``unserved``.
 
-Listing tasks in a state of the todo zset (waiting, ready, running) reads the states of the whole
-zset in pipelined batches, oldest first, and stops once the counters say every task in that state
-was found (or ``limit`` were), or after :data:`SCAN_SECONDS` (the listing is then marked partial).
+Listing unfinished tasks in one state (waiting, scheduled, ready, running) reads the indexes of
+:mod:`forrestq.unfinished` with their states in pipelined batches, and stops once the counters say
+every task in that state was found (or ``limit`` were), or after :data:`SCAN_SECONDS` (the listing is
+then marked partial).
 
 All functions take a plain ``redis.Redis`` (bytes responses) and return plain data (dicts, lists,
 :class:`~forrestq.task.Task`), so the same data feeds the rich tables and ``--json``.
@@ -32,7 +33,7 @@ from typing import Any, cast
 
 import redis
 
-from . import limits, schema
+from . import limits, schema, unfinished
 from . import resources as requests
 from .codec import load_args
 from .environment import differences
@@ -341,7 +342,7 @@ def list_tasks(r: redis.Redis, name: str, state: str | None = None, limit: int =
         ids = _members(r.zrevrange(k.done if state == schema.DONE else k.failed, 0, limit - 1))
         return records(r, name, ids), False
     if state is None:
-        out = records(r, name, _members(r.zrange(k.todo, 0, limit - 1)))
+        out = records(r, name, unfinished.ids(r, k, limit))
         for key in (k.failed, k.done):
             if len(out) < limit:
                 out += records(r, name, _members(r.zrevrange(key, 0, limit - len(out) - 1)))
@@ -350,28 +351,22 @@ def list_tasks(r: redis.Redis, name: str, state: str | None = None, limit: int =
 
 
 def _scan_todo(r: redis.Redis, name: str, state: str, limit: int, seconds: float) -> tuple[list[Task], bool]:
-    """Unfinished tasks in ``state``, oldest first. The todo zset is ordered by creation, not by
-    state, so the states of its members are read in pipelined batches of :data:`SCAN_BATCH` (the
-    state field only) until ``limit`` are found, or as many as the counters say there are (a task
-    may change state meanwhile, so the counters only tell when to stop), or the zset ends; and
+    """Unfinished tasks in ``state``, in :mod:`forrestq.unfinished`'s order, read page by page (their
+    states come with each page) until ``limit`` are found, or as many as the counters say there are (a
+    task may change state meanwhile, so the counters only tell when to stop), or the indexes end; and
     whether the search ran out of ``seconds`` first."""
     k = QueueKeys(name)
     expected = int(_s(cast("bytes | None", r.hget(k.counts, state)), "0") or 0)
     wanted = min(limit, expected)
     found: list[str] = []
     deadline = time.monotonic() + seconds
-    start = 0
-    while len(found) < wanted:
-        if time.monotonic() > deadline:
-            return records(r, name, found), True
-        ids = [_s(i) for i in _members(r.zrange(k.todo, start, start + SCAN_BATCH - 1))]
-        if not ids:
-            break
-        pipe = r.pipeline(transaction=False)
-        for tid in ids:
-            pipe.hget(k.task(tid), schema.TASK_STATE)
-        found += [tid for tid, st in zip(ids, pipe.execute()) if _s(st) == state]
-        start += len(ids)
+    if wanted > 0:
+        for page in unfinished.scan(r, k, count=SCAN_BATCH):
+            found += [tid for tid, st in zip(page.ids, page.states) if st == state]
+            if len(found) >= wanted:
+                break
+            if time.monotonic() > deadline:
+                return records(r, name, found), True
     return records(r, name, found[:limit]), False
 
 

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from .. import environment, schema, status
+from .. import environment, schema, status, unfinished
 from ..producer import error_type
 from ..schema import QueueKeys
 from ..task import Task
@@ -113,12 +113,8 @@ class Listing:
 
 
 def _zset(k: QueueKeys, state: str) -> tuple[str, bool]:
-    """The zset a state pages through, and whether newest first."""
-    if state == schema.DONE:
-        return k.done, True
-    if state == schema.FAILED:
-        return k.failed, True
-    return k.todo, False
+    """The zset a finished state pages through, and whether newest first."""
+    return (k.done if state == schema.DONE else k.failed), True
 
 
 def _matches(f: Filter, queue: str, tid: str, light: list[Any]) -> bool:
@@ -139,8 +135,11 @@ def _matches(f: Filter, queue: str, tid: str, light: list[Any]) -> bool:
 
 def list_page(r: redis.Redis, f: Filter, size: int = PAGE) -> Listing:
     """One page of the listing ``f``: without filters a slice of the zset by rank; with filters the
-    matches among at most :data:`SCAN_LIMIT` tasks from ``f.start`` on."""
+    matches among at most :data:`SCAN_LIMIT` tasks from ``f.start`` on. Unfinished tasks: the same over
+    :mod:`forrestq.unfinished`'s sequence."""
     k = QueueKeys(f.queue)
+    if f.state in TODO_STATES:
+        return _unfinished_page(r, k, f, size)
     key, newest_first = _zset(k, f.state)
     total = int(r.zcard(key))
     read = r.zrevrange if newest_first else r.zrange
@@ -165,6 +164,29 @@ def list_page(r: redis.Redis, f: Filter, size: int = PAGE) -> Listing:
         else:
             found += ids
             pos += len(ids)
+    return Listing(status.records(r, f.queue, found), pos if pos < total else None, pos - f.start, total)
+
+
+def _unfinished_page(r: redis.Redis, k: QueueKeys, f: Filter, size: int) -> Listing:
+    total = unfinished.size(r, k)
+    limit = SCAN_LIMIT if f.filtered else size
+    found: list[str] = []
+    pos = f.start
+    for page in unfinished.scan(r, k, f.start, SCAN_BATCH if f.filtered else size):
+        pipe = r.pipeline(transaction=False)
+        for tid in page.ids if f.filtered else ():
+            pipe.hmget(k.task(tid), _LIGHT)
+        lights = pipe.execute() if f.filtered else [None] * len(page.ids)
+        for tid, at, light in zip(page.ids, page.positions, lights):
+            if at - f.start >= limit or len(found) >= size:
+                break
+            pos = at + 1
+            if light is None or _matches(f, f.queue, tid, light):
+                found.append(tid)
+        else:
+            pos = page.end
+        if len(found) >= size or pos - f.start >= limit:
+            break
     return Listing(status.records(r, f.queue, found), pos if pos < total else None, pos - f.start, total)
 
 

@@ -78,6 +78,7 @@ if outcome == CONTINUED then
     redis.call('HSET', t, unpack(evidence({TASK_STATE, WAITING, TASK_CONT, croot, TASK_PENDING, 1,
                                            TASK_RUNTIME, ARGV[10]})))
     redis.call('SADD', prefix .. SUFFIX_DEPENDENTS .. croot, id)
+    redis.call('ZADD', KEYS[3], now, id)  -- off the stream: the todo zset indexes it while it waits
     redis.call('DEL', lease)
     drop_entry(KEYS[1], group, f[3])
     move_count(KEYS[2], RUNNING, WAITING)
@@ -101,10 +102,11 @@ if outcome == RETRY then
   return 1
 end
 -- a node leaves state `from` for the finished state `to` (DONE or FAILED): counts, zsets, announcement
--- (ttl: the root's TASK_RESULT_TTL, nil for none)
-local function finish(node, from, to, root, gen, ttl)
+-- (ttl: the root's TASK_RESULT_TTL, nil for none; on_stream: it has a stream entry, so it is not in the todo
+-- zset, which indexes the unfinished tasks that have none: forrestq.unfinished)
+local function finish(node, from, to, root, gen, ttl, on_stream)
   move_count(KEYS[2], from, to)
-  redis.call('ZREM', KEYS[3], node)
+  if not on_stream then redis.call('ZREM', KEYS[3], node) end
   redis.call('ZADD', to == DONE and KEYS[4] or KEYS[5], now, node)
   if root == '1' then
     announce(KEYS[6], node, gen)
@@ -129,7 +131,7 @@ end
 redis.call('HSET', t, unpack(fields))
 redis.call('DEL', lease)
 drop_entry(KEYS[1], group, f[3])
-finish(id, RUNNING, outcome, f[4], f[5], f[9])
+finish(id, RUNNING, outcome, f[4], f[5], f[9], f[3])
 if ARGV[15] ~= '1' then record_stats(prefix, f[8], outcome ~= DONE, ARGV[10], ARGV[17], ARGV[18], host) end
 if token == '' then emit(EVENT_LOST, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt) end
 if outcome == DONE then
@@ -152,7 +154,7 @@ if outcome == DONE then
         emit(EVENT_DONE, dep)
         queue[#queue + 1] = dep
       elseif g[1] == WAITING and not g[2] and redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
-        make_ready(KEYS[1], KEYS[2], KEYS[7], d, dep, WAITING)
+        make_ready(KEYS[1], KEYS[2], KEYS[7], KEYS[3], d, dep, WAITING)
       end
     end
     head = head + 1
@@ -172,7 +174,7 @@ else
         -- nothing to do
       elseif g[5] == '1' and not g[4] then
         if redis.call('HINCRBY', d, TASK_PENDING, -1) <= 0 then
-          make_ready(KEYS[1], KEYS[2], KEYS[7], d, dep, WAITING)
+          make_ready(KEYS[1], KEYS[2], KEYS[7], KEYS[3], d, dep, WAITING)
         end
       else
         redis.call('HSET', d, unpack(failure))

@@ -75,6 +75,7 @@ for _, id in ipairs(set) do
     end
   end
   if pend == 0 then
+    redis.call('ZREM', KEYS[3], id)  -- indexed by its entry now (forrestq.unfinished)
     redis.call('HSET', t, TASK_STATE, READY, TASK_STREAM_ID, push_entry(KEYS[1], id, redis.call('HGET', t, TASK_PRIORITY)),
                TASK_PENDING, 0)
     redis.call('HINCRBY', KEYS[2], READY, 1)

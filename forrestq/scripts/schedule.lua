@@ -2,7 +2,7 @@
 -- KEYS[1] stream   (stream)  ready task ids
 -- KEYS[2] counts   (hash)    state -> number of nodes; roots: COUNT_OPEN unfinished, COUNT_ROOTS_DONE,
 --                            COUNT_ROOTS_FAILED
--- KEYS[3] todo     (zset)    unfinished task ids by creation time
+-- KEYS[3] todo     (zset)    waiting task ids by creation time
 -- KEYS[4] finished (stream)  finished roots
 -- KEYS[5] failed   (zset)    failed task ids by finish time: a node whose input failed before it was
 --                            scheduled is failed at once

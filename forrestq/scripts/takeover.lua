@@ -19,7 +19,8 @@ for i = 6, #ARGV do
     if st == DONE or st == FAILED then
       redis.call('ZREM', KEYS[4], id)
       redis.call('ZREM', KEYS[5], id)
-      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('ZADD', KEYS[3], now, id)  -- no stream entry: the todo zset indexes it (forrestq.unfinished)
+      redis.call('HDEL', t, TASK_STREAM_ID)  -- its old entry's, long deleted
       redis.call('HINCRBY', t, TASK_GEN, 1)
       if f[2] == '1' then root_reopened(KEYS[2], st) end
     end

@@ -6,8 +6,10 @@ local function server_now()  -- seconds, the server's clock
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 -- node `id` (hash `t`) leaves state `from` with nothing left to wait for: ready on the stream, or SCHEDULED
--- in `delayed` while its TASK_DUE is still ahead (a delayed node whose inputs finished early). Its new state.
-local function make_ready(stream, counts, delayed, t, id, from)
+-- in `delayed` while its TASK_DUE is still ahead (a delayed node whose inputs finished early); it leaves the
+-- todo zset, which indexes waiting tasks only (forrestq.unfinished). Its new state.
+local function make_ready(stream, counts, delayed, todo, t, id, from)
+  redis.call('ZREM', todo, id)
   local g = redis.call('HMGET', t, TASK_DUE, TASK_PRIORITY)
   local due = tonumber(g[1] or '')
   if due and due > server_now() then

@@ -111,7 +111,7 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra)
         end
         redis.call('HSET', t, unpack(fields))
         emit(EVENT_SCHEDULED, id, EVENT_NAME, name)
-        redis.call('ZADD', keys[3], now, id)
+        if state == WAITING then redis.call('ZADD', keys[3], now, id) end  -- else its entry or the delayed zset
         bump(state, 1)
         if root == '1' then bump(COUNT_OPEN, 1) end
         out[#out + 1] = state
