@@ -151,7 +151,8 @@ def test_a_sigkilled_holder_frees_its_slot_within_its_lease(url: str, tmp_path: 
     holder = q.schedule(defer(tl.hang_while, str(flag), str(started)), limits=["nfs"])
     first = spawn_worker(url, q.name, 1, "--lease", f"{LEASE:g}")
     try:
-        wait_for(started.exists, timeout=30, what="the holder started")
+        # the pid written, not just the file made (write_text creates it empty first)
+        wait_for(lambda: started.exists() and started.read_text().strip(), timeout=30, what="the holder started")
         assert [lim.in_use for lim in q.limits()] == [1]
         os.killpg(first.pid, signal.SIGKILL)  # the worker and its child: nobody releases anything
         os.kill(int(started.read_text()), signal.SIGKILL)
