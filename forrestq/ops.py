@@ -347,6 +347,7 @@ class ClaimArgs:
     sid: str = ""  # a stream entry XREADGROUP delivered to this consumer; "" = read one in the script
     now: float = field(default_factory=_now)
     count: int = 1  # tasks to claim at most (claim_many)
+    ahead: bool = False  # a claim made while the child's task runs: none while the queue has priority levels
 
 
 @dataclass
@@ -382,7 +383,8 @@ SKIP = Skip()
 
 
 def _claim_argv(k: QueueKeys, a: ClaimArgs) -> list[Any]:
-    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid, a.count]
+    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid, a.count,
+            "1" if a.ahead else ""]
 
 
 def claim_token(token: str, n: int) -> str:

@@ -118,9 +118,10 @@ def exit_now(code=3):
     os._exit(code)
 
 
-def kill_myself():
+def kill_myself(after=0.0):
     import signal
 
+    time.sleep(after)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

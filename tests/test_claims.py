@@ -81,3 +81,37 @@ def test_a_child_killed_with_tasks_claimed_ahead_hands_them_back_at_once(url: st
     assert died.state == "failed" and "SIGKILL" in died.reason
     assert [t.returnvalue for t in got] == [i for i in range(20)] + [i + 100 for i in range(20)]
     assert all(t.attempts == 1 for t in got)
+
+
+def test_the_next_task_is_claimed_while_a_short_one_runs(url: str) -> None:
+    """Tasks of a few ms: the child's next task is claimed (and the last end recorded) while the
+    current one runs, so its claim time is before the current one's end; each runs once, in order."""
+    q = Queue("ahead")
+    refs = q.schedule_many(defer(tasks.sleep_then, 0.005, i) for i in range(40))
+    with worker(url, "ahead", 1):
+        got = [q.wait(ref, timeout=30) for ref in refs]
+    assert [t.returnvalue for t in got] == list(range(40))
+    assert all(t.attempts == 1 for t in got)
+    fields = [q.r.hmget(q.keys.task(t.id), schema.TASK_STARTED, schema.TASK_FINISHED, schema.TASK_TOKEN)
+              for t in got]
+    # claimed on their own (not the 2nd.. of a claim of several, whose tokens say so) while the one before ran
+    ahead = sum(float(s) < float(f) and schema.TOKEN_SEP not in tok.decode()
+                for (s, _, tok), (_, f, _) in zip(fields[1:], fields))
+    assert ahead >= 20, (ahead, "of 39 tasks were claimed on their own while the one before ran")
+
+
+def test_a_child_killed_with_the_next_task_claimed_while_it_ran_hands_it_back(url: str) -> None:
+    """A child dies in a task after short ones (so the next task was claimed while the task ran): that
+    one is handed back uncounted at once (its lease is 30 s) and runs once; only the killer is charged."""
+    q = Queue("ahead-killed")
+    before = q.schedule_many(defer(tasks.sleep_then, 0.005, i) for i in range(10))
+    killer = q.schedule(defer(tasks.kill_myself, 0.05), max_attempts=1)
+    after = q.schedule_many(defer(tasks.sleep_then, 0.005, i + 100) for i in range(10))
+    with worker(url, "ahead-killed", 1):
+        t0 = time.monotonic()
+        got = [q.wait(ref, timeout=20) for ref in [*before, *after]]
+        assert time.monotonic() - t0 < 20
+        died = q.wait(killer, timeout=20)
+    assert died.state == "failed" and "SIGKILL" in died.reason
+    assert [t.returnvalue for t in got] == list(range(10)) + [i + 100 for i in range(10)]
+    assert all(t.attempts == 1 for t in got)

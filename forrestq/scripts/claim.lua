@@ -10,6 +10,8 @@
 --         the list of the claims (each as below; empty when there is nothing to run). While the queue has
 --         priority levels in use, one task only (in that list): claimed ahead, a task of a lower level
 --         would start before a higher one scheduled meanwhile
+-- ARGV[11] (optional) "1": a claim ahead of the child's turn (made while its task runs): nothing is claimed
+--         while the queue has priority levels in use, for the reason above
 -- Returns nil when there is nothing to run; {CLAIM_SKIP} when the given entry was stale (acked, deleted);
 -- else {id, entry id, fn sha, args, timeout, attempts, max attempts, retry policy, retries used,
 --       io-bound ("1"/""), soft timeout, resources ("" = cpus=1), resource hand-backs so far, limit keys ("a,b"; "" = none), input results...}
@@ -24,6 +26,10 @@ local prefix, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local sid, most = ARGV[9], tonumber(ARGV[10] or '1')
 local cap = (most > 1 and redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1) and 1 or most
 local claims, token = {}, ARGV[4]
+if ARGV[11] == '1' and redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1 then
+  if most == 1 then return nil end
+  return claims
+end
 promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
 for _ = 1, 100 + most do
   local tid

@@ -156,6 +156,7 @@ class Child:
         self.claims = Claims(self.r, self.scripts, self.keys, ops.ClaimArgs(cfg.consumer, "", cfg.lease_ms, cfg.host,
                              cfg.worker_id), every if cfg.async_concurrency <= 1 else [slot], self.replicas,
                              self.wake, cfg.max_tasks)
+        self.claims.stopping = lambda: self.slot.stop
         self.refuser = Refuser(self.r, self.scripts, cfg.host, slot)
         self.gate = Gate(cfg.capacity, cfg.index, self.r, self.scripts, cfg.host, self.refuser, self._patiently)
 
@@ -270,7 +271,7 @@ class Child:
             else:
                 self.refuser.loaded()
                 lane.arm(c.timeout or cfg.autokill, own=c.timeout > 0)
-                self.claims.started()
+                self.claims.started(self.tasks_run)
                 soft = c.soft_timeout or cfg.soft_timeout
                 if soft:
                     with soft_limit(soft):

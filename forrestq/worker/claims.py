@@ -7,14 +7,19 @@ claimed ahead of its turn holds a lane (a :class:`~forrestq.worker.slots.Slot`) 
 ``parked``: the worker renews its lease like a running task's, and hands it back, its attempt not
 counted, if the child dies (forrestq.worker.bookkeeping); so is a task that ended while the next one
 runs before its end is recorded: a crash of the next one makes it run again, it does not fail it.
-Nothing waits behind a slow task: once a task has run HOSTAGE seconds, a watcher thread records the
+While tasks run between AHEAD_MIN and AHEAD seconds, the round trip leaves the child's turn too: a watcher thread
+records the ends so far and claims the next task while the current one runs (``ClaimArgs.ahead``: not
+while the queue has priority levels in use), so that it starts as soon as the current one returns.
+Nothing waits behind a slow task: once a task has run HOSTAGE seconds, the watcher records the
 ends before it and hands the tasks claimed after it back, so that idle children here or elsewhere
 take them; and no end waits for its record more than about ENDS_WAIT seconds while others run. With
 durability (each end waits for a replica) a claim takes one task, as before.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -25,6 +30,7 @@ import redis
 
 from .. import durability, ops
 from ..errors import is_transient
+from ..lease import new_token
 from ..runner import unrecordable
 from ..schema import CONTINUED, DONE, QueueKeys
 from .peers import what_became_of
@@ -35,6 +41,8 @@ logger = logging.getLogger("forrestq.worker")
 FAST = 0.02  # s: tasks that each ran less than this let the next claim take twice as many
 HOSTAGE = 0.1  # s a task runs before the ends recorded before it and the tasks claimed after it are settled
 ENDS_WAIT = 0.05  # s an end waits for its record while later tasks run before the watcher records it
+AHEAD = HOSTAGE / 4  # s: after a task that ran less than this, the next one is claimed while the next runs
+AHEAD_MIN = 0.001  # s ... and at least this: a claim cannot hide behind a shorter one (claims of several do)
 LANES = 8  # lanes of a child that runs one task at a time: at most this many tasks held at once
 
 End = tuple[int, ops.Completion, Slot]  # queue index, the completion to record, the lane that holds it
@@ -61,6 +69,12 @@ class Claims:
         self.watcher: threading.Thread | None = None  # started with the first claim of several
         self.armed = threading.Event()  # set while a task runs with something held: the watcher looks
         self.rescuer: ops.Scripts | None = None  # the watcher's own connection
+        self.fetching = threading.Lock()  # one claim at a time: the child's loop's, or the watcher's ahead
+        self.fetch = False  # set when a task starts: the watcher claims the next one while it runs
+        self.nudge = threading.Event()  # set with it: the watcher stops waiting and claims
+        self.last_runtime = math.inf  # of the task that ended last
+        self.ahead_args = dataclasses.replace(args, ahead=True)
+        self.stopping: Callable[[], bool] = lambda: False  # the child's: it claims nothing more
 
     # --- what the next claim asks for -----------------------------------------------------------
     def count(self, ran: int) -> int:
@@ -77,10 +91,13 @@ class Claims:
                 self.ends_at = time.monotonic()
             self.ends.append((qi, c, lane))
         self.want = min(self.want * 2, self.most) if runtime < FAST else 1
+        self.last_runtime = runtime
 
     def take(self) -> Held | None:
         """The next task claimed ahead (no round trip), or None. The ends not recorded yet are parked:
         the task taken runs before they are recorded."""
+        with self.fetching:  # a claim ahead under way lands in ``queued`` first
+            pass
         with self.lock:
             if not self.queued:
                 return None
@@ -95,14 +112,23 @@ class Claims:
         self.free.append(lane)
 
     # --- the round trip -------------------------------------------------------------------------
-    def exchange(self, k: QueueKeys, token: str, count: int, sid: str = "") -> list[ops.Claimed] | ops.Skip:
-        """Record the ends and claim up to ``count`` tasks of ``k`` in one round trip. A transient
+    def exchange(self, k: QueueKeys, token: str, count: int, sid: str = "",
+                 ahead: bool = False) -> list[ops.Claimed] | ops.Skip:
+        """Record the ends and claim up to ``count`` tasks of ``k`` in one round trip (``ahead``: the
+        watcher's claim of one task while the child's runs; nothing once that task ended). A transient
         error on an end keeps it for the next try and hands back what was claimed, then raises."""
-        ends, pipe = self._take_ends(self.scripts)
-        a = self.args
+        with self.fetching:
+            if ahead and not self._may_fetch():
+                return []
+            return self._exchange(k, token, count, sid, ahead)
+
+    def _exchange(self, k: QueueKeys, token: str, count: int, sid: str, ahead: bool) -> list[ops.Claimed] | ops.Skip:
+        scripts = self.rescuer if ahead and self.rescuer else self.scripts
+        a = self.ahead_args if ahead else self.args
+        ends, pipe = self._take_ends(scripts)
         a.token, a.sid, a.now, a.count = token, sid, time.time(), count
-        (ops.claim_many if count > 1 else ops.claim).queue(self.scripts, pipe, k, a)
-        replies = self._send(ends, pipe, self.scripts)
+        (ops.claim_many if count > 1 else ops.claim).queue(scripts, pipe, k, a)
+        replies = self._send(ends, pipe, scripts)
         raw = replies[-1]
         if count > 1:
             got: list[ops.Claimed] | ops.Skip = [] if isinstance(raw, Exception) else ops.claim_many.reply(raw)
@@ -113,11 +139,13 @@ class Claims:
             for i, task in enumerate(got):
                 task.token = ops.claim_token(token, i)
         try:
-            self.settle(ends, replies, self.scripts)
+            self.settle(ends, replies, scripts)
         except redis.RedisError:
             for task in got if isinstance(got, list) else ():  # hold nothing new while an end is unrecorded
-                ops.release(self.scripts, k, ops.ReleaseArgs(task.id, task.token))
+                ops.release(scripts, k, ops.ReleaseArgs(task.id, task.token))
             raise
+        if ahead and isinstance(got, list) and got:
+            self._park(k, got[0])
         if isinstance(raw, Exception):
             ops.claim.reply(raw)  # raises it
         return got
@@ -144,15 +172,26 @@ class Claims:
     def hold(self, qi: int, got: list[ops.Claimed]) -> Held:
         """The first task claimed, in a free lane; the others queued in lanes of their own."""
         first = (qi, got[0], self.lane())
-        if len(got) > 1 and self.watcher is None:
-            self.watcher = threading.Thread(target=self.watch, name="forrestq-claims", daemon=True)
-            self.watcher.start()
+        if len(got) > 1:
+            self._watch()
         with self.lock:
             for c in got[1:]:
-                lane = self.lane()
-                lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts, parked=True)
-                self.queued.append((qi, c, lane))
+                self._queue(qi, c)
         return first
+
+    def _queue(self, qi: int, c: ops.Claimed) -> None:
+        lane = self.lane()
+        lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts, parked=True)
+        self.queued.append((qi, c, lane))
+
+    def _park(self, k: QueueKeys, c: ops.Claimed) -> None:
+        with self.lock:
+            self._queue(self.keys.index(k), c)
+
+    def _watch(self) -> None:
+        if self.watcher is None:
+            self.watcher = threading.Thread(target=self.watch, name="forrestq-claims", daemon=True)
+            self.watcher.start()
 
     def settle(self, ends: list[End], replies: list[Any], scripts: ops.Scripts) -> None:
         """The server's answers to ``ends`` (each followed by its WAIT's, with durability); lanes of
@@ -225,25 +264,57 @@ class Claims:
     def holding(self) -> bool:
         return bool(self.queued or self.ends)
 
-    def started(self) -> None:
+    def started(self, ran: int) -> None:
+        """A task starts (``ran``: tasks the child ran before it): the watcher looks after what is held
+        while it runs, and after a short task claims the next one."""
         self.since = time.monotonic()
-        if self.holding():
+        self.fetch = (AHEAD_MIN <= self.last_runtime < AHEAD and self.most > 1 and not self.queued
+                      and (not self.max_tasks or ran + 1 < self.max_tasks))
+        if self.fetch:
+            self._watch()
+            self.nudge.set()
+        if self.fetch or self.holding():
             self.armed.set()  # the watcher looks while this task runs
+
+    def _may_fetch(self) -> bool:
+        """Whether a claim ahead may go now: the task still runs, nothing is queued, a lane is left
+        for the child's own claim, and the child is not stopping."""
+        return bool(self.since) and not self.queued and len(self.free) > 1 and not self.stopping()
+
+    def fetch_ahead(self) -> None:
+        """(The watcher.) Claim the next task of the first queue that has one while the child's runs,
+        with the ends so far; what fails is left for the child's own round trip."""
+        if self.rescuer is None:
+            self.rescuer = ops.Scripts(self.r)
+        for k in self.keys:
+            try:
+                got = self.exchange(k, new_token(), 1, ahead=True)
+            except redis.RedisError as e:
+                logger.debug("no claim ahead (%s): the child claims at its turn", e)
+                return
+            if got or not self._may_fetch():
+                return
 
     def stopped(self) -> None:
         self.since = 0.0
 
     def watch(self) -> None:
-        """(The watcher thread.) While a task has run HOSTAGE s, hand back the tasks claimed after it and
-        record the ends before it; record ends that waited ENDS_WAIT s. On a connection of its own;
+        """(The watcher thread.) When a short task's successor starts, claim the next one ahead. While a
+        task has run HOSTAGE s, hand back the tasks claimed after it and record the ends before it;
+        record ends that waited ENDS_WAIT s. On a connection of its own;
         what fails waits for the child's next round trip (the leases keep it)."""
         while True:
+            if self.fetch:
+                self.fetch = False
+                self.fetch_ahead()
             if not (self.since and self.holding()):  # nothing to look after: sleep until a task starts with some
                 self.armed.clear()
-                if not (self.since and self.holding()):  # (looked again: it may have been set meanwhile)
+                if not (self.fetch or (self.since and self.holding())):  # (looked again: it may be set meanwhile)
                     self.armed.wait()
                 continue
-            time.sleep(ENDS_WAIT / 2)
+            if self.nudge.wait(ENDS_WAIT / 2):  # a task started that wants the next one claimed
+                self.nudge.clear()
+                continue
             since, now = self.since, time.monotonic()
             slow = since and now - since >= HOSTAGE and self.queued
             stale = since and self.ends and now - self.ends_at >= ENDS_WAIT
