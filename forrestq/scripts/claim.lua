@@ -24,21 +24,42 @@
 --- @include delayed
 local prefix, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local sid, most = ARGV[9], tonumber(ARGV[10] or '1')
-local cap = (most > 1 and redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1) and 1 or most
 local claims, token = {}, ARGV[4]
-if ARGV[11] == '1' and redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1 then
+promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
+local levels = redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1
+if ARGV[11] == '1' and levels then
   if most == 1 then return nil end
   return claims
 end
-promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
-for _ = 1, 100 + most do
+local cap = (most > 1 and levels) and 1 or most
+local emit = event_writer(prefix)
+local started = 0  -- tasks moved from READY to RUNNING: counted once, at the end
+local function counted(reply)
+  if started > 0 then
+    redis.call('HINCRBY', KEYS[2], READY, -started)
+    redis.call('HINCRBY', KEYS[2], RUNNING, started)
+  end
+  return reply
+end
+-- entries of the stream read at once (as many as claims are still wanted: none is left delivered unclaimed)
+-- (at most 100 + most reads, so that a stream full of stale entries cannot hold the server up for long)
+local batch, next_entry, reads = {}, 1, 0
+while true do
   local tid
   if sid == '' then
-    local entry = read_levels(KEYS[1], group, consumer)  -- priorities: the highest level above 0 first
-    if not entry then
-      local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', KEYS[1], '>')
-      if not got then break end
-      entry = got[1][2][1]
+    local entry = batch[next_entry]
+    if entry then
+      next_entry = next_entry + 1
+    else
+      reads = reads + 1
+      if reads > 100 + most then break end
+      entry = levels and read_levels(KEYS[1], group, consumer)  -- priorities: the highest level above 0 first
+      if not entry then
+        local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', cap - #claims, 'STREAMS', KEYS[1], '>')
+        if not got then break end
+        batch, next_entry = got[1][2], 2
+        entry = batch[1]
+      end
     end
     sid = entry[1]
     tid = entry_task(entry)
@@ -56,8 +77,8 @@ for _ = 1, 100 + most do
     redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token, TASK_STARTED, ARGV[8], TASK_HOST, ARGV[6],
                TASK_WORKER, ARGV[7], TASK_ATTEMPTS, n)
     redis.call('SET', prefix .. SUFFIX_LEASE .. tid, token, 'PX', ARGV[5])
-    move_count(KEYS[2], READY, RUNNING)
-    event_writer(prefix)(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
+    started = started + 1
+    emit(EVENT_STARTED, tid, EVENT_HOST, ARGV[6], EVENT_ATTEMPT, tostring(n))
     local out = {tid, sid, f[1], f[2], f[3] or '', n, f[4] or DEFAULT_MAX_ATTEMPTS, f[6] or '', f[7] or '0', f[8] or '',
                  f[9] or '', f[10] or '', f[11] or '0', f[13] or ''}
     if f[5] and f[5] ~= '' then
@@ -73,9 +94,9 @@ for _ = 1, 100 + most do
         end
       end
     end
-    if most == 1 then return out end
+    if most == 1 then return counted(out) end
     claims[#claims + 1] = out
-    if #claims >= cap then return claims end
+    if #claims >= cap then return counted(claims) end
     token = ARGV[4] .. TOKEN_SEP .. (#claims + 1)
   else
     -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
@@ -85,4 +106,4 @@ for _ = 1, 100 + most do
   sid = ''
 end
 if most == 1 then return nil end
-return claims
+return counted(claims)
