@@ -3,13 +3,17 @@
 A private server (``bench.harness.Bench``), no workers. Per run: ``--single`` calls of
 ``q.schedule(defer(noop))`` and one ``q.schedule_many`` of ``--many`` no-ops, the database flushed
 before each. Reported: rates (median of ``--runs``), and the split per task between the server (``INFO
-commandstats``: usec of every command it ran, from a reset before the phase) and the rest of the wall
-time (client Python, the socket, the kernel). ``--profile`` prints a cProfile of one more run of each.
+cpu`` of the server process; ``commandstats`` for the usec of EVALSHA alone: it includes the commands its
+script calls, which commandstats also counts apart), the client process's CPU, and the rest of the wall
+time. ``--profile`` prints a cProfile of one more run of each.
 
 A/B against another build: run it with another ``PYTHONPATH`` (the figures name the forrestq imported)::
 
-    PYTHONPATH=/work/h_sched python -m bench.schedule_cost --runs 5
-    PYTHONPATH=/work/base0 python -m bench.schedule_cost --runs 5
+    cd /tmp && PYTHONPATH=/work/h_sched python /work/h_sched/bench/schedule_cost.py --runs 5
+    cd /tmp && PYTHONPATH=/work/base0 python /work/h_sched/bench/schedule_cost.py --runs 5
+
+(run by path from another directory: ``python -m`` from the worktree would put the worktree first on
+``sys.path``, ahead of PYTHONPATH; ``bench.harness`` and ``bench.tasks`` come from the build's own ``bench``).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ def server_usec(r: redis.Redis) -> tuple[float, dict[str, float]]:
 
 def phase(b: Bench, q: Queue, run: Callable[[], Any], n: int) -> dict[str, float]:
     assert b.r is not None
-    b.r.flushall()
+    b.r.execute_command("FLUSHALL", "SYNC")  # SYNC: no background free competing with the phase for the cores
     q.core.group_ready = False
     q.counts()  # connect now, not inside the timing
     b.r.config_resetstat()
@@ -104,14 +108,14 @@ def main() -> None:
         else:
             print(f"forrestq: {result['forrestq']}  runs: {a.runs} (medians)")
             for label, r in ((f"single x{a.single}", s), (f"many {a.many}", m)):
-                print(f"  {label:>14}: {r['rate']:>9,.0f}/s   {r['wall_us']:7.1f} us/task wall = "
-                      f"{r['server_us']:6.1f} server ({r['evalsha_us']:.1f} evalsha) + "
-                      f"{r['wall_us'] - r['server_us']:6.1f} rest; cpu: client {r['client_cpu_us']:.1f}, "
-                      f"server {r['server_cpu_us']:.1f}")
+                idle = r["wall_us"] - r["client_cpu_us"] - r["server_cpu_us"]
+                print(f"  {label:>14}: {r['rate']:>9,.0f}/s   {r['wall_us']:6.1f} us/task wall = client cpu "
+                      f"{r['client_cpu_us']:5.1f} + server cpu {r['server_cpu_us']:5.1f} (evalsha "
+                      f"{r['evalsha_us']:4.1f}) + {idle:5.1f} neither (latency, or both at once if < 0)")
         if a.profile:
-            b.r.flushall() if b.r is not None else None
+            b.r.execute_command("FLUSHALL", "SYNC") if b.r is not None else None
             print(profiled(single, a.top))
-            b.r.flushall() if b.r is not None else None
+            b.r.execute_command("FLUSHALL", "SYNC") if b.r is not None else None
             print(profiled(many, a.top))
 
 
