@@ -477,6 +477,8 @@ def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None = 
     """
     if type(args) is not tuple:
         args = tuple(args)
+    if not args and not kwargs:  # a call without arguments: always the same blob
+        return (_NO_ARGS if signing.signer is None else signing.sign(ARGS, _NO_ARGS)), []
     payload = [args, kwargs] if kwargs else args  # the args tuple alone: the common, faster case
     try:
         blob, inputs = _c_pickle(payload)
@@ -490,6 +492,9 @@ def dump_args(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None = 
     if signing.signer is None:
         return blob, inputs
     return signing.sign(ARGS, blob), inputs
+
+
+_NO_ARGS = pickle.dumps((), protocol=PROTOCOL)  # dump_args' blob of no arguments (as _c_pickle writes it)
 
 
 def _argument_error(args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None,

@@ -103,6 +103,7 @@ class Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+        self._cluster = isinstance(client, ClusterClient)  # asked once: a protocol check costs a few us
         self._registered: dict[str, Any] = {}
         self._conn: Any = None  # this object's own connection, for :meth:`send`
         self._pid = 0
@@ -139,8 +140,8 @@ class Scripts:
         """Send commands in one write on this object's own connection and read every reply raw (an
         error reply comes back as its exception): a pipeline of scripts without redis-py's
         per-command machinery (about 70 us of a child's CPU per task, a quarter of it)."""
-        if isinstance(self.client, ClusterClient):
-            return self.client.send_raw(commands)
+        if self._cluster:
+            return cast(ClusterClient, self.client).send_raw(commands)
         conn = self._conn
         if conn is None or self._pid != os.getpid():  # none yet, or the parent's (this is a fork)
             pool = self.client.connection_pool
@@ -160,14 +161,9 @@ class Scripts:
         redis-py does for a pipeline (for commands that may run twice: a schedule)."""
         stack = list(pipe.command_stack)
         if not pipe.transaction and all(args[0] in _RAW for args, _ in stack):
-            commands = [args for args, _ in stack]
-            retry = None if not retried else self.client.router_retry if isinstance(self.client, ClusterClient) \
-                else self.client.get_retry()
-            replies: list[Any] = retry.call_with_retry(lambda: self.send(commands), lambda e: None) \
-                if retry is not None else self.send(commands)
             pipe.reset()
-        else:
-            replies = pipe.execute(raise_on_error=False)
+            return self.send_all([args for args, _ in stack], raise_on_error, retried)
+        replies = pipe.execute(raise_on_error=False)
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if missing:
             self.load()
@@ -180,10 +176,42 @@ class Scripts:
             for i, reply in zip(missing, pipe.execute(raise_on_error=False)):
                 replies[i] = reply
         if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise _plain(reply)
+            _raise_any(replies)
         return replies
+
+    def send_all(self, commands: list[tuple[Any, ...]], raise_on_error: bool = True,
+                 retried: bool = False) -> list[Any]:
+        """:meth:`execute` for commands given as tuples (scripts as :meth:`Op.command` builds them, and
+        plain commands whose replies are only looked at for errors): sent raw (:meth:`send`), without a
+        pipeline object; the commands refused with NOSCRIPT (and a WAIT after them) sent again once
+        every script is loaded, as :meth:`execute` does."""
+        replies = self._sent(commands, retried)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            self.load()
+            waits = [i for i, c in enumerate(commands) if c[0] == "WAIT" and i > missing[0]]
+            missing = sorted({*missing, *waits})
+            for i, reply in zip(missing, self._sent([commands[i] for i in missing], retried)):
+                replies[i] = reply
+        if raise_on_error:
+            _raise_any(replies)
+        return replies
+
+    def _sent(self, commands: list[tuple[Any, ...]], retried: bool) -> list[Any]:
+        """:meth:`send`; ``retried``: again on a connection error, under the client's retry policy."""
+        if not retried:
+            return self.send(commands)
+        retry = cast(ClusterClient, self.client).router_retry if self._cluster else self.client.get_retry()
+        if retry is None:
+            return self.send(commands)
+        replies: list[Any] = retry.call_with_retry(lambda: self.send(commands), lambda e: None)
+        return replies
+
+
+def _raise_any(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise _plain(reply)
 
 
 class Op(Generic[A, R]):
@@ -201,6 +229,11 @@ class Op(Generic[A, R]):
     def queue(self, scripts: Scripts, pipe: Pipeline, k: QueueKeys, args: A) -> None:
         """Queue the script on ``pipe`` (execute it with ``scripts.execute``; parse with :meth:`reply`)."""
         scripts.run(self.name, self._keys(k, args), self._argv(k, args), pipe=pipe)
+
+    def command(self, scripts: Scripts, k: QueueKeys, args: A) -> tuple[Any, ...]:
+        """The script's EVALSHA as a command tuple, for :meth:`Scripts.send_all` (parse with :meth:`reply`)."""
+        keys = self._keys(k, args)
+        return ("EVALSHA", scripts.script(self.name).sha, len(keys), *keys, *self._argv(k, args))
 
     def reply(self, raw: Any) -> R:
         """The typed reply of a pipelined call; an error reply is raised."""

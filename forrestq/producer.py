@@ -25,7 +25,7 @@ from .errors import Cancelled, ConfigError, SerializationError, UnknownTask, sho
 from .graph import DropNone, build
 from .lease import new_token
 from .limits import keys_text
-from .plan import Planner
+from .plan import NodeSpec, Planner
 from .reading import counts, get, task_id
 from .runner import Outcome, failure, invoke, one_line
 from .schema import CONTINUED, GROUP, QueueKeys
@@ -140,9 +140,15 @@ def ensure_group(q: QueueCore, pipe: Any) -> None:
     """Queue on ``pipe`` the registration of the queue (every time: another process may have
     forgotten the queue, see :func:`clean`) and the creation of its stream and consumer group (a
     BUSYGROUP reply means they exist), until a schedule has seen them made."""
-    pipe.sadd(schema.QUEUES, q.name)
-    if not q.group_ready:
-        pipe.execute_command("XGROUP", "CREATE", q.keys.stream, GROUP, "0", "MKSTREAM")
+    for command in group_commands(q):
+        pipe.execute_command(*command)
+
+
+def group_commands(q: QueueCore) -> list[tuple[Any, ...]]:
+    """:func:`ensure_group`'s commands, as tuples."""
+    if q.group_ready:
+        return [("SADD", schema.QUEUES, q.name)]
+    return [("SADD", schema.QUEUES, q.name), ("XGROUP", "CREATE", q.keys.stream, GROUP, "0", "MKSTREAM")]
 
 
 class _Options:
@@ -169,26 +175,42 @@ class _Options:
         self.max_attempts = str(check_attempts(max_attempts) if max_attempts is not None else default)
         self.policy = retry_policy(retries, retry_backoff, retry_on)
 
+    def node(self, spec: NodeSpec, root: bool, metadata: bytes, key: str | None) -> ops.Node:
+        """The node of ``spec`` with these options (``metadata``, ``key``: a root's)."""
+        sid = spec.id
+        return ops.Node(sid, spec.fn_sha, spec.args, ",".join(spec.inputs) if spec.inputs else "", spec.name,
+                        root, metadata if root else b"", self.timeout, self.max_attempts,
+                        (key or "") if root else "", self.policy, spec.io_bound, self.soft_timeout,
+                        self.node_resources.get(sid, self.resources) if self.node_resources else self.resources,
+                        spec.allow_failed, self.node_due.get(sid, self.due) if self.node_due else self.due,
+                        self.result_ttl if root else "", self.limits, self.priority)
+
 
 def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterable[str] | None,
          o: _Options) -> tuple[list[TaskRef], list[ops.Node], dict[str, bytes]]:
     """Serialise the trees into nodes (nothing is written yet): refs of the roots, the nodes, and the
     function blobs by sha."""
-    planner = Planner()
+    ids, nodes, fns = plan_ids(tasks, metadata, user_keys, o)
+    return [TaskRef(i, "", "") for i in ids], nodes, fns
+
+
+def plan_ids(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterable[str] | None,
+             o: _Options) -> tuple[list[str], list[ops.Node], dict[str, bytes]]:
+    """:func:`plan`, with the ids of the roots instead of refs."""
+    add = Planner().add
     metas = iter(metadata) if metadata is not None else None
     keys_in = iter(user_keys) if user_keys is not None else None
     fns: dict[str, bytes] = {}
     nodes: list[ops.Node] = []
-    refs: list[TaskRef] = []
+    ids: list[str] = []
     for task in tasks:
         md = next(metas, None) if metas is not None else None
         user_key = next(keys_in, None) if keys_in is not None else None
-        if callable(task) and not isinstance(task, Deferred):
-            raise ConfigError(f"schedule() takes a deferred call, not the function {shown(task)} itself: "
-                              "did you mean defer(fn, *args)?")
         if user_key is not None:
-            task = keyed(task, user_key)
-        root_id, specs = planner.add(task)
+            task = keyed(_deferred(task), user_key)
+        elif callable(task) and not isinstance(task, Deferred):
+            _deferred(task)
+        root_id, specs = add(task)
         for spec in specs:
             if len(spec.args) > ARGS_LIMIT:
                 raise SerializationError(f"the arguments of {spec.name} take {len(spec.args) >> 20} MiB "
@@ -196,46 +218,44 @@ def plan(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: Iterab
                                          "inputs with q.put(obj) instead")
         md_blob = codec.dumps(md) if md is not None else b""
         for spec in specs:
-            fns.setdefault(spec.fn_sha, spec.fn_blob)
-            root = spec.id == root_id
-            nodes.append(ops.Node(spec.id, spec.fn_sha, spec.args, ",".join(spec.inputs), spec.name, root,
-                                  md_blob if root else b"", o.timeout, o.max_attempts,
-                                  (user_key or "") if root else "", o.policy, spec.io_bound,
-                                  o.soft_timeout, o.node_resources.get(spec.id, o.resources), spec.allow_failed,
-                                  due=o.node_due.get(spec.id, o.due), result_ttl=o.result_ttl if root else "",
-                                  limits=o.limits, priority=o.priority))
-        if not any(spec.id == root_id for spec in specs):  # planned before (shared): mark it a root
+            if spec.fn_sha not in fns:
+                fns[spec.fn_sha] = spec.fn_blob
+            nodes.append(o.node(spec, spec.id == root_id, md_blob, user_key))
+        if not specs or specs[-1].id != root_id:  # planned before (shared): mark it a root
             nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
-        refs.append(TaskRef(root_id, "", ""))
-    return refs, nodes, fns
+        ids.append(root_id)
+    return ids, nodes, fns
+
+
+def _deferred(task: Any) -> Any:
+    """``task``; ConfigError for a function passed in place of a deferred call of it."""
+    if callable(task) and not isinstance(task, Deferred):
+        raise ConfigError(f"schedule() takes a deferred call, not the function {shown(task)} itself: "
+                          "did you mean defer(fn, *args)?")
+    return task
 
 
 def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     """Write functions and nodes in one pipeline, in chunks; returns the finished stream's id
     before the first chunk (where a waiter may start to block)."""
-    pipe = q.r.pipeline(transaction=False)
-    ensure_group(q, pipe)
-    pipe.set(q.keys.signer, signing.fingerprint())  # workers compare their secret's with it
+    k = q.keys
+    commands = group_commands(q)
+    commands.append(("SET", k.signer, signing.fingerprint()))  # workers compare their secret's with it
     if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
-        pipe.set(q.keys.events_cap, q.events_cap)
-    if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason
-        set_result_ttl(pipe, q.keys, q.result_ttl)
+        commands.append(("SET", k.events_cap, q.events_cap))
+    if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason (set_result_ttl's)
+        commands.append(("DEL", k.result_ttl) if q.result_ttl == "0" else ("SET", k.result_ttl, q.result_ttl))
     for sha, blob in fns.items():
-        pipe.set(q.keys.fn(sha), blob, nx=True)
+        commands.append(("SET", k.fn(sha), blob, "NX"))
+    first = len(commands)
     now = time.time()
-    chunk: list[ops.Node] = []
-    size = 0
-    for node in nodes:
-        chunk.append(node)
-        size += len(node.args)
-        if len(chunk) >= CHUNK_NODES or size >= CHUNK_BYTES:
-            ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
-            chunk, size = [], 0
-    if chunk:
-        ops.schedule.queue(q.scripts, pipe, q.keys, ops.ScheduleArgs(chunk, now))
+    if len(nodes) < CHUNK_NODES and sum(len(node.args) for node in nodes) < CHUNK_BYTES:
+        commands.append(ops.schedule.command(q.scripts, k, ops.ScheduleArgs(nodes, now)))
+    else:
+        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now)) for chunk in chunks(nodes)]
     if q.replicas:  # durability: return once a replica has every write above (same connection)
-        pipe.execute_command(*durability.wait_args(q.replicas))
-    replies = q.scripts.execute(pipe, raise_on_error=False, retried=True)  # a schedule may be sent twice
+        commands.append(durability.wait_args(q.replicas))
+    replies = q.scripts.send_all(commands, raise_on_error=False, retried=True)  # a schedule may be sent twice
     waited = replies.pop() if q.replicas else None
     for reply in replies:
         if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
@@ -243,8 +263,24 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     if q.replicas:
         durability.confirm(waited, q.replicas, f"schedule on queue {q.name!r}")
     q.group_ready = True
-    scheduled = [ops.schedule.reply(r) for r in replies if isinstance(r, list) and r]
-    return scheduled[0].since if scheduled else ""
+    return ops.schedule.reply(replies[first]).since
+
+
+def chunks(nodes: list[ops.Node]) -> list[list[ops.Node]]:
+    """``nodes`` cut into the chunks of one script call each: :data:`CHUNK_NODES` nodes or
+    :data:`CHUNK_BYTES` of arguments, whichever comes first."""
+    out: list[list[ops.Node]] = []
+    chunk: list[ops.Node] = []
+    size = 0
+    for node in nodes:
+        chunk.append(node)
+        size += len(node.args)
+        if len(chunk) >= CHUNK_NODES or size >= CHUNK_BYTES:
+            out.append(chunk)
+            chunk, size = [], 0
+    if chunk:
+        out.append(chunk)
+    return out
 
 
 def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
@@ -259,13 +295,34 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
     ``delay``/``at``: no new node starts before then (:func:`due_text`); ``node_due``: node id -> its own;
     ``result_ttl``: seconds each new root's finished record is kept (None: the queue's default);
     ``priority``: every new node's level (:func:`priority_text`)."""
-    options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
-                       node_resources, delay, at, node_due, result_ttl, limits, priority)
-    refs, nodes, fns = plan(tasks, metadata, keys, options)
-    if not nodes:
-        return [TaskRef(ref.id, q.name) for ref in refs]
-    since = write(q, nodes, fns)
-    return [TaskRef(ref.id, q.name, since) for ref in refs]
+    if (timeout is None and max_attempts is None and soft_timeout is None and resources is None and delay is None
+            and at is None and result_ttl is None and limits is None and not node_resources and not node_due
+            and _default(retries, 0) and _default(priority, 0) and _default(retry_backoff, 1.0)
+            and type(retry_on) is tuple and len(retry_on) == 1 and retry_on[0] is Exception):
+        options = _plain_options(q.max_attempts)  # none given: the common case, validated once
+    else:
+        options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
+                           node_resources, delay, at, node_due, result_ttl, limits, priority)
+    ids, nodes, fns = plan_ids(tasks, metadata, keys, options)
+    since = write(q, nodes, fns) if nodes else ""
+    name = q.name
+    return [TaskRef(i, name, since) for i in ids]
+
+
+def _default(value: Any, default: float) -> bool:
+    """``value`` is ``default`` exactly (same type: True is not 1)."""
+    return type(value) is type(default) and value == default
+
+
+_PLAIN: dict[int, _Options] = {}  # a queue's max_attempts -> the options of a call that gives none
+
+
+def _plain_options(max_attempts: int) -> _Options:
+    """The options of a schedule call that gives none, on a queue of ``max_attempts`` (read only)."""
+    got = _PLAIN.get(max_attempts)
+    if got is None:
+        got = _PLAIN[max_attempts] = _Options(None, None, max_attempts, 0, 1.0, (Exception,))
+    return got
 
 
 def graph_resources(nodes: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

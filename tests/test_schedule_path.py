@@ -1,0 +1,91 @@
+"""The producer's fast paths (issue 18) write exactly what the general path writes: options given
+as their defaults, the options validated once per queue's max_attempts, the raw send of the schedule's
+commands, a call without arguments."""
+from __future__ import annotations
+
+import pytest
+import tasks
+
+from forrestq import ConfigError, Queue, codec, defer, schema, signing
+
+VOLATILE = {schema.TASK_CREATED, schema.TASK_STREAM_ID}
+
+
+def record(r, q: Queue, tid: str) -> dict[str, bytes]:
+    got = {k.decode(): v for k, v in r.hgetall(q.keys.task(tid)).items()}
+    return {k: v for k, v in got.items() if k not in VOLATILE}
+
+
+def test_defaults_given_explicitly_write_the_same_record(url, r):
+    q = Queue("plain")
+    fast = q.schedule(defer(tasks.add, 1, 2))
+    slow = q.schedule(defer(tasks.add, 1, 2), retries=0, retry_backoff=1, retry_on=(Exception, ValueError),
+                      priority=0, limits=[], resources=None)
+    assert record(r, q, fast.id) == record(r, q, slow.id)
+    batch = q.schedule_many([defer(tasks.add, 1, 2)], retry_on=ValueError)
+    assert record(r, q, batch[0].id) == record(r, q, fast.id)
+
+
+def test_options_cached_per_max_attempts(url, r):
+    five, plain = Queue("five", max_attempts=5), Queue("plain")
+    a, b = five.schedule(defer(tasks.add, 1, 2)), plain.schedule(defer(tasks.add, 1, 2))
+    c = five.schedule(defer(tasks.add, 1, 2))
+    assert r.hget(five.keys.task(a.id), schema.TASK_MAX_ATTEMPTS) == b"5"
+    assert r.hget(five.keys.task(c.id), schema.TASK_MAX_ATTEMPTS) == b"5"
+    assert r.hget(plain.keys.task(b.id), schema.TASK_MAX_ATTEMPTS) is None  # the default: not stored
+    d = plain.schedule(defer(tasks.add, 1, 2), max_attempts=7)
+    assert r.hget(plain.keys.task(d.id), schema.TASK_MAX_ATTEMPTS) == b"7"
+
+
+@pytest.mark.parametrize("options", [{"retry_backoff": True}, {"retries": False}, {"priority": False},
+                                     {"retry_on": (Exception, 3)}, {"retry_on": [Exception]}])
+def test_values_equal_to_a_default_are_still_checked(url, r, options):
+    q = Queue("checked")
+    with pytest.raises(ConfigError):
+        q.schedule(defer(tasks.add, 1, 2), **options)
+    with pytest.raises(ConfigError):
+        q.schedule_many([defer(tasks.add, 1, 2)], **options)
+    assert not r.exists(q.keys.stream) and not r.keys(q.keys.prefix + "*")  # nothing written
+
+
+def test_a_function_instead_of_a_deferred_call_is_refused_with_a_key_too(url, r):
+    q = Queue("refused")
+    for key in (None, "k1"):
+        with pytest.raises(ConfigError, match="deferred call"):
+            q.schedule(tasks.add, key=key)
+    assert not r.keys(q.keys.prefix + "*")
+
+
+def test_a_schedule_sent_again_after_noscript_writes_each_task_once(url, r):
+    q = Queue("again", events=True)
+    q.schedule(defer(tasks.identity, 0))
+    r.script_flush()
+    ref = q.schedule(defer(tasks.identity, 1))
+    r.script_flush()
+    refs = q.schedule_many([defer(tasks.identity, i) for i in range(5)], keys=[f"k{i}" for i in range(5)])
+    assert q.counts()["ready"] == 7 and r.xlen(q.keys.stream) == 7 and r.zcard(q.keys.todo) == 7
+    assert ref.id in {t.id for t in q.todo_tasks()} and [x.id for x in refs] == [f"k-k{i}" for i in range(5)]
+
+
+def test_the_blob_of_no_arguments_loads_and_is_signed_when_a_secret_is(no_secret):
+    blob, inputs = codec.dump_args((), {})
+    assert inputs == [] and codec.load_args(blob, []) == ((), {})
+    assert blob == codec.dump_args([], {})[0]
+    signing.set_secret("s3cret-for-this-test")
+    try:
+        signed, _ = codec.dump_args((), {})
+        assert signing.is_signed(signed) and codec.load_args(signed, []) == ((), {})
+        assert codec.dump_args((1,), {})[0] != signed
+    finally:
+        signing.use_environment()
+    assert codec.dump_args((), {})[0] == blob
+
+
+def test_a_big_schedule_many_is_cut_into_chunks_that_all_land(url, r, monkeypatch):
+    from forrestq import producer
+    monkeypatch.setattr(producer, "CHUNK_NODES", 7)
+    q = Queue("chunks")
+    shared = defer(tasks.identity, 5)
+    batch = q.schedule_many([defer(tasks.add, shared, i) for i in range(30)])
+    assert len(batch) == 30 and q.counts()["waiting"] == 30 and q.counts()["ready"] == 1
+    assert batch[0].since == "0-0"
