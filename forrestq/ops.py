@@ -378,7 +378,7 @@ class ClaimArgs:
     host: str
     worker_id: str
     sid: str = ""  # a stream entry XREADGROUP delivered to this consumer; "" = read one in the script
-    now: float = field(default_factory=_now)
+    now: float | None = field(default_factory=_now)  # TASK_STARTED; None: the server's clock at the claim
     count: int = 1  # tasks to claim at most (claim_many)
     ahead: bool = False  # a claim made while the child's task runs: none while the queue has priority levels
 
@@ -416,7 +416,8 @@ SKIP = Skip()
 
 
 def _claim_argv(k: QueueKeys, a: ClaimArgs) -> list[Any]:
-    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id, a.now, a.sid, a.count,
+    return [k.prefix, GROUP, a.consumer, a.token, a.lease_ms, a.host, a.worker_id,
+            "" if a.now is None else a.now, a.sid, a.count,
             "1" if a.ahead else ""]
 
 

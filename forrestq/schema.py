@@ -169,6 +169,9 @@ CONTINUED = "continued"  # the task returned a deferred tree: it waits (WAITING)
 
 # --- protocol words of the scripts (replies and modes; Python callers compare with these) ------------
 CLAIM_SKIP = "skip"  # claim.lua's reply ({CLAIM_SKIP}) for a delivered stream entry that was stale
+# claim.lua's ARGV[9] for "the entries this consumer's blocking XREADGROUP, sent just before in the same
+# pipeline, delivered": claimed from its pending entries (forrestq.worker.claims.Claims.wait)
+CLAIM_DELIVERED = "delivered"
 FOLLOW_FAILED = "failed"  # requeue.lua mode: follow only dependents that failed because of an input
 FOLLOW_ALL = "all"  # requeue.lua mode: follow every dependent, whatever its state (rerun)
 ONCE_DONE = "d"  # once_claim.lua status letter: the key completed before (skipped)
@@ -507,8 +510,9 @@ TOKEN_SEP = "."  # the n-th task of one claim of several is fenced by token + TO
 
 _LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "LOST_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE",
               "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
-              "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "FOLLOW_ALL",
-              "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE", "ONCE_TOKEN",
+              "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "CLAIM_DELIVERED",
+              "FOLLOW_ALL", "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE",
+              "ONCE_TOKEN",
               "ONCE_HOST", "ONCE_PID", "ONCE_CLAIMED_AT", "ONCE_UNTIL", "ONCE_SETTLED_AT", "ONCE_ATTEMPTS",
               "ONCE_REASON", "ONCE_RENEWED", "SUFFIX_ONCE_KEY",
               # the event stream (include/events.lua)

@@ -115,3 +115,29 @@ def test_a_child_killed_with_the_next_task_claimed_while_it_ran_hands_it_back(ur
     assert died.state == "failed" and "SIGKILL" in died.reason
     assert [t.returnvalue for t in got] == list(range(10)) + [i + 100 for i in range(10)]
     assert all(t.attempts == 1 for t in got)
+
+
+def test_a_claim_of_what_was_delivered_takes_only_that_and_leaves_running_tasks_alone(r: redis.Redis) -> None:
+    """claim.lua's CLAIM_DELIVERED (the claim pipelined after a child's blocking read): it claims the
+    entry the read delivered, not the next ready one, and keeps the pending entries of tasks the
+    consumer runs (the reclaim sweep finds a lost task by them)."""
+    q = Queue("delivered")
+    refs = q.schedule_many(defer(tasks.add, i, 1) for i in range(3))
+    s, k = ops.Scripts(r), QueueKeys("delivered")
+
+    def delivered(token: str) -> ops.Claimed | None:
+        got = ops.claim(s, k, ops.ClaimArgs("c1", token, 60_000, "h", "w", sid=schema.CLAIM_DELIVERED, now=None))
+        assert not isinstance(got, ops.Skip)
+        return got
+
+    assert delivered("t0") is None  # nothing delivered: nothing claimed, nothing read
+    assert q.counts()["ready"] == 3
+    first = ops.claim(s, k, ops.ClaimArgs("c1", "t1", 60_000, "h", "w"))
+    assert first is not None and first.id == refs[0].id
+    r.xreadgroup(schema.GROUP, "c1", {k.stream: ">"}, count=1)  # delivers the second task's entry
+    second = delivered("t2")
+    assert second is not None and second.id == refs[1].id
+    assert r.hget(k.task(second.id), schema.TASK_STARTED)  # the server's clock (no worker clock was sent)
+    assert r.xpending(k.stream, schema.GROUP)["pending"] == 2  # the first one's entry is still pending
+    assert q.get(refs[0]).state == "running" and q.get(refs[2]).state == "ready"
+    assert delivered("t3") is None

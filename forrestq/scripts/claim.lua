@@ -2,9 +2,13 @@
 -- KEYS[1] stream (stream)   KEYS[2] counts (hash)   KEYS[3] delayed (zset): SCHEDULED tasks due by the
 --                                                    server's clock (TIME) are moved onto the stream first
 -- ARGV[1] queue key prefix   ARGV[2] group   ARGV[3] consumer   ARGV[4] token (fencing, new per claim)
--- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s, the worker's clock: TASK_STARTED)
+-- ARGV[5] lease ms   ARGV[6] host   ARGV[7] worker id   ARGV[8] now (s, the worker's clock: TASK_STARTED; ""
+--         = the server's clock, for a claim sent before a blocking read that may last)
 -- ARGV[9] stream entry id already delivered to this consumer by XREADGROUP, or "" to read one here: from the
---         streams of the priority levels above 0, highest first, then KEYS[1] (include/stream.lua)
+--         streams of the priority levels above 0, highest first, then KEYS[1] (include/stream.lua); or
+--         CLAIM_DELIVERED: the entries of KEYS[1] a blocking XREADGROUP of this consumer delivered just
+--         before (sent in the same pipeline, so no round trip lies between): its pending entries whose task
+--         is still ready under them are claimed first (those of its running tasks are left as they are)
 -- ARGV[10] (optional) how many tasks to claim at most, "1" if absent: with more, the n-th one claimed (from 1)
 --         is fenced by the token ARGV[4] .. TOKEN_SEP .. n (the first by ARGV[4] itself), and the reply is
 --         the list of the claims (each as below; empty when there is nothing to run). While the queue has
@@ -25,6 +29,7 @@
 local prefix, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local sid, most = ARGV[9], tonumber(ARGV[10] or '1')
 local claims, token = {}, ARGV[4]
+local started_at = ARGV[8] ~= '' and ARGV[8] or tostring(server_now())
 promote_due(prefix, KEYS[1], KEYS[2], KEYS[3], server_now(), 16)
 local levels = redis.call('EXISTS', KEYS[1] .. STREAM_LEVELS) == 1
 if ARGV[11] == '1' and levels then
@@ -44,6 +49,12 @@ end
 -- entries of the stream read at once (as many as claims are still wanted: none is left delivered unclaimed)
 -- (at most 100 + most reads, so that a stream full of stale entries cannot hold the server up for long)
 local batch, next_entry, reads = {}, 1, 0
+local delivered = sid == CLAIM_DELIVERED
+if delivered then
+  sid = ''
+  local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 100, 'STREAMS', KEYS[1], '0')
+  batch = got and got[1][2] or {}
+end
 while true do
   local tid
   if sid == '' then
@@ -52,7 +63,7 @@ while true do
       next_entry = next_entry + 1
     else
       reads = reads + 1
-      if reads > 100 + most then break end
+      if delivered or reads > 100 + most then break end  -- delivered: what was delivered only
       entry = levels and read_levels(KEYS[1], group, consumer)  -- priorities: the highest level above 0 first
       if not entry then
         local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', cap - #claims, 'STREAMS', KEYS[1], '>')
@@ -62,7 +73,7 @@ while true do
       end
     end
     sid = entry[1]
-    tid = entry_task(entry)
+    tid = entry[2] and entry_task(entry)  -- (a pending entry deleted meanwhile has no fields)
   else
     tid = entry_task(redis.call('XRANGE', KEYS[1], sid, sid)[1])
   end
@@ -74,7 +85,7 @@ while true do
                              TASK_STREAM_ID, TASK_ATTEMPTS)
   if f and f[14] == READY and f[15] == sid then
     local n = (tonumber(f[16]) or 0) + 1
-    redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token, TASK_STARTED, ARGV[8], TASK_HOST, ARGV[6],
+    redis.call('HSET', t, TASK_STATE, RUNNING, TASK_TOKEN, token, TASK_STARTED, started_at, TASK_HOST, ARGV[6],
                TASK_WORKER, ARGV[7], TASK_ATTEMPTS, n)
     redis.call('SET', prefix .. SUFFIX_LEASE .. tid, token, 'PX', ARGV[5])
     started = started + 1
@@ -98,10 +109,12 @@ while true do
     claims[#claims + 1] = out
     if #claims >= cap then return counted(claims) end
     token = ARGV[4] .. TOKEN_SEP .. (#claims + 1)
+  elseif delivered and f and f[14] == RUNNING and f[15] == sid then
+    -- a pending entry of a task this consumer runs (or ran, its end not recorded yet): not this claim's
   else
     -- stale entry (task cancelled, cleaned, or re-added under a newer entry): drop it
     drop_entry(KEYS[1], group, sid)
-    if ARGV[9] ~= '' and #claims == 0 then return {CLAIM_SKIP} end
+    if ARGV[9] ~= '' and not delivered and #claims == 0 then return {CLAIM_SKIP} end
   end
   sid = ''
 end

@@ -178,7 +178,19 @@ class Child:
         return self._wait_for_task(token)
 
     def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed, Slot] | None:
-        """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it."""
+        """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it: in the
+        same round trip (Claims.wait), or on a cluster, whose reads may span slots, in a second one."""
+        if isinstance(self.r, ClusterClient):
+            return self._read_then_claim(token)
+        held: tuple[int, ops.Claimed, Slot] | None = None
+        for qi, c in self.claims.wait(self.cfg.block_ms):
+            if self.slot.stop or held is not None:  # stopping, or one task is held already: hand it back
+                self._release(self.keys[qi], c.id, c.token)
+            else:
+                held = self.claims.hold(qi, [c])
+        return held
+
+    def _read_then_claim(self, token: str) -> tuple[int, ops.Claimed, Slot] | None:
         read = read_ready(self.r, self.cfg.consumer, [k.stream for k in self.keys], self.cfg.block_ms)
         held: tuple[int, ops.Claimed, Slot] | None = None
         for stream, entries in read or ():

@@ -32,7 +32,7 @@ from .. import durability, ops
 from ..errors import is_transient
 from ..lease import new_token
 from ..runner import unrecordable
-from ..schema import CONTINUED, DONE, QueueKeys
+from ..schema import CLAIM_DELIVERED, CONTINUED, DONE, GROUP, QueueKeys
 from .peers import what_became_of
 from .slots import Slot
 
@@ -149,6 +149,31 @@ class Claims:
         if isinstance(raw, Exception):
             ops.claim.reply(raw)  # raises it
         return got
+
+    def wait(self, block_ms: int) -> list[tuple[int, ops.Claimed]]:
+        """Block up to ``block_ms`` for a ready entry of any of the queues' streams and claim what the read
+        delivered in the same round trip (pipelined after it: claim.lua's CLAIM_DELIVERED, one claim per
+        queue): (queue index, task) of each claimed. No end may wait unrecorded behind this (the
+        caller recorded them with its last claim)."""
+        a = self.args
+        with self.fetching:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xreadgroup(GROUP, a.consumer, {k.stream: ">" for k in self.keys}, count=1, block=block_ms)
+            tokens = [new_token() for _ in self.keys]
+            for k, token in zip(self.keys, tokens):
+                a.token, a.sid, a.now, a.count = token, CLAIM_DELIVERED, None, 1
+                ops.claim.queue(self.scripts, pipe, k, a)
+            replies = self.scripts.execute(pipe, raise_on_error=False)
+        got = [(qi, raw if isinstance(raw, Exception) else ops.claim.reply(raw)) for qi, raw in enumerate(replies[1:])]
+        out = [(qi, c) for qi, c in got if isinstance(c, ops.Claimed)]
+        for qi, c in out:
+            c.token = tokens[qi]
+        trouble = next((e for e in (replies[0], *(c for _, c in got)) if isinstance(e, Exception)), None)
+        if trouble is not None:
+            for qi, c in out:  # hold nothing while the read or another claim failed: the caller sees the error
+                ops.release(self.scripts, self.keys[qi], ops.ReleaseArgs(c.id, c.token))
+            raise trouble
+        return out
 
     def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], Any]:
         """The ends not recorded yet (taken: another thread cannot send them too), and a pipeline
