@@ -1,0 +1,109 @@
+"""What a queued task costs the server, and what a short task waits between runs (issue 18).
+
+    python -m bench.claims_cost                        # all parts, 5 repetitions (about 2 minutes)
+    python -m bench.claims_cost --parts memory --reps 3
+    cd OTHER && PYTHONPATH=OTHER python /this/checkout/bench/claims_cost.py   # another build's figures
+
+Parts, each on a private server (``bench.harness.Bench``: valkey, loopback, ``appendonly no``):
+
+``memory``  ``used_memory`` delta per queued no-op after ``schedule_many`` of N (after FLUSHALL SYNC),
+            and ``MEMORY USAGE`` of one task hash, the stream, the todo zset, per task.
+``scripts`` server time of claim.lua and complete.lua per task (``INFO commandstats`` usec of EVALSHA,
+            commands inside the scripts included), with no worker: claims of 8 (``ops.claim_many``) of N
+            no-ops, then their completions pipelined 50 at a time, the way a child sends them.
+``sleep``   ``forrestq worker --procs 2`` drains 200 x ``time.sleep(0.01)``: schedule_many -> the last
+            one done (ideal 1.0 s), and how far over the ideal that is.
+
+Medians of ``--reps``. This VM is noisy: compare builds in one session, interleaved (run this command
+with ``PYTHONPATH`` set to each checkout in turns).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from bench.harness import Bench, context, print_context
+from bench.tasks import noop, sleep10
+from forrestq import Queue, defer, ops, schema
+from forrestq.schema import QueueKeys
+
+
+def memory(b: Bench, n: int) -> dict[str, float]:
+    b.r.flushall(asynchronous=False)
+    q = Queue("mem", url=b.url)
+    q.schedule(defer(noop))  # the queue's own keys first (registration, group, counters)
+    m0 = int(b.r.info("memory")["used_memory"])
+    q.schedule_many([defer(noop) for _ in range(n)])
+    m1 = int(b.r.info("memory")["used_memory"])
+    k = q.keys
+    tid = q.r.xrange(k.stream, count=1)[0][1][schema.ENTRY_TASK.encode()].decode()
+    return {"per_task_b": (m1 - m0) / n, "task_hash_b": float(b.r.memory_usage(k.task(tid)) or 0),
+            "stream_b": (b.r.memory_usage(k.stream, samples=0) or 0) / n,
+            "todo_b": (b.r.memory_usage(k.todo, samples=0) or 0) / n}
+
+
+def scripts(b: Bench, n: int) -> dict[str, float]:
+    b.r.flushall(asynchronous=False)
+    q = Queue("cost", url=b.url)
+    q.schedule_many([defer(noop) for _ in range(n)])
+    s, k = ops.Scripts(b.r), QueueKeys("cost")
+    b.r.config_resetstat()
+    claimed: list[ops.Claimed] = []
+    while len(claimed) < n:
+        token = f"tok{len(claimed)}"
+        got = ops.claim_many(s, k, ops.ClaimArgs("bench", token, 60_000, "h", "w", count=8))
+        for i, c in enumerate(got):
+            c.token = ops.claim_token(token, i)
+        claimed += got
+    claim_us = b.r.info("commandstats")["cmdstat_evalsha"]["usec"] / n
+    b.r.config_resetstat()
+    for i in range(0, n, 50):
+        pipe = b.r.pipeline(transaction=False)
+        for c in claimed[i:i + 50]:
+            ops.complete.queue(s, pipe, k, ops.Completion(c.id, c.token, schema.DONE, result=b"\x80N.",
+                                                          runtime=0.0001))
+        s.execute(pipe)
+    complete_us = b.r.info("commandstats")["cmdstat_evalsha"]["usec"] / n
+    if q.counts()["done"] != n:
+        raise RuntimeError(f"expected {n} done, got {q.counts()}")
+    return {"claim_us": claim_us, "complete_us": complete_us}
+
+
+def sleep(b: Bench, n: int) -> dict[str, float]:
+    b.r.flushall(asynchronous=False)
+    q = Queue("sleep", url=b.url)
+    with b.worker("sleep", 2):
+        q.schedule_many([defer(noop) for _ in range(4)]).wait(timeout=60)  # the worker is up and warm
+        base = q.counts()["done"]
+        t0 = time.perf_counter()
+        q.schedule_many(defer(sleep10) for _ in range(n))
+        deadline = time.monotonic() + 60 + n * 0.05
+        while q.counts()["done"] < base + n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n} sleep tasks not done in time")
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+    ideal = n * 0.01 / 2
+    return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1)}
+
+
+PARTS = {"memory": (memory, 20_000), "scripts": (scripts, 8_000), "sleep": (sleep, 200)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default=",".join(PARTS))
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    with Bench() as b:
+        print_context(context(b.r))
+        for name in a.parts.split(","):
+            fn, n = PARTS[name]
+            runs = [fn(b, n) for _ in range(a.reps)]
+            shown = ", ".join(f"{key} {statistics.median(r[key] for r in runs):,.1f}" for key in runs[0])
+            print(f"{name} (N={n:,}, median of {a.reps}): {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
