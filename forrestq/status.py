@@ -361,7 +361,7 @@ def _scan_todo(r: redis.Redis, name: str, state: str, limit: int, seconds: float
     found: list[str] = []
     deadline = time.monotonic() + seconds
     if wanted > 0:
-        for page in unfinished.scan(r, k, count=SCAN_BATCH):
+        for page in unfinished.scan(r, k, count=SCAN_BATCH, state=state):
             found += [tid for tid, st in zip(page.ids, page.states) if st == state]
             if len(found) >= wanted:
                 break

@@ -38,12 +38,21 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _sources(r: redis.Redis, k: QueueKeys) -> list[tuple[str, str, int]]:
-    """(kind, key, members) of every index, in reading order; kind "stream" (with the level's prefix of
-    TASK_STREAM_ID) or "zset"."""
-    levels = sorted((int(float(_text(v))) for v in cast("list[bytes]", r.zrange(k.levels, 0, -1))), reverse=True)
-    keys = [("stream", k.level_stream(n)) for n in levels if n > 0] + [("stream", k.stream)]
-    keys += [("zset", k.delayed), ("zset", k.todo)]
+# the indexes a task in each state can be in (a task taken over is RUNNING wherever it was)
+_HOLDING = {schema.WAITING: ("todo",), schema.SCHEDULED: ("delayed",), schema.READY: ("stream", "todo"),
+            schema.RUNNING: ("stream", "delayed", "todo")}
+
+
+def _sources(r: redis.Redis, k: QueueKeys, state: str | None = None) -> list[tuple[str, str, int]]:
+    """(kind, key, members) of every index (that can hold a task in ``state``), in reading order; kind
+    "stream" (with the level's prefix of TASK_STREAM_ID) or "zset"."""
+    wanted = _HOLDING.get(state or "", ("stream", "delayed", "todo"))
+    keys: list[tuple[str, str]] = []
+    if "stream" in wanted:
+        levels = sorted((int(float(_text(v))) for v in cast("list[bytes]", r.zrange(k.levels, 0, -1))),
+                        reverse=True)
+        keys += [("stream", k.level_stream(n)) for n in levels if n > 0] + [("stream", k.stream)]
+    keys += [("zset", key) for name, key in (("delayed", k.delayed), ("todo", k.todo)) if name in wanted]
     pipe = r.pipeline(transaction=False)
     for kind, key in keys:
         if kind == "stream":
@@ -53,9 +62,10 @@ def _sources(r: redis.Redis, k: QueueKeys) -> list[tuple[str, str, int]]:
     return [(kind, key, int(n)) for (kind, key), n in zip(keys, pipe.execute())]
 
 
-def size(r: redis.Redis, k: QueueKeys) -> int:
-    """Members of the sequence (an upper bound of the unfinished tasks: stale entries count)."""
-    return sum(n for _, _, n in _sources(r, k))
+def size(r: redis.Redis, k: QueueKeys, state: str | None = None) -> int:
+    """Members of the sequence (of the indexes that can hold a task in ``state``): an upper bound of the
+    unfinished tasks (in that state), stale entries count."""
+    return sum(n for _, _, n in _sources(r, k, state))
 
 
 def _level_of(k: QueueKeys, key: str) -> str:
@@ -87,12 +97,13 @@ def _raw(r: redis.Redis, k: QueueKeys, kind: str, key: str, skip: int, count: in
                    for eid, fields in entries]
 
 
-def scan(r: redis.Redis, k: QueueKeys, start: int = 0, count: int = 500) -> Iterator[Page]:
+def scan(r: redis.Redis, k: QueueKeys, start: int = 0, count: int = 500, state: str | None = None) -> Iterator[Page]:
     """The unfinished tasks from position ``start`` of the sequence on, about ``count`` members a page
-    (one pipelined read of their states each); each task once, however many indexes name it."""
+    (one pipelined read of their states each); each task once, however many indexes name it. ``state``:
+    only the indexes that can hold a task in that state are read (the caller filters the states)."""
     seen: set[str] = set()
     pos = 0
-    for kind, key, n in _sources(r, k):
+    for kind, key, n in _sources(r, k, state):
         if pos + n <= start:
             pos += n
             continue

@@ -168,11 +168,12 @@ def list_page(r: redis.Redis, f: Filter, size: int = PAGE) -> Listing:
 
 
 def _unfinished_page(r: redis.Redis, k: QueueKeys, f: Filter, size: int) -> Listing:
-    total = unfinished.size(r, k)
+    state = None if f.state == TODO_STATES[0] else f.state  # "unfinished": every index
+    total = unfinished.size(r, k, state)
     limit = SCAN_LIMIT if f.filtered else size
     found: list[str] = []
     pos = f.start
-    for page in unfinished.scan(r, k, f.start, SCAN_BATCH if f.filtered else size):
+    for page in unfinished.scan(r, k, f.start, SCAN_BATCH if f.filtered else size, state):
         pipe = r.pipeline(transaction=False)
         for tid in page.ids if f.filtered else ():
             pipe.hmget(k.task(tid), _LIGHT)
