@@ -21,7 +21,6 @@ from ..signing import use_environment as use_secret_from_environment
 from ..worker import Worker, WorkerConfig
 from ..worker.launch import parse_size
 from .common import URL, VERBOSE, queue_names, set_verbose
-from .render import print_json
 
 __all__ = ["parse_size", "server", "worker"]
 
@@ -140,6 +139,7 @@ def _stop(as_json: bool) -> None:
     stopped = stop_local_server()
     workers = len((before or {}).get("workers") or []) if warning else 0
     if as_json:
+        from .render import print_json  # rich: not imported by a worker
         print_json({"stopped": stopped, "data_dir": str(data_dir()), "workers_connected": workers})
     else:
         print("stopped the local server" if stopped else f"no local server was running (data in {data_dir()})")
@@ -150,6 +150,7 @@ def _info(as_json: bool) -> None:
     if record is not None:
         record = {**record, "url": mask(record["url"])}
     if as_json:
+        from .render import print_json
         print_json(record or {"running": False, "state": "never started", "data_dir": str(data_dir())})
     elif record is None:
         print(f"no local server was started yet; it will keep its data in {data_dir()}")
