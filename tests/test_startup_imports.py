@@ -1,8 +1,9 @@
 """Start-up cost (issue 18): each process imports only what it uses. ``import forrestq`` imports no
 module of the package (the public names load on first use), ``forrestq --help`` no command and not
 redis-py, ``forrestq status`` nothing of the producer, the worker or the unpickler, a worker nothing
-of the command line's views. Checked on the modules a fresh interpreter holds after the path ran, so
-that a new eager import fails here; nothing is timed."""
+of the command line's views (and with ``--url``, neither loads the embedded server's module).
+Checked on the modules a fresh interpreter holds after the path ran, so that a new eager import
+fails here; nothing is timed."""
 from __future__ import annotations
 
 import json
@@ -86,7 +87,8 @@ def test_status_imports_neither_producer_nor_worker_nor_unpickler(tmp_path: Path
     mods = modules_after(tmp_path, ["status", "--url", url])
     assert "forrestq.status" in mods and "forrestq.cli.inspect" in mods  # it did run the command
     assert loaded(mods, ["forrestq.codec", "forrestq.queue", "forrestq.producer", "forrestq.core",
-                         "forrestq.events", "forrestq.worker", "forrestq.local", "rich.live", "rich.syntax",
+                         "forrestq.events", "forrestq.worker", "forrestq.local", "forrestq.server", "rich.live",
+                         "rich.syntax",
                          *[m for m in COMMAND_MODULES if m not in ("forrestq.cli.inspect", "forrestq.cli.render")],
                          *HEAVY]) == []
 
@@ -97,7 +99,7 @@ def test_a_worker_imports_none_of_the_views(tmp_path: Path, url: str) -> None:
     assert "forrestq.worker.supervisor" in mods
     # dill is the children's (the unpickler of tasks): imported before they are forked, shared by all
     assert loaded(mods, ["rich", "forrestq.status", "forrestq.cli.render", "forrestq.queue", "forrestq.events",
-                         *[m for m in HEAVY if m != "dill"]]) == []
+                         "forrestq.server", *[m for m in HEAVY if m != "dill"]]) == []
 
 
 def test_the_root_help_lists_each_command_with_its_own_first_paragraph() -> None:

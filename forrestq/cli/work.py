@@ -14,7 +14,6 @@ from ..connection import describe, mask, resolve_url
 from ..errors import ConfigError
 from ..log import get as get_logger
 from ..log import setup as setup_logging
-from ..server import data_dir, local_server_info, serve_foreground, stop_local_server
 from ..signing import check as payloads_signed
 from ..signing import fingerprint
 from ..signing import use_environment as use_secret_from_environment
@@ -132,6 +131,8 @@ def _connected_warning(info: dict[str, Any] | None) -> str:
 
 
 def _stop(as_json: bool) -> None:
+    from ..server import data_dir, local_server_info, stop_local_server
+
     before = local_server_info()
     warning = _connected_warning(before) if before and before.get("running") else ""
     if warning:
@@ -146,6 +147,8 @@ def _stop(as_json: bool) -> None:
 
 
 def _info(as_json: bool) -> None:
+    from ..server import data_dir, local_server_info
+
     record: dict[str, Any] | None = local_server_info()
     if record is not None:
         record = {**record, "url": mask(record["url"])}
@@ -200,4 +203,5 @@ def server(
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be from 1 to 65535, not {port}")
     password = None if password_file is None else _read_password(password_file)
+    from ..server import serve_foreground
     raise typer.Exit(serve_foreground(port=port, bind=bind, password=password, data=data))
