@@ -11,6 +11,11 @@ the commands live by concern in :mod:`.work` (worker, server), :mod:`.inspect` (
 show, events), :mod:`.manage` (requeue, run, clean, cancel), :mod:`.dashboard` (dashboard,
 metrics) and :mod:`.slurm` (launch slurm); everything they print is built in
 :mod:`.render`; :mod:`.common` holds the exit codes and options they share.
+
+A command's module is imported only when that command runs (or shows its help): :data:`COMMANDS`
+names them, and ``forrestq --help`` lists them from it without importing any (issue 18: every
+process of the command line starts with only what its command uses; so does redis-py, imported by
+the commands that talk to Redis, not by this module).
 """
 from __future__ import annotations
 
