@@ -67,11 +67,21 @@ _WHERE = {name: _MODULES.get(name, "errors") for name in __all__}
 
 
 def __getattr__(name: str) -> Any:
-    """A public name, imported from its module at first use (then kept in the package's globals)."""
+    """A public name, imported from its module at first use (then kept in the package's globals);
+    a module of the package (``forrestq.schema`` after ``import forrestq``, as when this module
+    imported them all) is imported when named."""
     where = _WHERE.get(name)
-    if where is None:
+    if where is not None:
+        value = getattr(import_module(f".{where}", __name__), name)
+    elif not name.startswith("__"):
+        try:
+            value = import_module(f".{name}", __name__)  # the import system also sets it as an attribute
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f".{where}", __name__), name)
     globals()[name] = value
     return value
 

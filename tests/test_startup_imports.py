@@ -75,6 +75,7 @@ def test_the_public_names_load_on_first_use() -> None:
         assert getattr(sys.modules[value.__module__], name) is value, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         forrestq.nope  # noqa: B018
+    assert forrestq.schema is sys.modules["forrestq.schema"]  # a module, named after `import forrestq`
 
 
 def test_help_imports_no_command_and_not_redis(tmp_path: Path) -> None:
