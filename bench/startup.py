@@ -21,8 +21,9 @@ FLUSHALL; the clock of a task's start is its claim (``t0``, written by the child
    ``q.map(time.sleep, [0.4] * 4, procs=2)``: call -> returned. The same map with ``procs=2`` and no
    warm workers (a fresh worker per call) for comparison.
 
-Also printed: the wall time of ``python -c "import ..."`` for nothing, redis-py, the command line and
-the launcher: the floor under any spawn -> first task.
+Also printed: the wall time of ``python -c "import ..."`` for nothing, redis-py, the worker command of
+the command line (``forrestq.cli.work``: since issue 18 ``forrestq.cli`` alone no longer imports its
+commands) and the launcher: the floor under any spawn -> first task.
 Goals: first task started <= 0.1 s after the spawn, idle stop <= 0.1 s.
 """
 from __future__ import annotations
@@ -153,7 +154,8 @@ def one_rep(b: Bench, args: argparse.Namespace) -> dict[str, float]:
 def import_times(reps: int) -> dict[str, float]:
     """Median wall seconds of a bare interpreter, and of importing the command line / the launcher."""
     out = {}
-    for key, code in (("python_s", "pass"), ("import_redis_s", "import redis"), ("import_cli_s", "import forrestq.cli"),
+    for key, code in (("python_s", "pass"), ("import_redis_s", "import redis"),
+                      ("import_cli_s", "import forrestq.cli.work"),  # what `forrestq worker` imports
                       ("import_launcher_s", "import forrestq.worker.launch" if WARM else "import forrestq.worker")):
         xs = []
         for _ in range(reps):

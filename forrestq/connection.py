@@ -29,7 +29,6 @@ from redis.retry import Retry
 
 from .cluster import ClusterClient, Topology
 from .errors import AuthFailed, ConfigError, ServerUnreachable
-from .server import ensure_local_server
 
 __all__ = ["resolve_url", "connect", "describe"]
 
@@ -38,6 +37,13 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 CONNECT_TIMEOUT = 5.0  # seconds, for connecting and for the first PING
 SENTINEL_PORT = 26379
+
+
+def ensure_local_server() -> str:
+    """:func:`forrestq.server.ensure_local_server`, the server module imported only when no URL was
+    given (a command or a worker with ``--url`` does not load it)."""
+    from .server import ensure_local_server as ensure
+    return ensure()
 
 
 def resolve_url(url: str | None = None) -> str:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import import_module
 from typing import Any
 
 import redis
@@ -112,8 +113,12 @@ class TaskContext:
     @property
     def queue(self) -> Any:
         """A :class:`forrestq.Queue` for this task's queue (one per process and queue, made on first use)."""
-        if _queue_factory is None:  # pragma: no cover - the package's __init__ imports the facade
-            raise RuntimeError("forrestq.queue is not imported")
+        if _queue_factory is None:  # the facade registers its factory when imported, and `import forrestq`
+            # does not import it (issue 18): a task that asks for its queue loads it now (by name: it
+            # imports this module, so a static import here would be a cycle)
+            import_module("forrestq.queue")
+        if _queue_factory is None:  # pragma: no cover - forrestq.queue registers it at import
+            raise RuntimeError("forrestq.queue did not register its factory")
         return _queue_factory(self.queue_name, self.url, self.local)
 
     @property

@@ -7,9 +7,10 @@ module has to import another sideways just for an exception).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from redis import exceptions as rx
+if TYPE_CHECKING:  # redis-py is imported where a Redis error is looked at (it is then imported already):
+    from redis import exceptions as rx  # importing this module does not cost an import of redis-py
 
 
 class ForrestqError(Exception):
@@ -220,9 +221,12 @@ def escape_controls(text: str) -> str:
     return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-# Errors a server gives while it is restarting, failing over or full: the same command may work later.
-TRANSIENT = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScriptError, rx.ReadOnlyError,
-             rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError, rx.AskError)  # AskError: MOVED too
+def transient() -> tuple[type[Exception], ...]:
+    """Errors a server gives while it is restarting, failing over or full: the same command may work
+    later."""
+    from redis import exceptions as rx
+    return (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.NoScriptError, rx.ReadOnlyError,
+            rx.TryAgainError, rx.ClusterDownError, rx.MasterDownError, rx.AskError)  # AskError: MOVED too
 
 
 def is_transient(e: BaseException) -> bool:
@@ -230,7 +234,7 @@ def is_transient(e: BaseException) -> bool:
     command the Redis user's ACL refuses (:func:`is_permission_error`) never is."""
     if is_permission_error(e):
         return False
-    return isinstance(e, TRANSIENT) or str(e).startswith(("BUSY ", "NOREPLICAS", "LOADING"))
+    return isinstance(e, transient()) or str(e).startswith(("BUSY ", "NOREPLICAS", "LOADING"))
 
 
 # How Redis and Valkey word a command refused by the ACL inside a Lua script: a plain ResponseError
@@ -243,6 +247,7 @@ _SCRIPT_ACL = re.compile(r"^(?:ERR )?ACL failure in script: (?P<what>.*?)(?: scr
 def is_permission_error(e: BaseException) -> bool:
     """Whether ``e`` is Redis refusing a command, key or channel to this ACL user (NOPERM, also from
     inside a script): it never goes away by retrying."""
+    from redis import exceptions as rx
     return isinstance(e, rx.NoPermissionError) or (isinstance(e, rx.ResponseError)
                                                    and _SCRIPT_ACL.match(str(e)) is not None)
 
@@ -250,6 +255,7 @@ def is_permission_error(e: BaseException) -> bool:
 def as_permission_error(e: BaseException) -> rx.NoPermissionError:
     """A permission error (:func:`is_permission_error`) as one NoPermissionError with a short message:
     what was refused (a refusal inside a forrestq script says so instead of giving the script's sha)."""
+    from redis import exceptions as rx
     if isinstance(e, rx.NoPermissionError):
         return e
     found = _SCRIPT_ACL.match(str(e))

@@ -27,13 +27,15 @@ import math
 import re
 import zoneinfo
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import ops, producer, schema, signing
-from .core import QueueCore
+from . import ops, schema, signing
 from .errors import ConfigError, UnknownSchedule, shown
 from .lease import new_token
 from .schema import QueueKeys
+
+if TYPE_CHECKING:  # registering imports the producer inside: reading the schedules (forrestq status) does not
+    from .core import QueueCore
 
 _NAME = re.compile(r"[A-Za-z0-9_.:@+=-]{1,64}")
 _ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
@@ -148,6 +150,8 @@ def plan_one(q: QueueCore, task: Any, metadata: Any = None, timeout: float | Non
              ) -> tuple[ops.Node, dict[str, bytes]]:
     """The task of a schedule planned once, as ``schedule`` plans one (the same options), and its
     function blobs; ConfigError unless it is one call whose arguments hold no other deferred call."""
+    from . import producer
+
     options = producer._Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources)
     refs, nodes, fns = producer.plan([task], [metadata], None, options)
     if len(nodes) != 1 or nodes[0].inputs or nodes[0].id != refs[0].id:
@@ -177,8 +181,10 @@ def register(q: QueueCore, name: str, task: Any, every: float | None, cron: str,
               schema.TASK_MAX_ATTEMPTS: node.max_attempts, schema.TASK_RETRY_POLICY: node.retry_policy,
               schema.TASK_IO_BOUND: "1" if node.io_bound else "", schema.TASK_SOFT_TIMEOUT: node.soft_timeout,
               schema.TASK_RESOURCES: node.resources}
+    from .producer import ensure_group
+
     pipe = q.r.pipeline(transaction=True)
-    producer.ensure_group(q, pipe)
+    ensure_group(q, pipe)
     pipe.set(k.signer, signing.fingerprint())
     for sha, blob in fns.items():
         pipe.set(k.fn(sha), blob, nx=True)

@@ -32,16 +32,18 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 
 from . import schema, unfinished
 from .bars import ResultsProgress
-from .core import QueueCore
 from .errors import ConfigError, UnknownTask, shown
 from .schema import QueueKeys
 from .task import Task, TaskRef, fraction, parse_progress
+
+if TYPE_CHECKING:
+    from .core import QueueCore
 
 OUTAGE = 300.0  # seconds a follower keeps retrying while Redis is unreachable (with no timeout)
 SWEEP_EVERY = 10.0  # seconds without news before the records of ``only`` are read directly

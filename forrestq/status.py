@@ -35,7 +35,6 @@ import redis
 
 from . import limits, schema, unfinished
 from . import resources as requests
-from .codec import load_args
 from .environment import differences
 from .errors import UnknownQueue, UnknownTask
 from .periodic import Periodic, listing
@@ -495,6 +494,8 @@ def summarize_call(r: redis.Redis, task: Task, width: int = 60) -> str:
     name = task.name or "?"
     if not blob:
         return f"{name}()"
+    from .codec import load_args  # the unpickler, for this view only
+
     try:
         args, kwargs = load_args(blob, [_Input(f"<task {i}>") for i in task.inputs])
     except Exception as exc:  # any unpickling failure: show it, never fail the command

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from . import codec, schema
+from . import schema
 from .deferred import Call
 from .errors import UpstreamFailed
 
@@ -139,6 +139,7 @@ class Task:
 
     @cached_property
     def returnvalue(self) -> Any:
+        from . import codec  # the values load when asked for: listing tasks imports no unpickler
         blob = self._f.get(b"rv")
         return codec.loads(blob) if blob else None
 
@@ -148,6 +149,7 @@ class Task:
             return None
         if self.upstream:
             return UpstreamFailed(self.upstream, self.upstream_reason)
+        from . import codec
         blob = self._f.get(b"ev")
         return codec.loads(blob) if blob else None
 
@@ -162,6 +164,7 @@ class Task:
 
     @cached_property
     def metadata(self) -> Any:
+        from . import codec
         blob = self._f.get(b"md")
         return codec.loads(blob) if blob else None
 

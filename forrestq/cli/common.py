@@ -6,16 +6,18 @@ without importing the package that registers it; :mod:`forrestq.cli` re-exports 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from ..connection import connect, describe, resolve_url
 from ..errors import as_permission_error, is_permission_error
 from ..schema import check_name
+
+if TYPE_CHECKING:  # redis-py: imported by the commands that talk to Redis, not by --help
+    import redis
 
 __all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_AUTH", "EXIT_UNKNOWN", "STATE",
            "set_verbose", "URL", "VERBOSE", "JSON", "QUEUE", "queue_option", "queue_name", "queue_names",
@@ -119,8 +121,10 @@ class Command(TyperCommand):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except redis.ResponseError as e:
-            if id(e) in STATE.passthrough or isinstance(e, redis.exceptions.NoPermissionError) \
+        except Exception as e:
+            redis = sys.modules.get("redis")  # a Redis error comes from redis-py, imported by then
+            if redis is None or not isinstance(e, redis.ResponseError) or id(e) in STATE.passthrough \
+                    or isinstance(e, redis.exceptions.NoPermissionError) \
                     or not is_permission_error(e):  # run --raise: the task's own exception
                 raise
             raise as_permission_error(e) from None
@@ -128,9 +132,11 @@ class Command(TyperCommand):
 
 def client(url: str | None) -> redis.Redis:
     """A checked client on ``url`` (see :func:`forrestq.connection.connect`)."""
+    from ..connection import connect
     return connect(url)
 
 
 def where(url: str | None) -> str:
     """The server a command talks to, for headings (no password)."""
+    from ..connection import describe, resolve_url
     return describe(resolve_url(url))

@@ -11,18 +11,13 @@ import re
 import sys
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 import typer
-from rich.live import Live
 
-from .. import environment, schema
-from .. import events as event_stream
+from .. import schema
 from ..errors import ConfigError
-from ..queue import Queue
 from ..schema import QueueKeys
-from ..stats import read as read_stats
 from ..status import (
     LISTED_STATES,
     find_task,
@@ -33,7 +28,6 @@ from ..status import (
     summarize_call,
     task_history,
 )
-from ..task import Task
 from .common import JSON, QUEUE, URL, VERBOSE, client, queue_option, set_verbose, where
 from .render import (
     environment_text,
@@ -49,7 +43,15 @@ from .render import (
     tasks_view,
 )
 
+if TYPE_CHECKING:
+    import redis
+
+    from ..task import Task
+
 __all__ = ["events", "show", "stats", "status", "tasks"]
+
+# The commands import what only they use (the queue facade, events, rich's Live) inside: a command
+# imports its own needs, not every command's (forrestq status is started often, by scripts too).
 
 # ------------------------------------------------------------------------------------------- status
 
@@ -69,6 +71,8 @@ def _watch_json(r: redis.Redis, queue: str | None, data: dict[str, Any], interva
 def _watch_live(r: redis.Redis, queue: str | None, data: dict[str, Any], interval: float, count: int,
                 server: str) -> None:
     """The status view, refreshed in place."""
+    from rich.live import Live
+
     with Live(render_status(data, server), console=make_console(), auto_refresh=False) as live:
         shown = 1
         while not count or shown < count:
@@ -176,6 +180,9 @@ def show(
 
     Example: [bold]forrestq show n3q3jdvrdssa0[/bold]
     """
+    from .. import environment
+    from ..queue import Queue
+
     set_verbose(verbose)
     r = client(url)
     task = Queue(find_task(r, task_id, queue), url).get(task_id)
@@ -210,6 +217,8 @@ def stats(
 
     Examples: [bold]forrestq stats[/bold], [bold]forrestq stats -q fits --json[/bold]
     """
+    from ..stats import read as read_stats
+
     set_verbose(verbose)
     r = client(url)
     found = [st for name in resolve_queues(r, queue) for st in read_stats(r, QueueKeys(name)).values()]
@@ -274,6 +283,9 @@ def events(
     Examples: [bold]forrestq events -q fits[/bold], [bold]forrestq events -q fits -f >> fits.log[/bold],
     [bold]forrestq events --since 1h --json | jq -c 'select(.kind == "failed")'[/bold]
     """
+    from .. import events as event_stream
+    from ..queue import Queue
+
     set_verbose(verbose)
     name = queue or "default"
     r = client(url)

@@ -23,23 +23,27 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderableType, RenderResult
-from rich.panel import Panel
-from rich.pretty import Pretty
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from .. import schema
-from ..environment import Environment, difference_line
+from ..environment import difference_line
 from ..errors import escape_controls
-from ..events import Event
-from ..stats import SAMPLES, FunctionStats
+from ..stats import SAMPLES
 from ..status import UNFINISHED, human_age, human_bytes, human_duration, json_value, short_error, short_repr
-from ..task import Task
+
+if TYPE_CHECKING:  # names of annotations only; the views of one task import rich's Panel, Syntax, Pretty inside
+    from rich.pretty import Pretty
+    from rich.syntax import Syntax
+
+    from ..environment import Environment
+    from ..events import Event
+    from ..stats import FunctionStats
+    from ..task import Task
 
 __all__ = ["make_console", "escape_controls", "literal", "when", "state_style", "print_json", "print_json_line",
            "metadata_text", "metadata_json", "Col", "Fitted", "render_status", "task_json", "tasks_view", "show_json",
@@ -511,6 +515,7 @@ def resources_text(task: Task) -> str:
 
 def traceback_view(text: str) -> Syntax:
     """A Python traceback, highlighted as such (never read as markup; control characters escaped)."""
+    from rich.syntax import Syntax
     return Syntax(escape_controls(text.rstrip()), "pytb", theme="ansi_dark", word_wrap=True)
 
 
@@ -518,6 +523,7 @@ def task_detail(task: Task, call: str, history: History, metadata: str, output_l
                 environment: str = "") -> Group:
     """``forrestq show``: a grid of the task's fields (``environment``: the line of
     :func:`environment_text`), then the tail of its output and its traceback, each in a panel."""
+    from rich.panel import Panel
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -539,6 +545,7 @@ def task_detail(task: Task, call: str, history: History, metadata: str, output_l
 
 def value_view(value: Any) -> Pretty:
     """A task's return value (``forrestq run``), pretty-printed."""
+    from rich.pretty import Pretty
     return Pretty(value)
 
 

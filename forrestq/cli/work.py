@@ -14,14 +14,12 @@ from ..connection import describe, mask, resolve_url
 from ..errors import ConfigError
 from ..log import get as get_logger
 from ..log import setup as setup_logging
-from ..server import data_dir, local_server_info, serve_foreground, stop_local_server
 from ..signing import check as payloads_signed
 from ..signing import fingerprint
 from ..signing import use_environment as use_secret_from_environment
 from ..worker import Worker, WorkerConfig
 from ..worker.launch import parse_size
 from .common import URL, VERBOSE, queue_names, set_verbose
-from .render import print_json
 
 __all__ = ["parse_size", "server", "worker"]
 
@@ -133,6 +131,8 @@ def _connected_warning(info: dict[str, Any] | None) -> str:
 
 
 def _stop(as_json: bool) -> None:
+    from ..server import data_dir, local_server_info, stop_local_server
+
     before = local_server_info()
     warning = _connected_warning(before) if before and before.get("running") else ""
     if warning:
@@ -140,16 +140,20 @@ def _stop(as_json: bool) -> None:
     stopped = stop_local_server()
     workers = len((before or {}).get("workers") or []) if warning else 0
     if as_json:
+        from .render import print_json  # rich: not imported by a worker
         print_json({"stopped": stopped, "data_dir": str(data_dir()), "workers_connected": workers})
     else:
         print("stopped the local server" if stopped else f"no local server was running (data in {data_dir()})")
 
 
 def _info(as_json: bool) -> None:
+    from ..server import data_dir, local_server_info
+
     record: dict[str, Any] | None = local_server_info()
     if record is not None:
         record = {**record, "url": mask(record["url"])}
     if as_json:
+        from .render import print_json
         print_json(record or {"running": False, "state": "never started", "data_dir": str(data_dir())})
     elif record is None:
         print(f"no local server was started yet; it will keep its data in {data_dir()}")
@@ -199,4 +203,5 @@ def server(
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be from 1 to 65535, not {port}")
     password = None if password_file is None else _read_password(password_file)
+    from ..server import serve_foreground
     raise typer.Exit(serve_foreground(port=port, bind=bind, password=password, data=data))
