@@ -145,7 +145,8 @@ class Claims:
                 ops.release(scripts, k, ops.ReleaseArgs(task.id, task.token))
             raise
         if ahead and isinstance(got, list) and got:
-            self._park(k, got[0])
+            with self.lock:
+                self._queue(self.keys.index(k), got[0])
         if isinstance(raw, Exception):
             ops.claim.reply(raw)  # raises it
         return got
@@ -165,9 +166,7 @@ class Claims:
                 ops.claim.queue(self.scripts, pipe, k, a)
             replies = self.scripts.execute(pipe, raise_on_error=False)
         got = [(qi, raw if isinstance(raw, Exception) else ops.claim.reply(raw)) for qi, raw in enumerate(replies[1:])]
-        out = [(qi, c) for qi, c in got if isinstance(c, ops.Claimed)]
-        for qi, c in out:
-            c.token = tokens[qi]
+        out = [(qi, dataclasses.replace(c, token=tokens[qi])) for qi, c in got if isinstance(c, ops.Claimed)]
         trouble = next((e for e in (replies[0], *(c for _, c in got)) if isinstance(e, Exception)), None)
         if trouble is not None:
             for qi, c in out:  # hold nothing while the read or another claim failed: the caller sees the error
@@ -208,10 +207,6 @@ class Claims:
         lane = self.lane()
         lane.begin(qi, c.id, c.token, c.attempts, c.max_attempts, parked=True)
         self.queued.append((qi, c, lane))
-
-    def _park(self, k: QueueKeys, c: ops.Claimed) -> None:
-        with self.lock:
-            self._queue(self.keys.index(k), c)
 
     def _watch(self) -> None:
         if self.watcher is None:
