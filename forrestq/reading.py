@@ -356,6 +356,17 @@ class Follower:
                                                       block=block or None))
         return self._take(entries)
 
+    def poll_one(self, tid: str, block_ms: int) -> list[Task]:
+        """:meth:`poll` for one task, its record read in the same round trip, pipelined right after
+        the blocking read: when the read wakes for that task's end, the record is already there."""
+        block = self._block(block_ms)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xread({self.k.finished: self.since}, count=1000, block=block or None)
+        pipe.hmget(self.k.task(tid), schema.RECORD_FIELDS)
+        entries, values = self.patiently(pipe.execute)
+        fields = {n: v for n, v in zip(_RECORD, values) if v is not None}
+        return self._take(entries, {tid: Task(self.k.name, tid, fields)} if fields else {})
+
     def poll_open(self) -> tuple[list[Task], int]:
         """Newly finished tasks and the number of roots still unfinished, read together (a task
         finishing between two separate reads could otherwise be missed). With ``only``: of those
@@ -395,7 +406,9 @@ class Follower:
             return max(0, block_ms)
         return max(1, min(block_ms, int((self.deadline - time.monotonic()) * 1000)))
 
-    def _take(self, entries: Any) -> list[Task]:
+    def _take(self, entries: Any, known: Mapping[str, Task] | None = None) -> list[Task]:
+        """The tasks the finished-stream ``entries`` announce that this follower wants, in order;
+        ``known``: records read with the entries (one read after them is saved where they match)."""
         wanted: dict[str, int] = {}
         if entries:
             batch = entries[0][1]
@@ -408,8 +421,11 @@ class Follower:
             return self.sweep()
         if not wanted:
             return []
-        records = self.patiently(lambda: fetch_records(self.r, self.k, list(wanted)))
-        return self._accept([t for t in records if t.generation == wanted[t.id]])
+        have = {tid: t for tid, t in (known or {}).items() if tid in wanted and t.generation == wanted[tid]}
+        rest = [tid for tid in wanted if tid not in have]
+        records = self.patiently(lambda: fetch_records(self.r, self.k, rest)) if rest else []
+        found = {t.id: t for t in [*have.values(), *records]}
+        return self._accept([found[tid] for tid in wanted if tid in found and found[tid].generation == wanted[tid]])
 
     def sweep(self) -> list[Task]:
         """Read the states of the waited-for tasks directly: the fallback to the stream, and, right
@@ -493,7 +509,7 @@ def wait(q: QueueCore, ref: TaskRef | str, timeout: float | None = None) -> Task
     since = ref.since if isinstance(ref, TaskRef) else ""
     follower = Follower(q.r, q.keys, since=since or "0", only=[tid], timeout=timeout)
     if since:  # just scheduled here: nothing to look at before blocking
-        got = follower.poll(BLOCK_MS)
+        got = follower.poll_one(tid, BLOCK_MS)
         if got:
             return got[0]
     while True:
@@ -512,6 +528,6 @@ def wait(q: QueueCore, ref: TaskRef | str, timeout: float | None = None) -> Task
         follower.since = _text(last[0][0]) if last else "0"
         follower.check_deadline(lambda: f"task {tid} did not finish within {timeout} s"
                                         f"{'' if q.local else no_worker_hint(q.r, q.name)}")
-        got = follower.poll(BLOCK_MS)
+        got = follower.poll_one(tid, BLOCK_MS)
         if got:
             return got[0]
