@@ -252,7 +252,9 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     if len(nodes) < CHUNK_NODES and sum(len(node.args) for node in nodes) < CHUNK_BYTES:
         commands.append(ops.schedule.command(q.scripts, k, ops.ScheduleArgs(nodes, now)))
     else:
-        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now)) for chunk in chunks(nodes)]
+        # only the first chunk reads the finished stream's newest id: the one returned
+        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now, i == 0))
+                     for i, chunk in enumerate(chunks(nodes))]
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         commands.append(durability.wait_args(q.replicas))
     replies = q.scripts.send_all(commands, raise_on_error=False, retried=True)  # a schedule may be sent twice
