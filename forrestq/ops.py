@@ -338,6 +338,8 @@ class ScheduleArgs:
     nodes: list[Node]
     now: float = field(default_factory=_now)
     since: bool = True  # reply with the finished stream's newest id (False: "", one read less)
+    signer: str = ""  # the producer's signer fingerprint, SET with the nodes ("": not set)
+    fns: dict[str, bytes] = field(default_factory=dict)  # function blobs by sha, SET NX with the nodes
 
 
 @dataclass(frozen=True)
@@ -346,16 +348,24 @@ class Scheduled:
     since: str  # the newest id of the finished stream ("" unless ScheduleArgs.since)
 
 
+def _schedule_keys(k: QueueKeys, a: ScheduleArgs) -> list[str]:
+    keys = _SCHEDULE_KEYS(k, a)
+    return [*keys, k.signer, *map(k.fn, a.fns)] if a.fns else [*keys, k.signer]
+
+
+_SCHEDULE_KEYS = _named("stream", "counts", "todo", "finished", "failed", "delayed")
+
+
 def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:
-    return [k.prefix, repr(a.now), len(a.nodes), "1" if a.since else "", *nodes_argv(a.nodes)]
+    return [k.prefix, repr(a.now), len(a.nodes), "1" if a.since else "", a.signer, len(a.fns), *a.fns.values(),
+            *nodes_argv(a.nodes)]
 
 
 def _scheduled(raw: list[Any]) -> Scheduled:
     return Scheduled([_text(s) for s in raw[:-1]], _text(raw[-1]))
 
 
-schedule: Op[ScheduleArgs, Scheduled] = Op(
-    "schedule", _named("stream", "counts", "todo", "finished", "failed", "delayed"), _schedule_argv, _scheduled)
+schedule: Op[ScheduleArgs, Scheduled] = Op("schedule", _schedule_keys, _schedule_argv, _scheduled)
 
 
 # ------------------------------------------------------------------------- the clock (issue 16)

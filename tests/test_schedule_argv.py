@@ -92,3 +92,13 @@ def test_nodes_that_exist_are_found_in_any_batch(r: redis.Redis, k: QueueKeys, s
     assert r.xlen(k.stream) == 1200  # every READY node once (old had its entry from the first call)
     assert r.hget(k.task("dep"), schema.TASK_PENDING) == b"3"
     assert all(r.smembers(k.dependents(i)) == {b"dep"} for i in ("n3", "old", "n1100"))
+
+
+def test_the_signer_and_function_blobs_are_written_with_the_nodes(r: redis.Redis, k: QueueKeys,
+                                                                  s: ops.Scripts) -> None:
+    r.set(k.fn("s1"), b"kept")
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a", "s1"), ops.Node("b", "s2")], signer="abcd1234",
+                                        fns={"s1": b"other", "s2": b"blob2"}))
+    assert r.get(k.signer) == b"abcd1234" and r.get(k.fn("s1")) == b"kept" and r.get(k.fn("s2")) == b"blob2"
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("c", "s2")]))  # neither: nothing else written
+    assert r.get(k.signer) == b"abcd1234"

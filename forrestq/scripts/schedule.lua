@@ -8,9 +8,14 @@
 --                            scheduled is failed at once
 -- KEYS[6] delayed  (zset)    SCHEDULED task ids by the server-clock time they are due (a node with a due
 --                            time still ahead and no input to wait for goes here, not on the stream)
+-- KEYS[7] signer   (string)  the fingerprint of the producers' secret, SET to ARGV[5] unless that is ""
+-- KEYS[8..] the function blobs' keys (fq:{q}:fn:<sha>, content-addressed), ARGV[6] of them: each SET NX to
+--                            its blob, ARGV[7..]
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes   ARGV[4] "1": return the
 --         finished stream's newest id ("" = not wanted: the later chunks of one schedule)
--- ARGV[5..] the call's node options (NODE_OPTIONS: timeout, max attempts, retry policy blob, soft timeout,
+-- ARGV[5] the producer's signer fingerprint ("" = not set here)   ARGV[6] F, the number of function blobs
+-- ARGV[7 .. 6+F] the blobs of KEYS[8 .. 7+F]
+-- ARGV[7+F ..] the call's node options (NODE_OPTIONS: timeout, max attempts, retry policy blob, soft timeout,
 --           resources, due, result TTL, limit keys, priority), then per node NODE_FIELDS fields (id, fn sha,
 --           args blob, inputs, name, flags) and what its flags say follows (metadata, key, its own options):
 --           include/nodes.lua, write_nodes
@@ -25,12 +30,15 @@
 --- @include events
 --- @include delayed
 --- @include nodes
-local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, now, n, nf = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
+-- what a schedule writes besides its nodes, in the same call (a command less each)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[7], ARGV[5]) end  -- workers compare their secret's with it
+for i = 1, nf do redis.call('SET', KEYS[7 + i], ARGV[6 + i], 'NX') end
 -- the events cap and the queue's result TTL in one read (a new node emits, a new root may need the TTL)
 local got = redis.call('MGET', prefix .. SUFFIX_EVENTS_CAP, prefix .. SUFFIX_RESULT_TTL)
 local emit = event_writer(prefix, got[1] or '0')
 -- KEYS: stream, counts, todo, finished, failed, delayed
-local out = write_nodes(prefix, now, n, 5, KEYS, emit, nil, got[2] or '')
+local out = write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
 -- last: the finished stream's newest id, so a waiter can block from here without a first look
 local last = ARGV[4] == '1' and (redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1] or {'0-0'}) or {''}
 out[#out + 1] = last[1]
