@@ -59,7 +59,24 @@ def source(name: str) -> str:
     constant nor declared ``local`` (a misspelt field would otherwise read nil, silently)."""
     text = (_DIR / f"{name}.lua").read_text()
     text = _INCLUDE.sub(lambda m: (_DIR / "include" / f"{m.group(1)}.lua").read_text().rstrip("\n"), text)
-    return expand(text, name)
+    return expand(_unused_dropped(text), name)
+
+
+# a function defined at the top of a script or include: "local function name(" to the first "end" line
+_TOP_FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.S | re.M)
+
+
+def _unused_dropped(text: str) -> str:
+    """``text`` without the top-level functions nothing else in it names (an include's helpers the
+    script does not use): the server would make each again, a closure, at every call (issue 18)."""
+    while True:
+        for m in _TOP_FUNCTION.finditer(text):
+            rest = text[:m.start()] + text[m.end():]
+            if not re.search(rf"\b{m.group(1)}\b", rest):
+                text = rest
+                break
+        else:
+            return text
 
 
 def expand(text: str, name: str = "script") -> str:

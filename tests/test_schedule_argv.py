@@ -102,3 +102,12 @@ def test_the_signer_and_function_blobs_are_written_with_the_nodes(r: redis.Redis
     assert r.get(k.signer) == b"abcd1234" and r.get(k.fn("s1")) == b"kept" and r.get(k.fn("s2")) == b"blob2"
     ops.schedule(s, k, ops.ScheduleArgs([ops.Node("c", "s2")]))  # neither: nothing else written
     assert r.get(k.signer) == b"abcd1234"
+
+
+def test_include_helpers_a_script_does_not_use_are_left_out() -> None:
+    """Every closure a script defines is made again at each call: ops.source leaves out the unused ones."""
+    assert "local function promote_due(" not in ops.source("schedule")  # include/delayed.lua's, claim's
+    assert "local function promote_due(" in ops.source("claim")
+    assert "local function write_nodes(" in ops.source("schedule")
+    text = "local function a(x)\n  return x\nend\nlocal function b(x)\n  return a(x)\nend\nreturn 1\n"
+    assert ops._unused_dropped(text) == "return 1\n"  # b is unused, and then so is a

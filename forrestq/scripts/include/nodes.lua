@@ -20,12 +20,13 @@
 --   only for a new root). Returns the list of each node's state after the call.
 -- An existing node is left as it is (a shared node runs once), except that a root flag and its metadata
 -- are added (and a node already finished is announced on the finished stream at once). Whether the nodes
--- exist is asked once per EXISTS_BATCH nodes (EXISTS: none exists, the common case, then no node is read);
+-- exist is asked once per EXISTS_BATCH nodes (EXISTS: none exists, the common case, then no node is read;
+-- a call of fewer than EXISTS_MIN nodes reads each);
 -- a node written earlier in the call (an input, a shared node named twice) is known without a read. A node
 -- whose input failed before it was written fails at once, unless it is allow-failed: then a failed input
 -- counts as finished. Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when
 -- an input had failed.
-local NODE_FIELDS, NODE_OPTIONS, EXISTS_BATCH = 6, 9, 500
+local NODE_FIELDS, NODE_OPTIONS, EXISTS_BATCH, EXISTS_MIN = 6, 9, 500, 4
 local function option_pairs(o)  -- the HSET pairs of the options at ARGV[o..] but due and result TTL
   local f = {}
   if ARGV[o+1] ~= DEFAULT_MAX_ATTEMPTS then f[#f+1] = TASK_MAX_ATTEMPTS; f[#f+1] = ARGV[o+1] end
@@ -49,11 +50,9 @@ local function node_flags(j)  -- the node at ARGV[j]: root, io-bound, allow-fail
   return find(flags, NODE_ROOT, 1, true) ~= nil, find(flags, NODE_IO, 1, true) ~= nil, find(flags, NODE_ALLOW, 1, true) ~= nil,
          meta, key, o, x
 end
-local function fresh_batches(prefix, n, b)  -- per EXISTS_BATCH nodes from ARGV[b]: true when none exists;
-  -- and each node's ARGV index
-  local at, fresh, batch, j = {}, {}, {}, b
+local function fresh_batches(prefix, n, j)  -- per EXISTS_BATCH nodes from ARGV[j]: true when none exists
+  local fresh, batch = {}, {}
   for i = 1, n do
-    at[i] = j
     batch[#batch + 1] = prefix .. SUFFIX_TASK .. ARGV[j]
     if #batch == EXISTS_BATCH or i == n then
       fresh[#fresh + 1] = redis.call('EXISTS', unpack(batch)) == 0
@@ -61,7 +60,7 @@ local function fresh_batches(prefix, n, b)  -- per EXISTS_BATCH nodes from ARGV[
     end
     j = select(7, node_flags(j))
   end
-  return fresh, at
+  return fresh
 end
 local function write_nodes(prefix, now, n, first, keys, emit, extra, qttl)
   local out, counts, known = {}, {}, {}  -- known: id -> state, of the nodes of this call
@@ -74,14 +73,18 @@ local function write_nodes(prefix, now, n, first, keys, emit, extra, qttl)
     return string.sub(due, 1, 1) == '+' and clock + tonumber(string.sub(due, 2)) or tonumber(due)
   end
   local ddue = due_of(first)
-  local fresh, at = fresh_batches(prefix, n, first + NODE_OPTIONS)
+  local j, x = first + NODE_OPTIONS, nil
+  local fresh = n >= EXISTS_MIN and fresh_batches(prefix, n, j)  -- false: a few nodes, each read
   for i = 1, n do
-    local j = at[i]
     local id, fn, args, inputs, name = ARGV[j], ARGV[j+1], ARGV[j+2], ARGV[j+3], ARGV[j+4]
-    local root, io, allow, meta, key, o = node_flags(j)
+    local root, io, allow, meta, key, o
+    root, io, allow, meta, key, o, x = node_flags(j)
+    j = x
     local t = prefix .. SUFFIX_TASK .. id
     local st = known[id]
-    if st == nil and not fresh[math.floor((i - 1) / EXISTS_BATCH) + 1] then st = redis.call('HGET', t, TASK_STATE) end
+    if st == nil and not (fresh and fresh[math.floor((i - 1) / EXISTS_BATCH) + 1]) then
+      st = redis.call('HGET', t, TASK_STATE)
+    end
     if st then
       if root and redis.call('HGET', t, TASK_ROOT) ~= '1' then
         redis.call('HSET', t, TASK_ROOT, '1')
