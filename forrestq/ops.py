@@ -282,9 +282,9 @@ def _now() -> float:
 # ------------------------------------------------------------------------------------------ schedule
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    """One DAG node as schedule.lua writes it."""
+    """One DAG node as schedule.lua writes it (slots: one is made per node scheduled)."""
 
     id: str
     fn_sha: str = ""
@@ -379,7 +379,8 @@ def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:
 
 
 def _scheduled(raw: list[Any]) -> Scheduled:
-    return Scheduled([_text(s) for s in raw[:-1]], _text(raw[-1]))
+    states = _text(raw[0])
+    return Scheduled(states.split(",") if states else [], _text(raw[1]))
 
 
 schedule: Op[ScheduleArgs, Scheduled] = Op("schedule", _schedule_keys, _schedule_argv, _scheduled)

@@ -19,8 +19,8 @@
 --           resources, due, result TTL, limit keys, priority), then per node NODE_FIELDS fields (id, fn sha,
 --           args blob, inputs, name, flags) and what its flags say follows (metadata, key, its own options):
 --           include/nodes.lua, write_nodes
--- Returns, per node, its state after the call, then the newest id of the finished stream ("" when ARGV[4]
---   is ""). An existing node is left as it is (a shared node runs once), except that a root flag and its metadata are
+-- Returns {each node's state after the call, comma-separated; the newest id of the finished stream ("" when
+--   ARGV[4] is "")}. An existing node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
 -- Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when an input had failed.
 --- @include stream
@@ -41,5 +41,4 @@ local emit = event_writer(prefix, got[1] or '0')
 local out = write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
 -- last: the finished stream's newest id, so a waiter can block from here without a first look
 local last = ARGV[4] == '1' and (redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1] or {'0-0'}) or {''}
-out[#out + 1] = last[1]
-return out
+return {table.concat(out, ','), last[1]}  -- one string, not a reply per node (states hold no comma)
