@@ -59,7 +59,24 @@ def source(name: str) -> str:
     constant nor declared ``local`` (a misspelt field would otherwise read nil, silently)."""
     text = (_DIR / f"{name}.lua").read_text()
     text = _INCLUDE.sub(lambda m: (_DIR / "include" / f"{m.group(1)}.lua").read_text().rstrip("\n"), text)
-    return expand(text, name)
+    return expand(_unused_dropped(text), name)
+
+
+# a function defined at the top of a script or include: "local function name(" to the first "end" line
+_TOP_FUNCTION = re.compile(r"^local function (\w+)\(.*?^end\n", re.S | re.M)
+
+
+def _unused_dropped(text: str) -> str:
+    """``text`` without the top-level functions nothing else in it names (an include's helpers the
+    script does not use): the server would make each again, a closure, at every call (issue 18)."""
+    while True:
+        for m in _TOP_FUNCTION.finditer(text):
+            rest = text[:m.start()] + text[m.end():]
+            if not re.search(rf"\b{m.group(1)}\b", rest):
+                text = rest
+                break
+        else:
+            return text
 
 
 def expand(text: str, name: str = "script") -> str:
@@ -265,9 +282,9 @@ def _now() -> float:
 # ------------------------------------------------------------------------------------------ schedule
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
-    """One DAG node as schedule.lua writes it."""
+    """One DAG node as schedule.lua writes it (slots: one is made per node scheduled)."""
 
     id: str
     fn_sha: str = ""
@@ -289,38 +306,84 @@ class Node:
     limits: str = ""  # limit keys it holds while it runs, "a,b" (forrestq.limits); "": none
     priority: str = ""  # "" (0) or "1".."9": higher levels are claimed first (include/stream.lua)
 
-    def row(self) -> list[Any]:
-        return [self.id, self.fn_sha, self.args, self.inputs, self.name, "1" if self.root else "",
-                self.metadata, self.timeout, self.max_attempts, self.key, self.retry_policy,
-                "1" if self.io_bound else "", self.soft_timeout, self.resources, "1" if self.allow_failed else "",
-                self.due, self.result_ttl, self.limits, self.priority]
+    def options(self) -> tuple[Any, ...]:
+        """The options write_nodes takes once per call (include/nodes.lua, NODE_OPTIONS), in its order."""
+        return (self.timeout, self.max_attempts, self.retry_policy, self.soft_timeout, self.resources, self.due,
+                self.result_ttl, self.limits, self.priority)
+
+
+# a node's flags (schema.NODE_ROOT ...; by lua_constants: this module's imports stay as they are)
+NODE_ROOT, NODE_IO, NODE_ALLOW, NODE_HAS_META, NODE_HAS_KEY, NODE_HAS_OPTIONS = (lua_constants()[n] for n in (
+    "NODE_ROOT", "NODE_IO", "NODE_ALLOW", "NODE_HAS_META", "NODE_HAS_KEY", "NODE_HAS_OPTIONS"))
+_PLAIN_FLAGS = ("", NODE_ROOT)
+
+
+def nodes_argv(nodes: Sequence[Node]) -> list[Any]:
+    """The ARGV of write_nodes (include/nodes.lua) for ``nodes``: the call's options once (the first
+    node's; the result TTL the first root's: only a root's counts), then per node its NODE_FIELDS
+    fields, then its metadata, its key and its own options when it has them (schema.NODE_HAS_*)."""
+    if not nodes:
+        return ["", DEFAULT_MAX_ATTEMPTS, "", "", "", "", "", "", ""]
+    head = nodes[0]
+    ttl = next((n.result_ttl for n in nodes if n.root), "")
+    t, ma, rp, st, res, due, _, lim, pr = head.options()
+    out: list[Any] = [t, ma, rp, st, res, due, ttl, lim, pr]
+    add = out.extend
+    for n in nodes:
+        root = n.root
+        own = (n.timeout != t or n.max_attempts != ma or n.retry_policy != rp or n.soft_timeout != st
+               or n.resources != res or n.due != due or n.limits != lim or n.priority != pr
+               or (root and n.result_ttl != ttl))
+        if not (own or n.metadata or n.key or n.io_bound or n.allow_failed):
+            add((n.id, n.fn_sha, n.args, n.inputs, n.name, _PLAIN_FLAGS[root]))
+            continue
+        flags = (NODE_ROOT if root else "") + (NODE_IO if n.io_bound else "") \
+            + (NODE_ALLOW if n.allow_failed else "") + (NODE_HAS_META if n.metadata else "") \
+            + (NODE_HAS_KEY if n.key else "") + (NODE_HAS_OPTIONS if own else "")
+        add((n.id, n.fn_sha, n.args, n.inputs, n.name, flags))
+        if n.metadata:
+            out.append(n.metadata)
+        if n.key:
+            out.append(n.key)
+        if own:
+            add(n.options())
+    return out
 
 
 @dataclass
 class ScheduleArgs:
     nodes: list[Node]
     now: float = field(default_factory=_now)
+    since: bool = True  # reply with the finished stream's newest id (False: "", one read less)
+    signer: str = ""  # the producer's signer fingerprint, SET with the nodes ("": not set)
+    fns: dict[str, bytes] = field(default_factory=dict)  # function blobs by sha, SET NX with the nodes
 
 
 @dataclass(frozen=True)
 class Scheduled:
     states: list[str]  # per node, its state after the call
-    since: str  # the newest id of the finished stream
+    since: str  # the newest id of the finished stream ("" unless ScheduleArgs.since)
+
+
+def _schedule_keys(k: QueueKeys, a: ScheduleArgs) -> list[str]:
+    keys = _SCHEDULE_KEYS(k, a)
+    return [*keys, k.signer, *map(k.fn, a.fns)] if a.fns else [*keys, k.signer]
+
+
+_SCHEDULE_KEYS = _named("stream", "counts", "todo", "finished", "failed", "delayed")
 
 
 def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:
-    out: list[Any] = [k.prefix, repr(a.now), len(a.nodes)]
-    for node in a.nodes:
-        out.extend(node.row())
-    return out
+    return [k.prefix, repr(a.now), len(a.nodes), "1" if a.since else "", a.signer, len(a.fns), *a.fns.values(),
+            *nodes_argv(a.nodes)]
 
 
 def _scheduled(raw: list[Any]) -> Scheduled:
-    return Scheduled([_text(s) for s in raw[:-1]], _text(raw[-1]))
+    states = _text(raw[0])
+    return Scheduled(states.split(",") if states else [], _text(raw[1]))
 
 
-schedule: Op[ScheduleArgs, Scheduled] = Op(
-    "schedule", _named("stream", "counts", "todo", "finished", "failed", "delayed"), _schedule_argv, _scheduled)
+schedule: Op[ScheduleArgs, Scheduled] = Op("schedule", _schedule_keys, _schedule_argv, _scheduled)
 
 
 # ------------------------------------------------------------------------- the clock (issue 16)
@@ -364,7 +427,7 @@ class TickArgs:
 tick: Op[TickArgs, bool] = Op(
     "periodic_tick", lambda k, a: [k.stream, k.counts, k.todo, k.finished, k.failed, k.delayed, k.periodic,
                                    k.schedule(a.name)],
-    lambda k, a: [k.prefix, a.name, a.tick, a.spec, repr(a.next_due), repr(a.now), *a.node.row()], bool)
+    lambda k, a: [k.prefix, a.name, a.tick, a.spec, repr(a.next_due), repr(a.now), *nodes_argv([a.node])], bool)
 
 
 # --------------------------------------------------------------------------------------------- claim
@@ -484,9 +547,7 @@ def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
             f"{c.cpu_time:.6f}", c.peak_rss, c.pid or "", c.stack]
     if c.continuation is not None:
         root, nodes = c.continuation
-        argv += [len(nodes), root]
-        for node in nodes:
-            argv.extend(node.row())
+        argv += [len(nodes), root, *nodes_argv(nodes)]
     return argv
 
 

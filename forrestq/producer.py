@@ -240,19 +240,21 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     before the first chunk (where a waiter may start to block)."""
     k = q.keys
     commands = group_commands(q)
-    commands.append(("SET", k.signer, signing.fingerprint()))  # workers compare their secret's with it
     if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
         commands.append(("SET", k.events_cap, q.events_cap))
     if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason (set_result_ttl's)
         commands.append(("DEL", k.result_ttl) if q.result_ttl == "0" else ("SET", k.result_ttl, q.result_ttl))
-    for sha, blob in fns.items():
-        commands.append(("SET", k.fn(sha), blob, "NX"))
     first = len(commands)
     now = time.time()
+    # the first chunk also sets the signer's fingerprint (workers compare their secret's with it) and the
+    # function blobs (SET NX), and reads the finished stream's newest id: the one returned
+    signer = signing.fingerprint()
     if len(nodes) < CHUNK_NODES and sum(len(node.args) for node in nodes) < CHUNK_BYTES:
-        commands.append(ops.schedule.command(q.scripts, k, ops.ScheduleArgs(nodes, now)))
+        commands.append(ops.schedule.command(q.scripts, k, ops.ScheduleArgs(nodes, now, True, signer, fns)))
     else:
-        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now)) for chunk in chunks(nodes)]
+        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now, True, signer, fns) if i == 0
+                                          else ops.ScheduleArgs(chunk, now, False))
+                     for i, chunk in enumerate(chunks(nodes))]
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         commands.append(durability.wait_args(q.replicas))
     replies = q.scripts.send_all(commands, raise_on_error=False, retried=True)  # a schedule may be sent twice

@@ -507,8 +507,12 @@ def glob_escape(text: str) -> str:
 # a task's attempts when its record names none (Queue(max_attempts=) and schedule(max_attempts=) store theirs)
 DEFAULT_MAX_ATTEMPTS = "3"
 TOKEN_SEP = "."  # the n-th task of one claim of several is fenced by token + TOKEN_SEP + n (claim.lua)
+# a node's flags as write_nodes takes it (include/nodes.lua, ops.nodes_argv): one letter each, "" = none
+NODE_ROOT, NODE_IO, NODE_ALLOW = "r", "i", "w"  # a root; io-bound; allow-failed
+NODE_HAS_META, NODE_HAS_KEY, NODE_HAS_OPTIONS = "m", "u", "o"  # its metadata, key, own options follow
 
-_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "LOST_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE",
+_LUA_NAMES = ("DEFAULT_MAX_ATTEMPTS", "TOKEN_SEP", "NODE_ROOT", "NODE_IO", "NODE_ALLOW", "NODE_HAS_META",
+              "NODE_HAS_KEY", "NODE_HAS_OPTIONS", "LOST_ATTEMPTS", "WAITING", "READY", "RUNNING", "DONE",
               "FAILED", "COUNT_OPEN", "COUNT_ROOTS_DONE", "COUNT_ROOTS_FAILED", "RETRY", "ENTRY_TASK",
               "ENTRY_GEN", "SUFFIX_TASK", "SUFFIX_DEPENDENTS", "SUFFIX_LEASE", "CLAIM_SKIP", "CLAIM_DELIVERED",
               "FOLLOW_ALL", "ONCE_DONE", "ONCE_BUSY", "ONCE_CLAIMED", "ONCE_FREE", "EXPIRED", "ONCE_STATE",

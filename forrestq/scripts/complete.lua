@@ -7,8 +7,8 @@
 -- ARGV[4] token of the attempt; "" = the task was lost: accept only while no lease exists
 -- ARGV[5] DONE | FAILED | RETRY (SCHEDULED in KEYS[7] until ARGV[14] s from now by the server's clock,
 --         TIME, then ready; the error is kept for show, the progress dropped) | CONTINUED
---         (the task returned a deferred tree, its continuation: ARGV[20] nodes (include/nodes.lua) from
---         ARGV[22], root ARGV[21]; they are written, each marked TASK_OWNER = this task, and the task
+--         (the task returned a deferred tree, its continuation: ARGV[20] nodes from ARGV[22] as
+--         write_nodes takes them (include/nodes.lua: the options, then the nodes), root ARGV[21]; they are written, each marked TASK_OWNER = this task, and the task
 --         waits (WAITING, TASK_CONT = the root, a dependent of it) until the root ends, then ends as it did)
 -- ARGV[6] result blob   ARGV[7] error blob   ARGV[8] traceback text
 -- ARGV[9] reason (one line)   ARGV[10] runtime (s)   ARGV[11] now (s)   ARGV[12] output tail

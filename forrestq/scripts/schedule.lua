@@ -8,16 +8,19 @@
 --                            scheduled is failed at once
 -- KEYS[6] delayed  (zset)    SCHEDULED task ids by the server-clock time they are due (a node with a due
 --                            time still ahead and no input to wait for goes here, not on the stream)
--- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes
--- ARGV[4..] per node, NODE_FIELDS (include/nodes.lua, 19) fields: id, fn sha, args blob, inputs ("a,b,c" or ""), name, root ("1"/""),
---           metadata blob, timeout, max attempts, key, retry policy blob, io-bound ("1"/""), soft timeout,
---           resources (forrestq.resources text form, "" = cpus=1), allow-failed ("1"/"": a failed input
---           counts as finished, see include/nodes.lua), due ("" = at once, "+S" = S s from now by the
---           server's clock (TIME), else a server-clock time; include/nodes.lua), result TTL (s; "" = the
---           queue's default, "0" = none; on a root only: include/nodes.lua), limit keys, priority ("" = 0,
---           else 1..PRIORITY_MAX: on that level's stream, include/stream.lua)
--- Returns, per node, its state after the call, then the newest id of the finished stream. An existing
---   node is left as it is (a shared node runs once), except that a root flag and its metadata are
+-- KEYS[7] signer   (string)  the fingerprint of the producers' secret, SET to ARGV[5] unless that is ""
+-- KEYS[8..] the function blobs' keys (fq:{q}:fn:<sha>, content-addressed), ARGV[6] of them: each SET NX to
+--                            its blob, ARGV[7..]
+-- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes   ARGV[4] "1": return the
+--         finished stream's newest id ("" = not wanted: the later chunks of one schedule)
+-- ARGV[5] the producer's signer fingerprint ("" = not set here)   ARGV[6] F, the number of function blobs
+-- ARGV[7 .. 6+F] the blobs of KEYS[8 .. 7+F]
+-- ARGV[7+F ..] the call's node options (NODE_OPTIONS: timeout, max attempts, retry policy blob, soft timeout,
+--           resources, due, result TTL, limit keys, priority), then per node NODE_FIELDS fields (id, fn sha,
+--           args blob, inputs, name, flags) and what its flags say follows (metadata, key, its own options):
+--           include/nodes.lua, write_nodes
+-- Returns {each node's state after the call, comma-separated; the newest id of the finished stream ("" when
+--   ARGV[4] is "")}. An existing node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
 -- Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when an input had failed.
 --- @include stream
@@ -27,10 +30,15 @@
 --- @include events
 --- @include delayed
 --- @include nodes
-local prefix, now, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local emit = event_writer(prefix)
-local out = write_nodes(prefix, now, n, 4, KEYS, emit, nil)  -- KEYS: stream, counts, todo, finished, failed, delayed
+local prefix, now, n, nf = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
+-- what a schedule writes besides its nodes, in the same call (a command less each)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[7], ARGV[5]) end  -- workers compare their secret's with it
+for i = 1, nf do redis.call('SET', KEYS[7 + i], ARGV[6 + i], 'NX') end
+-- the events cap and the queue's result TTL in one read (a new node emits, a new root may need the TTL)
+local got = redis.call('MGET', prefix .. SUFFIX_EVENTS_CAP, prefix .. SUFFIX_RESULT_TTL)
+local emit = event_writer(prefix, got[1] or '0')
+-- KEYS: stream, counts, todo, finished, failed, delayed
+local out = write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
 -- last: the finished stream's newest id, so a waiter can block from here without a first look
-local last = redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1]
-out[#out + 1] = last and last[1] or '0-0'
-return out
+local last = ARGV[4] == '1' and (redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1] or {'0-0'}) or {''}
+return {table.concat(out, ','), last[1]}  -- one string, not a reply per node (states hold no comma)

@@ -1,0 +1,113 @@
+"""schedule.lua's compact node layout (issue 18): the call's options sent once, a node's own only when
+they differ (ops.nodes_argv, include/nodes.lua). The records written are the same as field-by-field."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from forrestq import ops, schema
+from forrestq.schema import GROUP, QueueKeys
+
+
+@pytest.fixture
+def k(r: redis.Redis) -> QueueKeys:
+    keys = QueueKeys("argv")
+    r.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+    return keys
+
+
+@pytest.fixture
+def s(r: redis.Redis) -> Iterator[ops.Scripts]:
+    yield ops.Scripts(r)
+
+
+def record(r: redis.Redis, k: QueueKeys, tid: str) -> dict[str, str]:
+    """The task's fields, the ones that vary from run to run (times, stream ids) left out."""
+    got = {f.decode(): v.decode(errors="replace") for f, v in r.hgetall(k.task(tid)).items()}
+    return {f: v for f, v in got.items() if f not in (schema.TASK_CREATED, schema.TASK_STREAM_ID, schema.TASK_DUE)}
+
+
+def test_plain_roots_take_six_fields_each_and_the_options_once() -> None:
+    nodes = [ops.Node(f"n{i}", "f", b"x", "", "noop", root=True) for i in range(3)]
+    argv = ops.nodes_argv(nodes)
+    assert len(argv) == 9 + 6 * 3
+    assert argv[9:15] == ["n0", "f", b"x", "", "noop", schema.NODE_ROOT]
+
+
+def test_each_option_is_written_as_given_per_node(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    r.set(k.result_ttl, "30.0")
+    full = ops.Node("b", "g", b"y", "a", "nb", root=True, metadata=b"M", timeout="5.0", max_attempts="2",
+                    key="K", retry_policy=b"P", io_bound=True, soft_timeout="1.0", resources="cpus=2",
+                    allow_failed=True, due="+600", result_ttl="60.0", limits="l1", priority="3")
+    got = ops.schedule(s, k, ops.ScheduleArgs([
+        ops.Node("a", "f", b"x", "", "na"), full, ops.Node("c", "f", b"z", "", "nc", root=True),
+        ops.Node("a", root=True, metadata=b"MA")]))
+    assert got.states == [schema.READY, schema.WAITING, schema.READY, schema.READY]
+    base = {schema.TASK_FN: "f", schema.TASK_NAME: "na", schema.TASK_ARGS: "x", schema.TASK_STATE: schema.READY}
+    assert record(r, k, "a") == {**base, schema.TASK_ROOT: "1", schema.TASK_META: "MA"}
+    assert record(r, k, "b") == {
+        schema.TASK_FN: "g", schema.TASK_ARGS: "y", schema.TASK_NAME: "nb", schema.TASK_INPUTS: "a",
+        schema.TASK_ROOT: "1", schema.TASK_META: "M", schema.TASK_TIMEOUT: "5.0", schema.TASK_MAX_ATTEMPTS: "2",
+        schema.TASK_KEY: "K", schema.TASK_RETRY_POLICY: "P", schema.TASK_IO_BOUND: "1",
+        schema.TASK_SOFT_TIMEOUT: "1.0", schema.TASK_RESOURCES: "cpus=2", schema.TASK_ALLOW_FAILED: "1",
+        schema.TASK_RESULT_TTL: "60.0", schema.TASK_LIMITS: "l1", schema.TASK_PRIORITY: "3",
+        schema.TASK_STATE: schema.WAITING, schema.TASK_PENDING: "1"}
+    assert r.hget(k.task("b"), schema.TASK_DUE)  # a due time, though it waits for its input first
+    assert record(r, k, "c") == {schema.TASK_FN: "f", schema.TASK_ARGS: "z", schema.TASK_NAME: "nc",
+                                 schema.TASK_ROOT: "1", schema.TASK_RESULT_TTL: "30.0",
+                                 schema.TASK_STATE: schema.READY}
+    assert r.hgetall(k.counts) == {schema.READY.encode(): b"2", schema.WAITING.encode(): b"1",
+                                   schema.COUNT_OPEN.encode(): b"3"}
+
+
+def test_a_node_without_the_first_nodes_options_has_none(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    got = ops.schedule(s, k, ops.ScheduleArgs([
+        ops.Node("a", "f", timeout="5.0", due="+600", priority="2", limits="l", root=True, result_ttl="0"),
+        ops.Node("b", "f", root=True, result_ttl="7.0"), ops.Node("c", "f", timeout="5.0", due="+600",
+                                                                  priority="2", limits="l", root=True)]))
+    assert got.states == [schema.SCHEDULED, schema.READY, schema.SCHEDULED]
+    assert record(r, k, "b") == {schema.TASK_FN: "f", schema.TASK_ARGS: "", schema.TASK_NAME: "",
+                                 schema.TASK_ROOT: "1", schema.TASK_RESULT_TTL: "7.0", schema.TASK_STATE: schema.READY}
+    same = {schema.TASK_FN: "f", schema.TASK_ARGS: "", schema.TASK_NAME: "", schema.TASK_ROOT: "1",
+            schema.TASK_TIMEOUT: "5.0", schema.TASK_PRIORITY: "2", schema.TASK_LIMITS: "l",
+            schema.TASK_STATE: schema.SCHEDULED}
+    assert record(r, k, "a") == same and record(r, k, "c") == same
+    assert r.zcard(k.delayed) == 2
+
+
+def test_nodes_that_exist_are_found_in_any_batch(r: redis.Redis, k: QueueKeys, s: ops.Scripts) -> None:
+    """Whether the nodes exist is asked per batch (EXISTS): an old node far into a big call is left as it
+    is, a node named twice in one call is written once, and inputs written earlier in the call count."""
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("old", "f", b"old")]))
+    nodes = [ops.Node(f"n{i}", "f", root=True) for i in range(1200)]
+    nodes[700] = ops.Node("old", "g", b"new", root=True)
+    nodes.append(ops.Node("n5", "h", root=True))  # again, in another batch
+    nodes.append(ops.Node("dep", "f", inputs="n3,old,n1100", root=True))
+    got = ops.schedule(s, k, ops.ScheduleArgs(nodes, since=False))
+    assert got.states == [schema.READY] * 1201 + [schema.WAITING] and got.since == ""
+    assert r.hget(k.task("old"), schema.TASK_ARGS) == b"old" and r.hget(k.task("old"), schema.TASK_FN) == b"f"
+    assert r.hget(k.task("n5"), schema.TASK_FN) == b"f"
+    assert r.xlen(k.stream) == 1200  # every READY node once (old had its entry from the first call)
+    assert r.hget(k.task("dep"), schema.TASK_PENDING) == b"3"
+    assert all(r.smembers(k.dependents(i)) == {b"dep"} for i in ("n3", "old", "n1100"))
+
+
+def test_the_signer_and_function_blobs_are_written_with_the_nodes(r: redis.Redis, k: QueueKeys,
+                                                                  s: ops.Scripts) -> None:
+    r.set(k.fn("s1"), b"kept")
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("a", "s1"), ops.Node("b", "s2")], signer="abcd1234",
+                                        fns={"s1": b"other", "s2": b"blob2"}))
+    assert r.get(k.signer) == b"abcd1234" and r.get(k.fn("s1")) == b"kept" and r.get(k.fn("s2")) == b"blob2"
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("c", "s2")]))  # neither: nothing else written
+    assert r.get(k.signer) == b"abcd1234"
+
+
+def test_include_helpers_a_script_does_not_use_are_left_out() -> None:
+    """Every closure a script defines is made again at each call: ops.source leaves out the unused ones."""
+    assert "local function promote_due(" not in ops.source("schedule")  # include/delayed.lua's, claim's
+    assert "local function promote_due(" in ops.source("claim")
+    assert "local function write_nodes(" in ops.source("schedule")
+    text = "local function a(x)\n  return x\nend\nlocal function b(x)\n  return a(x)\nend\nreturn 1\n"
+    assert ops._unused_dropped(text) == "return 1\n"  # b is unused, and then so is a
