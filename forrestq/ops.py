@@ -373,8 +373,8 @@ def _schedule_keys(k: QueueKeys, a: ScheduleArgs) -> list[str]:
 _SCHEDULE_KEYS = _named("stream", "counts", "todo", "finished", "failed", "delayed")
 
 
-def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:
-    return [k.prefix, repr(a.now), len(a.nodes), "1" if a.since else "", a.signer, len(a.fns), *a.fns.values(),
+def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:  # TASK_CREATED to the ms: 4 bytes less a record
+    return [k.prefix, f"{a.now:.3f}", len(a.nodes), "1" if a.since else "", a.signer, len(a.fns), *a.fns.values(),
             *nodes_argv(a.nodes)]
 
 

@@ -104,7 +104,7 @@ def test_importable_function_pickles_by_reference():
     sha, blob, name = dump_fn(textwrap.dedent)
     assert len(blob) < 200
     assert name == "textwrap.dedent"
-    assert sha == codec.fn_id(blob) == hashlib.sha1(blob).hexdigest()[:24]
+    assert sha == codec.fn_id(blob) == hashlib.sha1(blob).hexdigest()[:codec.FN_ID_CHARS]
     assert load_fn(blob) is textwrap.dedent
     assert dump_fn(fit)[2].endswith(".fit") and len(dump_fn(fit)[1]) < 200
     assert load_fn(dump_fn(len)[1]) is len
