@@ -235,8 +235,9 @@ class Queue:
         return reading.get(self.core, ref)
 
     def todo_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
-        """The roots (the tasks scheduled) not finished yet (waiting, scheduled, ready, running), oldest first.
-        ``nodes=True``: every DAG node, the inner calls of trees too."""
+        """The roots (the tasks scheduled) not finished yet, in the order they will run: running and ready
+        (stream order), then scheduled (by due time), then waiting. ``nodes=True``: every DAG node, the
+        inner calls of trees too."""
         return reading.listing(self.core, None, limit, nodes)
 
     def done_tasks(self, limit: int | None = None, nodes: bool = False) -> list[Task]:
