@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from . import aio, codec, context, limits, local, mapping, once, periodic, producer, reading, shared
+from . import aio, codec, context, limits, local, mapping, once, periodic, producer, reading, shared, unfinished
 from .batch import Batch, Scheduled, follow, for_run
 from .connection import connect, resolve_url
 from .core import QueueCore
@@ -323,7 +323,7 @@ class Queue:
         Queued tasks never start; a running task's worker loses its lease and kills it at its next
         heartbeat. Returns the ids cancelled."""
         if all:
-            chosen = reading.unfinished_ids(self.core)
+            chosen = unfinished.ids(self.r, self.keys)
         elif ids is None:
             raise ConfigError("cancel needs task ids, or all=True")
         else:

@@ -180,11 +180,6 @@ def listing(q: QueueCore, key: str | None, limit: int | None, nodes: bool = Fals
     return out[:limit]
 
 
-def unfinished_ids(q: QueueCore) -> list[str]:
-    """The ids of every unfinished task (DAG node) of the queue (a snapshot)."""
-    return unfinished.ids(q.r, q.keys)
-
-
 def _pages(q: QueueCore, key: str | None) -> Iterator[list[str]]:
     """Ids of sorted set ``key`` (None: of the unfinished tasks), :data:`FETCH_BATCH` at a time."""
     if key is None:

@@ -179,33 +179,28 @@ class Child:
 
     def _wait_for_task(self, token: str) -> tuple[int, ops.Claimed, Slot] | None:
         """Block (up to ``block_ms``) until a task is ready on one of the queues, and claim it: in the
-        same round trip (Claims.wait), or on a cluster, whose reads may span slots, in a second one."""
-        if isinstance(self.r, ClusterClient):
-            return self._read_then_claim(token)
+        same round trip (Claims.wait), or on a cluster, whose reads may span slots, in a second one.
+        Holds the first task claimed; hands back any other (one read may deliver one per stream)."""
+        found = self._read_then_claim(token) if isinstance(self.r, ClusterClient) else self.claims.wait(
+            self.cfg.block_ms)
         held: tuple[int, ops.Claimed, Slot] | None = None
-        for qi, c in self.claims.wait(self.cfg.block_ms):
+        for qi, c in found:
             if self.slot.stop or held is not None:  # stopping, or one task is held already: hand it back
                 self._release(self.keys[qi], c.id, c.token)
             else:
                 held = self.claims.hold(qi, [c])
         return held
 
-    def _read_then_claim(self, token: str) -> tuple[int, ops.Claimed, Slot] | None:
+    def _read_then_claim(self, token: str) -> Iterator[tuple[int, ops.Claimed]]:
         read = read_ready(self.r, self.cfg.consumer, [k.stream for k in self.keys], self.cfg.block_ms)
-        held: tuple[int, ops.Claimed, Slot] | None = None
         for stream, entries in read or ():
             name = stream.decode() if isinstance(stream, bytes) else stream
             qi = [k.stream for k in self.keys].index(name)
             sid = entries[0][0]
-            k = self.keys[qi]
-            got = self.claims.exchange(k, token, 1, sid.decode() if isinstance(sid, bytes) else sid)
+            got = self.claims.exchange(self.keys[qi], token, 1, sid.decode() if isinstance(sid, bytes) else sid)
             if isinstance(got, list) and got:
-                if self.slot.stop or held is not None:  # stopping, or one task is held already: hand it back
-                    self._release(k, got[0].id, got[0].token)
-                else:
-                    held = self.claims.hold(qi, got)
+                yield qi, got[0]
                 token = new_token()
-        return held
 
     def recreate_groups(self, error: Exception) -> bool:
         """After NOGROUP (the stream was deleted while this child read it, e.g. by ``clean(all=True)``
