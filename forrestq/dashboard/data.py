@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -112,11 +113,6 @@ class Listing:
     total: int  # members of the zset paged through
 
 
-def _zset(k: QueueKeys, state: str) -> tuple[str, bool]:
-    """The zset a finished state pages through, and whether newest first."""
-    return (k.done if state == schema.DONE else k.failed), True
-
-
 def _matches(f: Filter, queue: str, tid: str, light: list[Any]) -> bool:
     """Whether one task (its :data:`_LIGHT` fields) is one the filter asks for."""
     state, name, host, reason, key, _, root = (_text(v) for v in light)
@@ -134,46 +130,21 @@ def _matches(f: Filter, queue: str, tid: str, light: list[Any]) -> bool:
 
 
 def list_page(r: redis.Redis, f: Filter, size: int = PAGE) -> Listing:
-    """One page of the listing ``f``: without filters a slice of the zset by rank; with filters the
-    matches among at most :data:`SCAN_LIMIT` tasks from ``f.start`` on. Unfinished tasks: the same over
-    :mod:`forrestq.unfinished`'s sequence."""
+    """One page of the listing ``f``: without filters a slice of the zset (or of
+    :mod:`forrestq.unfinished`'s sequence) by rank; with filters the matches among at most
+    :data:`SCAN_LIMIT` tasks from ``f.start`` on."""
     k = QueueKeys(f.queue)
+    count = SCAN_BATCH if f.filtered else size
     if f.state in TODO_STATES:
-        return _unfinished_page(r, k, f, size)
-    key, newest_first = _zset(k, f.state)
-    total = int(r.zcard(key))
-    read = r.zrevrange if newest_first else r.zrange
-    found: list[str] = []
-    pos = f.start
-    limit = SCAN_LIMIT if f.filtered else size
-    while len(found) < size and pos < total and pos - f.start < limit:
-        n = min(SCAN_BATCH if f.filtered else size - len(found), limit - (pos - f.start))
-        ids = [_text(i) for i in cast("list[bytes]", read(key, pos, pos + n - 1))]
-        if not ids:
-            break
-        if f.filtered:
-            pipe = r.pipeline(transaction=False)
-            for tid in ids:
-                pipe.hmget(k.task(tid), _LIGHT)
-            for tid, light in zip(ids, pipe.execute()):
-                pos += 1
-                if _matches(f, f.queue, tid, light):
-                    found.append(tid)
-                    if len(found) >= size:
-                        break
-        else:
-            found += ids
-            pos += len(ids)
-    return Listing(status.records(r, f.queue, found), pos if pos < total else None, pos - f.start, total)
-
-
-def _unfinished_page(r: redis.Redis, k: QueueKeys, f: Filter, size: int) -> Listing:
-    state = None if f.state == TODO_STATES[0] else f.state  # "unfinished": every index
-    total = unfinished.size(r, k, state)
+        state = None if f.state == TODO_STATES[0] else f.state  # "unfinished": every index
+        total, pages = unfinished.size(r, k, state), unfinished.scan(r, k, f.start, count, state)
+    else:
+        key = k.done if f.state == schema.DONE else k.failed  # newest first
+        total, pages = int(r.zcard(key)), _newest_first(r, key, f.start, count)
     limit = SCAN_LIMIT if f.filtered else size
     found: list[str] = []
     pos = f.start
-    for page in unfinished.scan(r, k, f.start, SCAN_BATCH if f.filtered else size, state):
+    for page in pages:
         pipe = r.pipeline(transaction=False)
         for tid in page.ids if f.filtered else ():
             pipe.hmget(k.task(tid), _LIGHT)
@@ -189,6 +160,16 @@ def _unfinished_page(r: redis.Redis, k: QueueKeys, f: Filter, size: int) -> List
         if len(found) >= size or pos - f.start >= limit:
             break
     return Listing(status.records(r, f.queue, found), pos if pos < total else None, pos - f.start, total)
+
+
+def _newest_first(r: redis.Redis, key: str, start: int, count: int) -> Iterator[unfinished.Page]:
+    """The members of zset ``key`` from rank ``start`` on, newest first, ``count`` a page."""
+    while True:
+        ids = [_text(i) for i in cast("list[bytes]", r.zrevrange(key, start, start + count - 1))]
+        if not ids:
+            return
+        yield unfinished.Page(ids, [], list(range(start, start + len(ids))), start + len(ids))
+        start += len(ids)
 
 
 def metadata_text(task: Task) -> str:
