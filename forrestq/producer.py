@@ -130,10 +130,12 @@ def keyed(task: Any, key: str) -> Call:
 
 def set_result_ttl(r: Any, keys: QueueKeys, ttl: str) -> None:
     """Store a queue's default result TTL (``ttl_text``; "0": none) where schedule.lua reads it."""
-    if ttl == "0":
-        r.delete(keys.result_ttl)
-    else:
-        r.set(keys.result_ttl, ttl)
+    r.execute_command(*result_ttl_command(keys, ttl))
+
+
+def result_ttl_command(keys: QueueKeys, ttl: str) -> tuple[str, ...]:
+    """:func:`set_result_ttl`'s command, as a tuple."""
+    return ("DEL", keys.result_ttl) if ttl == "0" else ("SET", keys.result_ttl, ttl)
 
 
 def ensure_group(q: QueueCore, pipe: Any) -> None:
@@ -242,19 +244,16 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     commands = group_commands(q)
     if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
         commands.append(("SET", k.events_cap, q.events_cap))
-    if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason (set_result_ttl's)
-        commands.append(("DEL", k.result_ttl) if q.result_ttl == "0" else ("SET", k.result_ttl, q.result_ttl))
+    if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason
+        commands.append(result_ttl_command(k, q.result_ttl))
     first = len(commands)
     now = time.time()
     # the first chunk also sets the signer's fingerprint (workers compare their secret's with it) and the
     # function blobs (SET NX), and reads the finished stream's newest id: the one returned
     signer = signing.fingerprint()
-    if len(nodes) < CHUNK_NODES and sum(len(node.args) for node in nodes) < CHUNK_BYTES:
-        commands.append(ops.schedule.command(q.scripts, k, ops.ScheduleArgs(nodes, now, True, signer, fns)))
-    else:
-        commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now, True, signer, fns) if i == 0
-                                          else ops.ScheduleArgs(chunk, now, False))
-                     for i, chunk in enumerate(chunks(nodes))]
+    commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now, True, signer, fns) if i == 0
+                                      else ops.ScheduleArgs(chunk, now, False))
+                 for i, chunk in enumerate(chunks(nodes))]
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         commands.append(durability.wait_args(q.replicas))
     replies = q.scripts.send_all(commands, raise_on_error=False, retried=True)  # a schedule may be sent twice
