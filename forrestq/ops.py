@@ -181,16 +181,13 @@ class Scripts:
             pipe.reset()
             return self.send_all([args for args, _ in stack], raise_on_error, retried)
         replies = pipe.execute(raise_on_error=False)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
+        again = _to_send_again(replies, [args for args, _ in stack])
+        if again:
             self.load()
-            # a WAIT after a command sent again follows it again, in its place: it covers the writes before it
-            waits = [i for i, (args, _) in enumerate(stack) if args[0] == "WAIT" and i > missing[0]]
-            missing = sorted({*missing, *waits})
-            for i in missing:
+            for i in again:
                 args, options = stack[i]
                 pipe.pipeline_execute_command(*args, **options)
-            for i, reply in zip(missing, pipe.execute(raise_on_error=False)):
+            for i, reply in zip(again, pipe.execute(raise_on_error=False)):
                 replies[i] = reply
         if raise_on_error:
             _raise_any(replies)
@@ -203,12 +200,10 @@ class Scripts:
         pipeline object; the commands refused with NOSCRIPT (and a WAIT after them) sent again once
         every script is loaded, as :meth:`execute` does."""
         replies = self._sent(commands, retried)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
+        again = _to_send_again(replies, commands)
+        if again:
             self.load()
-            waits = [i for i, c in enumerate(commands) if c[0] == "WAIT" and i > missing[0]]
-            missing = sorted({*missing, *waits})
-            for i, reply in zip(missing, self._sent([commands[i] for i in missing], retried)):
+            for i, reply in zip(again, self._sent([commands[i] for i in again], retried)):
                 replies[i] = reply
         if raise_on_error:
             _raise_any(replies)
@@ -223,6 +218,16 @@ class Scripts:
             return self.send(commands)
         replies: list[Any] = retry.call_with_retry(lambda: self.send(commands), lambda e: None)
         return replies
+
+
+def _to_send_again(replies: list[Any], commands: Sequence[Sequence[Any]]) -> list[int]:
+    """The commands to send again once every script is loaded: those the server refused with
+    NOSCRIPT, and each WAIT after the first of them (it follows them again, in its place: it covers
+    the writes before it)."""
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if not missing:
+        return []
+    return sorted({*missing, *(i for i, c in enumerate(commands) if c[0] == "WAIT" and i > missing[0])})
 
 
 def _raise_any(replies: list[Any]) -> None:
