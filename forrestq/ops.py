@@ -30,7 +30,20 @@ from redis.exceptions import NoScriptError
 
 from .cluster import ClusterClient, primaries, send_batch
 from .errors import as_permission_error, is_permission_error
-from .schema import DEFAULT_MAX_ATTEMPTS, FAILED, GROUP, TOKEN_SEP, QueueKeys, lua_constants
+from .schema import (
+    DEFAULT_MAX_ATTEMPTS,
+    FAILED,
+    GROUP,
+    NODE_ALLOW,
+    NODE_HAS_KEY,
+    NODE_HAS_META,
+    NODE_HAS_OPTIONS,
+    NODE_IO,
+    NODE_ROOT,
+    TOKEN_SEP,
+    QueueKeys,
+    lua_constants,
+)
 
 _DIR = Path(__file__).parent / "scripts"
 _INCLUDE = re.compile(r"^--- @include (\w+)\s*$", re.M)
@@ -317,9 +330,6 @@ class Node:
                 self.result_ttl, self.limits, self.priority)
 
 
-# a node's flags (schema.NODE_ROOT ...; by lua_constants: this module's imports stay as they are)
-NODE_ROOT, NODE_IO, NODE_ALLOW, NODE_HAS_META, NODE_HAS_KEY, NODE_HAS_OPTIONS = (lua_constants()[n] for n in (
-    "NODE_ROOT", "NODE_IO", "NODE_ALLOW", "NODE_HAS_META", "NODE_HAS_KEY", "NODE_HAS_OPTIONS"))
 _PLAIN_FLAGS = ("", NODE_ROOT)
 
 
