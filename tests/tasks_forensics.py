@@ -91,3 +91,11 @@ async def slow_io(marker: str, seconds: float = 60.0) -> None:
     finally:
         with open(marker, "w") as f:
             f.write("cleaned up")
+
+
+def say(text: str, grandchild: bool = False) -> str:
+    """Print ``text`` (from a grandchild process too, when asked) and return it."""
+    print(text, flush=True)
+    if grandchild:
+        subprocess.run([sys.executable, "-c", f"print({text + ' (grandchild)'!r})"], check=True, timeout=60)
+    return text

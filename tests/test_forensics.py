@@ -44,6 +44,22 @@ def test_a_segfault_keeps_faulthandlers_traceback(url: str) -> None:
     assert "solving" in task.output
 
 
+def test_each_tasks_output_is_its_own_in_a_reused_child_and_at_its_death(url: str) -> None:
+    """One child runs them all: each record holds what that task printed (a grandchild's lines too),
+    never the task's before; a task killed for its timeout keeps its own output, not the earlier ones'."""
+    q = Queue("own-output")
+    with worker(url, "own-output", 1, *FAST):
+        first = q.wait(q.schedule(defer(tf.say, "alpha output", True)), timeout=60)
+        second = q.wait(q.schedule(defer(tf.say, "beta output")), timeout=60)
+        quiet = q.wait(q.schedule(defer(tf.allocate, 1)), timeout=60)
+        hung = q.wait(q.schedule(defer(tf.hung_fit), timeout=1), timeout=60)
+    assert first.pid == second.pid == quiet.pid, "one child ran the first three"
+    assert first.output == "alpha output\nalpha output (grandchild)\n", first.output
+    assert second.output == "beta output\n", second.output
+    assert quiet.output == "", quiet.output
+    assert hung.state == "failed" and hung.output == "fitting the model\n", hung.output
+
+
 def test_peak_memory_is_the_tasks_own_in_a_reused_child(url: str) -> None:
     """The second task of one child reports its own peak, not the bigger one of the task before."""
     q = Queue("peak")

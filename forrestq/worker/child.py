@@ -270,7 +270,7 @@ class Child:
         if not self.gate.admit(k, c, self.slot):  # not startable here (now): handed back unrun
             self.free(lane)
             return Outcome(REFUSED, reason="not startable here")
-        self.capture.start()
+        lane.output_from(self.capture.start())
         try:
             loaded = self.runner.load(k, c)
             if isinstance(loaded, Outcome):

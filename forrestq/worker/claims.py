@@ -293,8 +293,11 @@ class Claims:
         if self.fetch:
             self._watch()
             self.nudge.set()
-        if self.fetch or self.holding():
-            self.armed.set()  # the watcher looks while this task runs
+        if (self.fetch or self.holding()) and not self.armed.is_set():
+            # the watcher looks while this task runs; set only when clear (a set wakes the watcher's
+            # condition each time). The watcher clears it before it looks at ``since`` and ``fetch``
+            # again, which are written above: one of the two sees the other's write.
+            self.armed.set()
 
     def _may_fetch(self) -> bool:
         """Whether a claim ahead may go now: the task still runs, nothing is queued, a lane is left

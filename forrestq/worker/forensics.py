@@ -75,9 +75,10 @@ class TaskFiles:
         (the child never does it: a truncate per task would cost it ~6 us)."""
         os.ftruncate(self.stack_fd, 0)
 
-    def output_tail(self) -> bytes:
+    def output_tail(self, begin: int = 0) -> bytes:
+        """The last OUTPUT_TAIL bytes of the output file from ``begin`` (where the task's output began)."""
         size = os.fstat(self.out_fd).st_size
-        start = max(0, size - OUTPUT_TAIL)
+        start = max(begin, size - OUTPUT_TAIL)
         return os.pread(self.out_fd, size - start, start)
 
     def stack_text(self) -> str:
@@ -139,13 +140,14 @@ class Meter:
 
 
 def of_dead_child(pid: int, usage: resource.struct_rusage | None, cpu0: float, runtime: float,
-                  files: TaskFiles | None) -> Evidence:
-    """The evidence of a task whose child ``pid`` died (``usage``: from ``wait4``)."""
+                  files: TaskFiles | None, output_at: int = 0) -> Evidence:
+    """The evidence of a task whose child ``pid`` died (``usage``: from ``wait4``; ``output_at``: where
+    the task's output began in the output file)."""
     ev = Evidence(runtime=runtime, pid=pid)
     if usage is not None:
         ev.cpu_time, ev.peak_rss = max(0.0, cpu_seconds(usage) - cpu0), usage.ru_maxrss * 1024
     if files is not None:
-        ev.output, ev.stack = files.output_tail(), files.stack_text()
+        ev.output, ev.stack = files.output_tail(output_at), files.stack_text()
     return ev
 
 

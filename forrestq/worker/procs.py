@@ -135,9 +135,13 @@ def signal_reason(status: int, limit: float | None = None, own: bool = False,
 
 
 class Capture:
-    """Sends fds 1 and 2 (and so every grandchild's output) to a scratch file, emptied before each
-    task. The child's fds stay redirected between tasks (a child runs nothing else); its own log lines
-    go to ``stderr``, a copy of the worker's stderr taken before."""
+    """Sends fds 1 and 2 (and so every grandchild's output) to a scratch file: each task's output
+    follows the one before, from the offset :meth:`start` returns, and the file is emptied before a
+    task once it holds over KEEP_BYTES (a truncate per task would cost each no-op a few syscalls). The
+    child's fds stay redirected between tasks (a child runs nothing else); its own log lines go to
+    ``stderr``, a copy of the worker's stderr taken before."""
+
+    KEEP_BYTES = 1 << 20
 
     def __init__(self, fd: int = -1) -> None:
         """``fd``: the file to capture into (the worker's, so it can read a dead task's output); by
@@ -148,16 +152,23 @@ class Capture:
         self.fd = fd
         self.stderr = os.dup(2)
         self.redirected = False
+        self.begin, self.end = 0, -1  # offsets of the current task's output (end -1: the file is not ours yet)
 
-    def start(self) -> None:
+    def start(self) -> int:
+        """A task starts: the offset of the file its output begins at (what the worker reads from if
+        the child dies)."""
         if not self.redirected:
             sys.stdout.flush()
             sys.stderr.flush()
             os.dup2(self.fd, 1)
             os.dup2(self.fd, 2)
             self.redirected = True
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
+        if self.end < 0 or self.end > self.KEEP_BYTES:  # or a child's first task (a dead one's output may be there)
+            os.ftruncate(self.fd, 0)
+            self.begin = os.lseek(self.fd, 0, os.SEEK_SET)
+        else:  # where the last task's output ended, or later if anything wrote since
+            self.begin = os.lseek(self.fd, 0, os.SEEK_CUR)
+        return self.begin
 
     def stop(self) -> int:
         """The task ended: the size of what it wrote."""
@@ -166,11 +177,14 @@ class Capture:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        return os.fstat(self.fd).st_size
+        # the shared file offset: where every write through fds 1 and 2, a grandchild's too, ended
+        self.end = max(self.begin, os.lseek(self.fd, 0, os.SEEK_CUR))
+        return self.end - self.begin
 
     def tail(self, size: int) -> bytes:
-        start = max(0, size - OUTPUT_TAIL)
-        return os.pread(self.fd, size - start, start)
+        """The last OUTPUT_TAIL bytes of the ``size`` the task wrote."""
+        keep = min(size, OUTPUT_TAIL)
+        return os.pread(self.fd, keep, self.begin + size - keep) if keep else b""
 
     def copy_to(self, path: str, task_id: str, size: int, chunk: int = 1 << 20) -> None:
         """Append the whole output to the worker's log file, each line tagged with the task id
@@ -182,7 +196,7 @@ class Capture:
         try:
             rest = b""
             for offset in range(0, size, chunk):
-                lines = (rest + os.pread(self.fd, min(chunk, size - offset), offset)).split(b"\n")
+                lines = (rest + os.pread(self.fd, min(chunk, size - offset), self.begin + offset)).split(b"\n")
                 rest = lines.pop()
                 if lines:
                     os.write(fd, b"".join(tag + line + b"\n" for line in lines))

@@ -29,6 +29,7 @@ class SlotView(NamedTuple):
     own_limit: bool  # the limit is the task's own ``timeout`` (else the worker's --autokill)
     cpu0: float  # CPU seconds the child had used when it took the task (forrestq.worker.forensics)
     parked: bool  # not running: claimed ahead of its turn, or ended while another runs (worker.claims)
+    output_at: int  # offset of the child's output file where this task's output begins (worker.procs.Capture)
 
 
 class Slot(ctypes.Structure):
@@ -46,6 +47,7 @@ class Slot(ctypes.Structure):
         ("started", ctypes.c_double),
         ("timeout", ctypes.c_double),
         ("cpu0", ctypes.c_double),
+        ("output_at", ctypes.c_uint64),
         ("done", ctypes.c_uint64),
         ("failed", ctypes.c_uint64),
         # signature hand-backs in a row (forrestq.worker.refusals), written by the child only; outside
@@ -71,6 +73,13 @@ class Slot(ctypes.Structure):
         task's own timeout rather than the worker's --autokill."""
         self.seq += 1
         self.started, self.timeout, self.own_limit, self.parked = time.monotonic(), timeout, own, 0
+        self.seq += 1
+
+    def output_from(self, offset: int) -> None:
+        """The task's output begins at ``offset`` of the child's output file (what the worker reads
+        from should the child die)."""
+        self.seq += 1
+        self.output_at = offset
         self.seq += 1
 
     def park(self) -> None:
@@ -104,7 +113,7 @@ class Slot(ctypes.Structure):
             if s1 % 2 == 0:
                 got = SlotView(bool(self.busy), self.queue, self.task.decode(), self.token.decode(),
                                self.attempts, self.max_attempts, self.started, self.timeout, bool(self.own_limit),
-                               self.cpu0, bool(self.parked))
+                               self.cpu0, bool(self.parked), self.output_at)
                 if self.seq == s1:
                     return got
 

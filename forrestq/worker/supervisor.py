@@ -378,7 +378,8 @@ class Worker:
                 slot.done = slot.failed = slot.busy = 0
                 if view.busy:
                     held = True
-                    ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started, self.files.get(index))
+                    ev = of_dead_child(pid, usage, view.cpu0, time.monotonic() - view.started, self.files.get(index),
+                                       view.output_at)
                     self.books.settle(self.keys[view.queue], view, status, kill, ev)
             self.capacity.release_child(index)  # what its tasks reserved (forrestq.worker.capacity)
             if not self.stopping and not self.refusing:
