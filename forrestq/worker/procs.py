@@ -165,9 +165,10 @@ class Capture:
             self.redirected = True
         if self.end < 0 or self.end > self.KEEP_BYTES:  # or a child's first task (a dead one's output may be there)
             os.ftruncate(self.fd, 0)
-            self.begin = os.lseek(self.fd, 0, os.SEEK_SET)
-        else:  # where the last task's output ended, or later if anything wrote since
-            self.begin = os.lseek(self.fd, 0, os.SEEK_CUR)
+            self.end = os.lseek(self.fd, 0, os.SEEK_SET)
+        # where the last task's output ended (the child itself writes nothing there between tasks:
+        # its log lines go to ``stderr``)
+        self.begin = self.end
         return self.begin
 
     def stop(self) -> int:
