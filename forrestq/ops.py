@@ -556,19 +556,25 @@ class Completion:
     continuation: tuple[str, list[Node]] | None = None
 
 
-def _complete_argv(k: QueueKeys, c: Completion) -> list[Any]:
-    argv = [k.prefix, GROUP, c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
-            f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay, "1" if c.cancelled else "",
-            f"{c.cpu_time:.6f}", c.peak_rss, c.pid or "", c.stack]
+def _complete_block(c: Completion) -> list[Any]:
+    """One end as complete.lua reads it: its length, then its fields."""
+    fields = [c.task_id, c.token, c.outcome, c.result, c.error, c.traceback, c.reason,
+              f"{c.runtime:.6f}", c.now, c.output, c.host, c.delay, "1" if c.cancelled else "",
+              f"{c.cpu_time:.6f}", c.peak_rss, c.pid or "", c.stack]
     if c.continuation is not None:
         root, nodes = c.continuation
-        argv += [len(nodes), root, *nodes_argv(nodes)]
-    return argv
+        fields += [len(nodes), root, *nodes_argv(nodes)]
+    return [len(fields), *fields]
 
+
+_COMPLETE_KEYS = _named("stream", "counts", "todo", "done", "failed", "finished", "delayed", "expiry")
 
 complete: Op[Completion, bool] = Op(
-    "complete", _named("stream", "counts", "todo", "done", "failed", "finished", "delayed", "expiry"),
-    _complete_argv, bool)
+    "complete", _COMPLETE_KEYS, lambda k, c: [k.prefix, GROUP, *_complete_block(c)], lambda raw: bool(raw[0]))
+# several ends of one queue in one call (a child's ends, with its next claim): whether each was kept, in order
+complete_many: Op[Sequence[Completion], list[bool]] = Op(
+    "complete", _COMPLETE_KEYS, lambda k, cs: [k.prefix, GROUP, *(x for c in cs for x in _complete_block(c))],
+    lambda raw: [bool(x) for x in raw])
 
 
 # ------------------------------------------------------------------------------------- limit_acquire

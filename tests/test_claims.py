@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 import tasks
 from helpers import wait_for
 from procs import worker
 
-from forrestq import Queue, defer, ops, schema
+from forrestq import Queue, codec, defer, ops, schema
 from forrestq.schema import QueueKeys
+from forrestq.worker.claims import Claims
+from forrestq.worker.slots import Slot, SlotTable
 
 
 def test_claim_many_takes_up_to_count_tasks_each_fenced_by_its_own_token(r: redis.Redis) -> None:
@@ -141,3 +144,61 @@ def test_a_claim_of_what_was_delivered_takes_only_that_and_leaves_running_tasks_
     assert r.xpending(k.stream, schema.GROUP)["pending"] == 2  # the first one's entry is still pending
     assert q.get(refs[0]).state == "running" and q.get(refs[2]).state == "ready"
     assert delivered("t3") is None
+
+
+def test_one_call_records_several_ends_each_fenced_by_its_own_token(r: redis.Redis) -> None:
+    """complete_many: the ends a child's next claim carries, in one script call; each end is judged
+    on its own (a stale token is refused, the others are kept), and each root is announced once."""
+    q = Queue("ends")
+    refs = q.schedule_many(defer(tasks.add, i, 1) for i in range(4))
+    s, k = ops.Scripts(r), QueueKeys("ends")
+    got = ops.claim_many(s, k, ops.ClaimArgs("c1", "tok", 60_000, "h", "w", count=4))
+    token = [ops.claim_token("tok", i) for i in range(4)]
+    kept = ops.complete_many(s, k, [
+        ops.Completion(got[0].id, token[0], schema.DONE, result=codec.dumps(1)),
+        ops.Completion(got[1].id, token[1], schema.FAILED, error=b"", reason="ValueError: no"),
+        ops.Completion(got[2].id, "not-its-token", schema.DONE, result=b"\x80N."),
+        ops.Completion(got[3].id, token[3], schema.RETRY, reason="again", delay=30)])
+    assert kept == [True, True, False, True]
+    assert [q.get(ref).state for ref in refs] == ["done", "failed", "running", "scheduled"]
+    assert q.get(refs[0]).returnvalue == 1
+    assert q.counts() == {"waiting": 0, "scheduled": 1, "ready": 0, "running": 1, "done": 1, "failed": 1}
+    assert r.xlen(k.finished) == 2 and r.xpending(k.stream, schema.GROUP)["pending"] == 1
+    assert ops.complete_many(s, k, [ops.Completion(got[2].id, token[2], schema.DONE, result=b"\x80N.")]) == [True]
+    assert q.get(refs[2]).state == "done"
+
+
+def _held_ends(r: redis.Redis, name: str, n: int) -> tuple[Claims, list[tuple[int, ops.Completion, Slot]]]:
+    """A child's Claims holding the ends of ``n`` tasks it claimed and ran (not recorded yet)."""
+    q = Queue(name)
+    q.schedule_many(defer(tasks.add, i, 1) for i in range(n))
+    s, k = ops.Scripts(r), QueueKeys(name)
+    lanes = SlotTable(1, 8).lanes(0)
+    claims = Claims(r, s, [k], ops.ClaimArgs("c1", "tok", 60_000, "h", "w"), lanes, 0, lambda: None)
+    got = ops.claim_many(s, k, ops.ClaimArgs("c1", "tok", 60_000, "h", "w", count=n))
+    ends = []
+    for i, c in enumerate(got):
+        lane = claims.lane()
+        lane.begin(0, c.id, ops.claim_token("tok", i), 1, 3)
+        ends.append((0, ops.Completion(c.id, ops.claim_token("tok", i), schema.DONE, result=b"\x80N."), lane))
+    return claims, ends
+
+
+def test_ends_whose_call_the_server_refused_are_sent_again_one_by_one(r: redis.Redis) -> None:
+    """A call of several ends refused outright (not for a transient reason) does not fail them all:
+    each is sent on its own, and each is recorded."""
+    claims, ends = _held_ends(r, "refused-call", 3)
+    claims.settle(ends, [redis.ResponseError("ERR Error running script: boom")], claims.scripts)
+    assert [Queue("refused-call").get(c.task_id).state for _, c, _ in ends] == ["done"] * 3
+    assert len(claims.free) == 8 and not claims.ends
+
+
+def test_ends_whose_call_met_a_transient_error_are_kept_for_the_next_round_trip(r: redis.Redis) -> None:
+    claims, ends = _held_ends(r, "transient-call", 3)
+    with pytest.raises(redis.ConnectionError):
+        claims.settle(ends, [redis.ConnectionError("lost")], claims.scripts)
+    assert [end[1].task_id for end in claims.ends] == [c.task_id for _, c, _ in ends]
+    assert [Queue("transient-call").get(c.task_id).state for _, c, _ in ends] == ["running"] * 3
+    claims.record(claims.scripts)  # the next round trip records them, in one call
+    assert [Queue("transient-call").get(c.task_id).state for _, c, _ in ends] == ["done"] * 3
+    assert len(claims.free) == 8 and not claims.ends

@@ -176,12 +176,17 @@ class Claims:
 
     def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], Any]:
         """The ends not recorded yet (taken: another thread cannot send them too), and a pipeline
-        holding their completions (each followed by its WAIT, with durability)."""
+        holding their completions: one call per run of ends of one queue (``_runs``), or with
+        durability one call per end, each followed by its WAIT."""
         with self.lock:
             ends, self.ends = self.ends, []
         pipe = self.r.pipeline(transaction=False)
-        for qi, c, _ in ends:
-            durability.queue_complete(scripts, pipe, self.keys[qi], c, self.replicas)
+        if self.replicas:
+            for qi, c, _ in ends:
+                durability.queue_complete(scripts, pipe, self.keys[qi], c, self.replicas)
+        else:
+            for qi, run in _runs(ends):
+                ops.complete_many.queue(scripts, pipe, self.keys[qi], [c for _, c, _ in run])
         return ends, pipe
 
     def _send(self, ends: list[End], pipe: Any, scripts: ops.Scripts) -> list[Any]:
@@ -217,11 +222,10 @@ class Claims:
         """The server's answers to ``ends`` (each followed by its WAIT's, with durability); lanes of
         the recorded (or refused) ones are free again. An end whose answer is a transient error is
         kept for the next round trip (the first such error is raised once all were looked at)."""
-        step = 2 if self.replicas else 1
         trouble: Exception | None = None
-        for i, end in enumerate(ends):
+        for end, (raw, waited) in zip(ends, self._answers(ends, replies, scripts)):
             try:
-                self._settle_one(end, replies[i * step], replies[i * step + 1] if self.replicas else None, scripts)
+                self._settle_one(end, raw, waited, scripts)
             except redis.RedisError as e:
                 with self.lock:
                     self.ends.append(end)
@@ -229,12 +233,29 @@ class Claims:
         if trouble is not None:
             raise trouble
 
+    def _answers(self, ends: list[End], replies: list[Any], scripts: ops.Scripts) -> list[tuple[Any, Any]]:
+        """Per end, in order: the server's answer (kept or not, an error, or with durability the call's raw
+        reply) and its WAIT's reply (None without durability). A call of several ends the server refused
+        for a reason other than a transient one is sent again end by end, so that only a bad one fails
+        (an end recorded before the bad one then reads as refused: its warning says what became of it)."""
+        if self.replicas:
+            return [(replies[2 * i], replies[2 * i + 1]) for i in range(len(ends))]
+        out: list[tuple[Any, Any]] = []
+        for (qi, run), raw in zip(_runs(ends), replies):
+            if not isinstance(raw, Exception):
+                out += [(kept, None) for kept in ops.complete_many.reply(raw)]
+            elif len(run) == 1 or is_transient(raw):
+                out += [(raw, None)] * len(run)
+            else:
+                out += [(_alone(scripts, self.keys[qi], c), None) for _, c, _ in run]
+        return out
+
     def _settle_one(self, end: End, raw: Any, waited: Any, scripts: ops.Scripts) -> None:
         """Raises a transient error (the end is kept). Any other error means the server will never take
         this record (too big, a broken blob): it is replaced by a failure record that says so, sent at once."""
         qi, c, lane = end
         try:
-            kept = ops.complete.reply(raw)
+            kept = raw if isinstance(raw, bool) else ops.complete.reply(raw)  # raises an error reply
         except Exception as e:  # noqa: BLE001 - an error reply of the server
             if is_transient(e):
                 raise
@@ -352,3 +373,22 @@ class Claims:
                 self.record(self.rescuer)
             except redis.RedisError as e:
                 logger.warning("cannot settle the tasks held behind a running one yet (%s); retrying", e)
+
+
+def _runs(ends: list[End]) -> list[tuple[int, list[End]]]:
+    """The ends cut into runs of one queue each, in order: one completion call per run."""
+    out: list[tuple[int, list[End]]] = []
+    for end in ends:
+        if out and out[-1][0] == end[0]:
+            out[-1][1].append(end)
+        else:
+            out.append((end[0], [end]))
+    return out
+
+
+def _alone(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion) -> Any:
+    """Whether the server kept this one end, sent on its own; its error instead of raising it."""
+    try:
+        return ops.complete(scripts, k, c)
+    except Exception as e:  # noqa: BLE001 - an error reply of the server, settled as the others are
+        return e
