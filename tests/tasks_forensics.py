@@ -99,3 +99,10 @@ def say(text: str, grandchild: bool = False) -> str:
     if grandchild:
         subprocess.run([sys.executable, "-c", f"print({text + ' (grandchild)'!r})"], check=True, timeout=60)
     return text
+
+
+def chatter(lines: int, tag: str) -> int:
+    """Print ``lines`` numbered lines of about 100 bytes each."""
+    for i in range(lines):
+        print(f"{tag} {i:08d} " + "x" * 80)
+    return lines

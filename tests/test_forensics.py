@@ -60,6 +60,22 @@ def test_each_tasks_output_is_its_own_in_a_reused_child_and_at_its_death(url: st
     assert hung.state == "failed" and hung.output == "fitting the model\n", hung.output
 
 
+def test_output_past_the_capture_files_reuse_size_still_reads_as_each_tasks_own(url: str) -> None:
+    """A child's output file is emptied only once it holds over a MiB: a task that printed 2 MiB keeps
+    the last 64 KiB of its own output, and the tasks after it theirs, exactly."""
+    q = Queue("much-output")
+    with worker(url, "much-output", 1, *FAST):
+        small = q.wait(q.schedule(defer(tf.chatter, 3, "before")), timeout=60)
+        big = q.wait(q.schedule(defer(tf.chatter, 20_000, "big")), timeout=60)
+        after = [q.wait(q.schedule(defer(tf.chatter, 2, f"after{i}")), timeout=60) for i in range(2)]
+    assert small.pid == big.pid == after[0].pid == after[1].pid, "one child ran them all"
+    assert small.output.splitlines()[0].startswith("before 00000000 ") and len(small.output.splitlines()) == 3
+    assert len(big.output.encode()) == 64 * 1024 and big.output.endswith(f"big {19_999:08d} " + "x" * 80 + "\n")
+    for i, task in enumerate(after):
+        assert [line.split()[:2] for line in task.output.splitlines()] == [[f"after{i}", "00000000"],
+                                                                         [f"after{i}", "00000001"]]
+
+
 def test_peak_memory_is_the_tasks_own_in_a_reused_child(url: str) -> None:
     """The second task of one child reports its own peak, not the bigger one of the task before."""
     q = Queue("peak")
