@@ -90,7 +90,9 @@ def test_status_counts_and_workers_after_a_real_worker(url):
     q.schedule_many([defer(tasks.add, i, i) for i in range(6)] + [defer(tasks.crash, "bad")])
     with worker(url, "stat", 2, env={"FORRESTQ_HOST": "hostS"}):
         finished(q, 7)
-        wait_for(lambda: cli("status", "--json").stdout.count('"hostS"'), what="the worker's heartbeat")
+        # the worker publishes its counts at its next beat after a task ends (at most a few times a second)
+        wait_for(lambda: sum(w["done"] + w["failed"] for w in json.loads(cli("status", "--json").stdout)["workers"]
+                             if w["host"] == "hostS") == 7, what="the worker's heartbeat with its 7 tasks")
         text = cli("status").stdout
         assert row_of(text, "stat")[1:6] == ["0", "0", "0", "6", "1"]
         assert row_of(text, "stat")[6:8] == ["6", "1"]  # all finished within the last minute
