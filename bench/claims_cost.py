@@ -10,9 +10,12 @@ Parts, each on a private server (``bench.harness.Bench``: valkey, loopback, ``ap
             and ``MEMORY USAGE`` of one task hash, the stream, the todo zset, per task.
 ``scripts`` server time of claim.lua and complete.lua per task (``INFO commandstats`` usec of EVALSHA,
             commands inside the scripts included), with no worker: claims of 8 (``ops.claim_many``) of N
-            no-ops, then their completions pipelined 50 at a time, the way a child sends them.
+            no-ops, then their completions pipelined 48 at a time, 8 per call the way a child sends them
+            (``ops.complete_many``; ``complete1_us``: one per call, for comparison).
 ``sleep``   ``forrestq worker --procs 2`` drains 200 x ``time.sleep(0.01)``: schedule_many -> the last
             one done (ideal 1.0 s), and how far over the ideal that is.
+``drain``   ``forrestq worker --procs 2`` drains N queued no-ops: the rate, and the CPU each costs the
+            worker's process tree (supervisor and children, from /proc) and the server (``INFO cpu``).
 
 Medians of ``--reps``. This VM is noisy: compare builds in one session, interleaved (run this command
 with ``PYTHONPATH`` set to each checkout in turns).
@@ -20,10 +23,11 @@ with ``PYTHONPATH`` set to each checkout in turns).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-from bench.harness import Bench, context, print_context
+from bench.harness import Bench, context, print_context, server_cpu
 from bench.tasks import noop, sleep10
 from forrestq import Queue, defer, ops, schema
 from forrestq.schema import QueueKeys
@@ -57,17 +61,20 @@ def scripts(b: Bench, n: int) -> dict[str, float]:
             c.token = ops.claim_token(token, i)
         claimed += got
     claim_us = b.r.info("commandstats")["cmdstat_evalsha"]["usec"] / n
-    b.r.config_resetstat()
-    for i in range(0, n, 50):
-        pipe = b.r.pipeline(transaction=False)
-        for c in claimed[i:i + 50]:
-            ops.complete.queue(s, pipe, k, ops.Completion(c.id, c.token, schema.DONE, result=b"\x80N.",
-                                                          runtime=0.0001))
-        s.execute(pipe)
-    complete_us = b.r.info("commandstats")["cmdstat_evalsha"]["usec"] / n
+    out = {"claim_us": claim_us}
+    for label, per_call, part in (("complete_us", 8, claimed[:n // 2]), ("complete1_us", 1, claimed[n // 2:])):
+        b.r.config_resetstat()
+        for i in range(0, len(part), 48):
+            pipe = b.r.pipeline(transaction=False)
+            ends = [ops.Completion(c.id, c.token, schema.DONE, result=b"\x80N.", runtime=0.0001)
+                    for c in part[i:i + 48]]
+            for j in range(0, len(ends), per_call):
+                ops.complete_many.queue(s, pipe, k, ends[j:j + per_call])
+            s.execute(pipe)
+        out[label] = b.r.info("commandstats")["cmdstat_evalsha"]["usec"] / len(part)
     if q.counts()["done"] != n:
         raise RuntimeError(f"expected {n} done, got {q.counts()}")
-    return {"claim_us": claim_us, "complete_us": complete_us}
+    return out
 
 
 def sleep(b: Bench, n: int) -> dict[str, float]:
@@ -88,7 +95,41 @@ def sleep(b: Bench, n: int) -> dict[str, float]:
     return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1)}
 
 
-PARTS = {"memory": (memory, 20_000), "scripts": (scripts, 8_000), "sleep": (sleep, 200)}
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its descendants alive now (from /proc)."""
+    tick, total, todo, seen = os.sysconf("SC_CLK_TCK"), 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except OSError:  # gone meanwhile
+            pass
+    return total
+
+
+def drain(b: Bench, n: int) -> dict[str, float]:
+    b.r.flushall(asynchronous=False)
+    q = Queue("drain", url=b.url)
+    with b.worker("drain", 2) as proc:
+        q.schedule_many([defer(noop) for _ in range(4)]).wait(timeout=60)  # the worker is up and warm
+        base = q.counts()["done"]
+        q.schedule_many([defer(noop) for _ in range(n)])
+        cpu0, server0, t0 = tree_cpu(proc.pid), server_cpu(b.r), time.perf_counter()
+        b.wait_finished("drain", base + n, 60 + n * 0.01, proc, interval=0.002)
+        wall = time.perf_counter() - t0
+        cpu, server = tree_cpu(proc.pid) - cpu0, server_cpu(b.r) - server0
+    return {"rate": n / wall, "worker_cpu_us": cpu / n * 1e6, "server_cpu_us": server / n * 1e6}
+
+
+PARTS = {"memory": (memory, 20_000), "scripts": (scripts, 8_000), "sleep": (sleep, 200), "drain": (drain, 8_000)}
 
 
 def main() -> None:
