@@ -176,17 +176,11 @@ class Claims:
 
     def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], Any]:
         """The ends not recorded yet (taken: another thread cannot send them too), and a pipeline
-        holding their completions: one call per run of ends of one queue (``_runs``), or with
-        durability one call per end, each followed by its WAIT."""
+        holding their completions (:func:`_queue_ends`)."""
         with self.lock:
             ends, self.ends = self.ends, []
         pipe = self.r.pipeline(transaction=False)
-        if self.replicas:
-            for qi, c, _ in ends:
-                durability.queue_complete(scripts, pipe, self.keys[qi], c, self.replicas)
-        else:
-            for qi, run in _runs(ends):
-                ops.complete_many.queue(scripts, pipe, self.keys[qi], [c for _, c, _ in run])
+        _queue_ends(scripts, pipe, self.keys, ends, self.replicas)
         return ends, pipe
 
     def _send(self, ends: list[End], pipe: Any, scripts: ops.Scripts) -> list[Any]:
@@ -223,7 +217,7 @@ class Claims:
         the recorded (or refused) ones are free again. An end whose answer is a transient error is
         kept for the next round trip (the first such error is raised once all were looked at)."""
         trouble: Exception | None = None
-        for end, (raw, waited) in zip(ends, self._answers(ends, replies, scripts)):
+        for end, (raw, waited) in zip(ends, _answers(ends, replies, scripts, self.keys, self.replicas)):
             try:
                 self._settle_one(end, raw, waited, scripts)
             except redis.RedisError as e:
@@ -232,23 +226,6 @@ class Claims:
                 trouble = trouble or e
         if trouble is not None:
             raise trouble
-
-    def _answers(self, ends: list[End], replies: list[Any], scripts: ops.Scripts) -> list[tuple[Any, Any]]:
-        """Per end, in order: the server's answer (kept or not, an error, or with durability the call's raw
-        reply) and its WAIT's reply (None without durability). A call of several ends the server refused
-        for a reason other than a transient one is sent again end by end, so that only a bad one fails
-        (an end recorded before the bad one then reads as refused: its warning says what became of it)."""
-        if self.replicas:
-            return [(replies[2 * i], replies[2 * i + 1]) for i in range(len(ends))]
-        out: list[tuple[Any, Any]] = []
-        for (qi, run), raw in zip(_runs(ends), replies):
-            if not isinstance(raw, Exception):
-                out += [(kept, None) for kept in ops.complete_many.reply(raw)]
-            elif len(run) == 1 or is_transient(raw):
-                out += [(raw, None)] * len(run)
-            else:
-                out += [(_alone(scripts, self.keys[qi], c), None) for _, c, _ in run]
-        return out
 
     def _settle_one(self, end: End, raw: Any, waited: Any, scripts: ops.Scripts) -> None:
         """Raises a transient error (the end is kept). Any other error means the server will never take
@@ -314,11 +291,8 @@ class Claims:
         if self.fetch:
             self._watch()
             self.nudge.set()
-        if (self.fetch or self.holding()) and not self.armed.is_set():
-            # the watcher looks while this task runs; set only when clear (a set wakes the watcher's
-            # condition each time). The watcher clears it before it looks at ``since`` and ``fetch``
-            # again, which are written above: one of the two sees the other's write.
-            self.armed.set()
+        if (self.fetch or self.holding()) and not self.armed.is_set():  # (a set wakes its condition)
+            self.armed.set()  # the watcher looks while this task runs (it clears it, then reads since, fetch)
 
     def _may_fetch(self) -> bool:
         """Whether a claim ahead may go now: the task still runs, nothing is queued, a lane is left
@@ -392,3 +366,34 @@ def _alone(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion) -> Any:
         return ops.complete(scripts, k, c)
     except Exception as e:  # noqa: BLE001 - an error reply of the server, settled as the others are
         return e
+
+
+def _queue_ends(scripts: ops.Scripts, pipe: Any, keys: list[QueueKeys], ends: list[End], replicas: int) -> None:
+    """The completions of ``ends`` on ``pipe``: one call per run of ends of one queue, or with
+    durability one call per end, each followed by its WAIT."""
+    if replicas:
+        for qi, c, _ in ends:
+            durability.queue_complete(scripts, pipe, keys[qi], c, replicas)
+    else:
+        for qi, run in _runs(ends):
+            ops.complete_many.queue(scripts, pipe, keys[qi], [c for _, c, _ in run])
+
+
+def _answers(ends: list[End], replies: list[Any], scripts: ops.Scripts, keys: list[QueueKeys],
+             replicas: int) -> list[tuple[Any, Any]]:
+    """Per end of :func:`_queue_ends`, in order: the server's answer (kept or not, an error, or with
+    durability the call's raw reply) and its WAIT's reply (None without durability). A call of several
+    ends the server refused for a reason other than a transient one is sent again end by end, so that
+    only a bad one fails (an end recorded before the bad one then reads as refused: its warning says
+    what became of it)."""
+    if replicas:
+        return [(replies[2 * i], replies[2 * i + 1]) for i in range(len(ends))]
+    out: list[tuple[Any, Any]] = []
+    for (qi, run), raw in zip(_runs(ends), replies):
+        if not isinstance(raw, Exception):
+            out += [(kept, None) for kept in ops.complete_many.reply(raw)]
+        elif len(run) == 1 or is_transient(raw):
+            out += [(raw, None)] * len(run)
+        else:
+            out += [(_alone(scripts, keys[qi], c), None) for _, c, _ in run]
+    return out
