@@ -23,6 +23,7 @@
 --   ARGV[4] is "")}. An existing node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
 -- Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when an input had failed.
+-- One new plain root (a single schedule() of one call, the common case) takes write_root, the lean path.
 --- @include stream
 --- @include counts
 --- @include finished
@@ -38,7 +39,8 @@ for i = 1, nf do redis.call('SET', KEYS[7 + i], ARGV[6 + i], 'NX') end
 local got = redis.call('MGET', prefix .. SUFFIX_EVENTS_CAP, prefix .. SUFFIX_RESULT_TTL)
 local emit = event_writer(prefix, got[1] or '0')
 -- KEYS: stream, counts, todo, finished, failed, delayed
-local out = write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
+local one = n == 1 and write_root(prefix, now, 7 + nf, KEYS, emit, got[2] or '')  -- the common case, lean
+local out = one and {one} or write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
 -- last: the finished stream's newest id, so a waiter can block from here without a first look
 local last = ARGV[4] == '1' and (redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1] or {'0-0'}) or {''}
 return {table.concat(out, ','), last[1]}  -- one string, not a reply per node (states hold no comma)
