@@ -104,6 +104,21 @@ def test_the_signer_and_function_blobs_are_written_with_the_nodes(r: redis.Redis
     assert r.get(k.signer) == b"abcd1234"
 
 
+def test_blobs_and_signer_are_read_first_and_only_the_missing_or_changed_written(r: redis.Redis, k: QueueKeys,
+                                                                                  s: ops.Scripts) -> None:
+    """schedule.lua reads the signer and the first blobs in its one MGET and writes only what is missing or
+    differs; blobs past the ones read are SET NX each: every blob is there after the call, none replaced."""
+    shas = [f"s{i}" for i in range(150)]
+    for sha in shas[::7]:  # some there already, in the part read and past it
+        r.set(k.fn(sha), b"kept")
+    r.set(k.signer, "old")
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node(f"n{i}", sha) for i, sha in enumerate(shas)], signer="new1234",
+                                        fns={sha: b"blob-" + sha.encode() for sha in shas}))
+    assert r.get(k.signer) == b"new1234"
+    assert [r.get(k.fn(sha)) for sha in shas] == [b"kept" if i % 7 == 0 else b"blob-" + sha.encode()
+                                                  for i, sha in enumerate(shas)]
+
+
 def test_include_helpers_a_script_does_not_use_are_left_out() -> None:
     """Every closure a script defines is made again at each call: ops.source leaves out the unused ones."""
     assert "local function promote_due(" not in ops.source("schedule")  # include/delayed.lua's, claim's
