@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import redis
 from redis.client import Pipeline
@@ -340,15 +340,16 @@ def nodes_argv(nodes: Sequence[Node]) -> list[Any]:
     if not nodes:
         return ["", DEFAULT_MAX_ATTEMPTS, "", "", "", "", "", "", ""]
     head = nodes[0]
-    ttl = next((n.result_ttl for n in nodes if n.root), "")
+    ttl = head.result_ttl if head.root else next((n.result_ttl for n in nodes if n.root), "")
     t, ma, rp, st, res, due, _, lim, pr = head.options()
     out: list[Any] = [t, ma, rp, st, res, due, ttl, lim, pr]
     add = out.extend
     for n in nodes:
         root = n.root
-        own = (n.timeout != t or n.max_attempts != ma or n.retry_policy != rp or n.soft_timeout != st
-               or n.resources != res or n.due != due or n.limits != lim or n.priority != pr
-               or (root and n.result_ttl != ttl))
+        own = n is not head and (  # the head's options are the call's
+            n.timeout != t or n.max_attempts != ma or n.retry_policy != rp or n.soft_timeout != st
+            or n.resources != res or n.due != due or n.limits != lim or n.priority != pr
+            or (root and n.result_ttl != ttl))
         if not (own or n.metadata or n.key or n.io_bound or n.allow_failed):
             add((n.id, n.fn_sha, n.args, n.inputs, n.name, _PLAIN_FLAGS[root]))
             continue
@@ -374,18 +375,17 @@ class ScheduleArgs:
     fns: dict[str, bytes] = field(default_factory=dict)  # function blobs by sha, SET NX with the nodes
 
 
-@dataclass(frozen=True)
-class Scheduled:
+class Scheduled(NamedTuple):  # a tuple: made per schedule call, cheaper than a frozen dataclass
     states: list[str]  # per node, its state after the call
     since: str  # the newest id of the finished stream ("" unless ScheduleArgs.since)
 
 
 def _schedule_keys(k: QueueKeys, a: ScheduleArgs) -> list[str]:
-    keys = _SCHEDULE_KEYS(k, a)
-    return [*keys, k.signer, *map(k.fn, a.fns)] if a.fns else [*keys, k.signer]
+    keys = _SCHEDULE_KEYS(k, a)  # the queue's, built once (not to be changed: a copy is made for the blobs)
+    return [*keys, *map(k.fn, a.fns)] if a.fns else keys
 
 
-_SCHEDULE_KEYS = _named("stream", "counts", "todo", "finished", "failed", "delayed")
+_SCHEDULE_KEYS = _named("stream", "counts", "todo", "finished", "failed", "delayed", "signer")
 
 
 def _schedule_argv(k: QueueKeys, a: ScheduleArgs) -> list[Any]:  # TASK_CREATED to the ms: 4 bytes less a record
