@@ -366,7 +366,7 @@ def nodes_argv(nodes: Sequence[Node]) -> list[Any]:
     return out
 
 
-@dataclass
+@dataclass(slots=True)  # one per schedule call
 class ScheduleArgs:
     nodes: list[Node]
     now: float = field(default_factory=_now)
