@@ -177,3 +177,19 @@ def test_a_lone_root_that_is_not_new_or_not_plain_takes_the_general_path(r: redi
         == [schema.WAITING]
     assert r.hgetall(k.counts) == {schema.READY.encode(): b"1", schema.SCHEDULED.encode(): b"1",
                                    schema.WAITING.encode(): b"1", schema.COUNT_OPEN.encode(): b"3"}
+
+
+@pytest.mark.parametrize("max_attempts", ["3", "5"])
+def test_the_leaf_command_is_the_command_write_builds(k: QueueKeys, s: ops.Scripts, max_attempts: str) -> None:
+    """A single schedule() of a leaf goes as ops.leaf_command (a template filled in): the very tuple
+    schedule.command builds for that node, and that node is what the options of a call without any make."""
+    from forrestq import producer
+    from forrestq.plan import NodeSpec
+
+    spec = NodeSpec("abc1", "sha1", b"blob", "mod.fn", b"\x00args", [])
+    node = producer._plain_options(int(max_attempts)).node(spec, True, b"", None)
+    assert node == ops.Node("abc1", "sha1", b"\x00args", "", "mod.fn", root=True, max_attempts=max_attempts)
+    for now, signer in ((1764645000.1234, "f1"), (1.0, "none")):
+        general = ops.schedule.command(s, k, ops.ScheduleArgs([node], now, True, signer, {"sha1": b"blob"}))
+        leaf = ops.leaf_command(s, k, "abc1", "sha1", b"\x00args", "mod.fn", b"blob", now, signer, max_attempts)
+        assert leaf == general and [type(v) for v in leaf] == [type(v) for v in general]

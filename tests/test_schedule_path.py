@@ -109,3 +109,19 @@ def test_a_single_schedule_writes_what_a_batch_writes(url, r, options):
     assert events[one.id] == events[two[0].id] and len(events[one.id]) == 1
     assert q.counts()["ready"] == 3 and r.hget(q.keys.counts, schema.COUNT_OPEN) == b"3"
     assert r.sismember(schema.QUEUES, "lean")
+
+
+def test_single_schedules_that_are_not_a_plain_leaf_take_the_general_way(url, r):
+    """A tree (inputs), an IO-bound or allow-failed call, a data value, metadata or a key: schedule() of one
+    writes what schedule_many of one writes."""
+    q = Queue("notleaf")
+    inner = defer(tasks.add, 1, 2)
+    tree = q.schedule(defer(tasks.add, inner, 3))
+    assert q.get(tree.id).state == "waiting" and q.get(inner._id).state == "ready"
+    assert r.hget(q.keys.task(tree.id), schema.TASK_INPUTS) == inner._id.encode()
+    data = q.schedule(41)
+    keyed = q.schedule(defer(tasks.add, 1, 2), key="k1", metadata={"m": 1})
+    assert q.schedule(defer(tasks.add, 5, 6), key="k1").id == keyed.id  # the key's node, left as it is
+    assert r.hget(q.keys.task(keyed.id), schema.TASK_KEY) == b"k1" and q.get(keyed.id).metadata == {"m": 1}
+    assert q.get(data.id).state == "ready"
+    assert q.counts()["ready"] == 3 and q.counts()["waiting"] == 1
