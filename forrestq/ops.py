@@ -413,6 +413,8 @@ def leaf_command(scripts: Scripts, k: QueueKeys, node_id: str, fn_sha: str, args
     key = (scripts.script("schedule").sha, k.prefix, max_attempts)
     got = _leaf_templates.get(key)
     if got is None:
+        if len(_leaf_templates) >= 1000:  # a process that schedules to many queues: kept small
+            _leaf_templates.clear()
         got = _leaf_templates[key] = _leaf_template(scripts, k, max_attempts)
     out, (i_id, i_sha, i_args, i_name, i_blob, i_signer, i_now, i_fn) = list(got[0]), got[1]
     out[i_id], out[i_sha], out[i_args], out[i_name], out[i_blob] = node_id, fn_sha, args, name, blob
