@@ -213,20 +213,32 @@ def plan_ids(tasks: Iterable[Any], metadata: Iterable[Any] | None, user_keys: It
         elif callable(task) and not isinstance(task, Deferred):
             _deferred(task)
         root_id, specs = add(task)
-        for spec in specs:
-            if len(spec.args) > ARGS_LIMIT:
-                raise SerializationError(f"the arguments of {spec.name} take {len(spec.args) >> 20} MiB "
-                                         f"serialised; Redis takes at most {ARGS_LIMIT >> 20} MiB: pass big "
-                                         "inputs with q.put(obj) instead")
-        md_blob = codec.dumps(md) if md is not None else b""
-        for spec in specs:
-            if spec.fn_sha not in fns:
-                fns[spec.fn_sha] = spec.fn_blob
-            nodes.append(o.node(spec, spec.id == root_id, md_blob, user_key))
-        if not specs or specs[-1].id != root_id:  # planned before (shared): mark it a root
-            nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
+        root_nodes(root_id, specs, md, user_key, o, nodes, fns)
         ids.append(root_id)
     return ids, nodes, fns
+
+
+def check_sizes(specs: list[NodeSpec]) -> None:
+    """SerializationError for a node whose arguments Redis would refuse (past proto-max-bulk-len)."""
+    for spec in specs:
+        if len(spec.args) > ARGS_LIMIT:
+            raise SerializationError(f"the arguments of {spec.name} take {len(spec.args) >> 20} MiB "
+                                     f"serialised; Redis takes at most {ARGS_LIMIT >> 20} MiB: pass big "
+                                     "inputs with q.put(obj) instead")
+
+
+def root_nodes(root_id: str, specs: list[NodeSpec], md: Any, user_key: str | None, o: _Options,
+               nodes: list[ops.Node], fns: dict[str, bytes]) -> None:
+    """The nodes of one planned root (``Planner.add``'s) with its metadata and key, appended to ``nodes``,
+    their function blobs to ``fns`` (by sha)."""
+    check_sizes(specs)
+    md_blob = codec.dumps(md) if md is not None else b""
+    for spec in specs:
+        if spec.fn_sha not in fns:
+            fns[spec.fn_sha] = spec.fn_blob
+        nodes.append(o.node(spec, spec.id == root_id, md_blob, user_key))
+    if not specs or specs[-1].id != root_id:  # planned before (shared): mark it a root
+        nodes.append(ops.Node(root_id, root=True, metadata=md_blob, max_attempts=o.max_attempts))
 
 
 def _deferred(task: Any) -> Any:
@@ -240,6 +252,19 @@ def _deferred(task: Any) -> Any:
 def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     """Write functions and nodes in one pipeline, in chunks; returns the finished stream's id
     before the first chunk (where a waiter may start to block)."""
+    now = time.time()
+    # the first chunk also sets the signer's fingerprint (workers compare their secret's with it) and the
+    # function blobs (SET NX), and reads the finished stream's newest id: the one returned
+    signer = signing.fingerprint()
+    return send_schedule(q, [ops.schedule.command(q.scripts, q.keys, ops.ScheduleArgs(chunk, now, True, signer, fns)
+                                                  if i == 0 else ops.ScheduleArgs(chunk, now, False))
+                             for i, chunk in enumerate(chunks(nodes))])
+
+
+def send_schedule(q: QueueCore, scripts: list[tuple[Any, ...]]) -> str:
+    """Send a schedule's script calls (``ops.schedule`` commands, the first chunk first) in one write, with
+    what goes with them: the queue's registration, events cap and result TTL; returns the first's
+    finished stream id."""
     k = q.keys
     commands = group_commands(q)
     if q.events_cap is not None:  # Queue(events=...), again: a clean(all=True) may have forgotten it
@@ -247,13 +272,7 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
     if q.result_ttl is not None:  # Queue(result_ttl=...), again, for the same reason
         commands.append(result_ttl_command(k, q.result_ttl))
     first = len(commands)
-    now = time.time()
-    # the first chunk also sets the signer's fingerprint (workers compare their secret's with it) and the
-    # function blobs (SET NX), and reads the finished stream's newest id: the one returned
-    signer = signing.fingerprint()
-    commands += [ops.schedule.command(q.scripts, k, ops.ScheduleArgs(chunk, now, True, signer, fns) if i == 0
-                                      else ops.ScheduleArgs(chunk, now, False))
-                 for i, chunk in enumerate(chunks(nodes))]
+    commands += scripts
     if q.replicas:  # durability: return once a replica has every write above (same connection)
         commands.append(durability.wait_args(q.replicas))
     replies = q.scripts.send_all(commands, raise_on_error=False, retried=True)  # a schedule may be sent twice
@@ -270,6 +289,8 @@ def write(q: QueueCore, nodes: list[ops.Node], fns: dict[str, bytes]) -> str:
 def chunks(nodes: list[ops.Node]) -> list[list[ops.Node]]:
     """``nodes`` cut into the chunks of one script call each: :data:`CHUNK_NODES` nodes or
     :data:`CHUNK_BYTES` of arguments, whichever comes first."""
+    if len(nodes) == 1:  # one node is one chunk, whatever its size (a single schedule() call)
+        return [nodes]
     out: list[list[ops.Node]] = []
     chunk: list[ops.Node] = []
     size = 0
@@ -296,10 +317,9 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
     ``delay``/``at``: no new node starts before then (:func:`due_text`); ``node_due``: node id -> its own;
     ``result_ttl``: seconds each new root's finished record is kept (None: the queue's default);
     ``priority``: every new node's level (:func:`priority_text`)."""
-    if (timeout is None and max_attempts is None and soft_timeout is None and resources is None and delay is None
-            and at is None and result_ttl is None and limits is None and not node_resources and not node_due
-            and _default(retries, 0) and _default(priority, 0) and _default(retry_backoff, 1.0)
-            and type(retry_on) is tuple and len(retry_on) == 1 and retry_on[0] is Exception):
+    if not node_resources and not node_due and no_options(timeout, max_attempts, retries, retry_backoff, retry_on,
+                                                          soft_timeout, resources, delay, at, result_ttl, limits,
+                                                          priority):
         options = _plain_options(q.max_attempts)  # none given: the common case, validated once
     else:
         options = _Options(q, timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources,
@@ -308,6 +328,45 @@ def schedule_many(q: QueueCore, tasks: Iterable[Any], metadata: Iterable[Any] | 
     since = write(q, nodes, fns) if nodes else ""
     name = q.name
     return [TaskRef(i, name, since) for i in ids]
+
+
+def schedule_one(q: QueueCore, task: Any, metadata: Any = None, timeout: float | None = None,
+                 max_attempts: int | None = None, key: str | None = None, retries: int = 0,
+                 retry_backoff: float = 1.0, retry_on: Any = (Exception,), soft_timeout: float | None = None,
+                 resources: Any = None, delay: Any = None, at: Any = None, result_ttl: Any = None,
+                 limits: Any = None, priority: Any = 0) -> TaskRef:
+    """Schedule one task tree (``Queue.schedule``): :func:`schedule_many` of one. A deferred call without
+    metadata, key or options, the common single call, skips a batch's steps (options checked, metadata
+    and keys paired with tasks, a list of refs): the same planning (``Planner.add``), and a leaf (no inputs)
+    goes as ``ops.leaf_command``: the command :func:`write` would send for it, made from a template."""
+    if metadata is None and key is None and type(task) is Call and no_options(
+            timeout, max_attempts, retries, retry_backoff, retry_on, soft_timeout, resources, delay, at, result_ttl,
+            limits, priority):
+        o = _plain_options(q.max_attempts)
+        root_id, specs = Planner().add(task)
+        if len(specs) == 1 and not (specs[0].inputs or specs[0].io_bound or specs[0].allow_failed):  # a leaf
+            (spec,) = specs
+            check_sizes(specs)
+            command = ops.leaf_command(q.scripts, q.keys, root_id, spec.fn_sha, spec.args, spec.name, spec.fn_blob,
+                                       time.time(), signing.fingerprint(), o.max_attempts)
+            return TaskRef(root_id, q.name, send_schedule(q, [command]))
+        nodes: list[ops.Node] = []
+        fns: dict[str, bytes] = {}
+        root_nodes(root_id, specs, None, None, o, nodes, fns)
+        return TaskRef(root_id, q.name, write(q, nodes, fns))
+    return schedule_many(q, (task,), None if metadata is None else (metadata,), timeout, max_attempts,
+                         None if key is None else (key,), retries, retry_backoff, retry_on, soft_timeout, resources,
+                         delay=delay, at=at, result_ttl=result_ttl, limits=limits, priority=priority)[0]
+
+
+def no_options(timeout: Any, max_attempts: Any, retries: Any, retry_backoff: Any, retry_on: Any, soft_timeout: Any,
+               resources: Any, delay: Any, at: Any, result_ttl: Any, limits: Any, priority: Any) -> bool:
+    """Every option of a schedule call is its default, as given (a value equal to a default but of another
+    type, True for 1, is not: it is checked, and refused)."""
+    return (timeout is None and max_attempts is None and soft_timeout is None and resources is None and delay is None
+            and at is None and result_ttl is None and limits is None and _default(retries, 0)
+            and _default(priority, 0) and _default(retry_backoff, 1.0) and type(retry_on) is tuple
+            and len(retry_on) == 1 and retry_on[0] is Exception)
 
 
 def _default(value: Any, default: float) -> bool:

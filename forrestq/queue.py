@@ -126,12 +126,10 @@ class Queue:
         strict, so a constant load of higher ones starves the lower (give those their own queue and workers).
         ``timeout``, ``max_attempts``, ``resources``, ``limits``, ``priority`` and the retry policy apply to
         every node."""
-        refs = producer.schedule_many(self.core, (task,), None if metadata is None else (metadata,), timeout,
-                                      max_attempts, None if key is None else (key,), retries, retry_backoff,
-                                      retry_on, soft_timeout, resources, delay=delay, at=at,
-                                      result_ttl=result_ttl, limits=limits, priority=priority)
-        self._scheduled.add(refs)  # as schedule_many does, without a Batch of one
-        return refs[0]
+        ref = producer.schedule_one(self.core, task, metadata, timeout, max_attempts, key, retries, retry_backoff,
+                                    retry_on, soft_timeout, resources, delay, at, result_ttl, limits, priority)
+        self._scheduled.add((ref,))  # as schedule_many does, without a Batch of one
+        return ref
 
     def schedule_many(self, tasks: Iterable[Any], metadata: Iterable[Any] | None = None,
                       timeout: float | None = None, max_attempts: int | None = None,

@@ -104,6 +104,21 @@ def test_the_signer_and_function_blobs_are_written_with_the_nodes(r: redis.Redis
     assert r.get(k.signer) == b"abcd1234"
 
 
+def test_blobs_and_signer_are_read_first_and_only_the_missing_or_changed_written(r: redis.Redis, k: QueueKeys,
+                                                                                  s: ops.Scripts) -> None:
+    """schedule.lua reads the signer and the first blobs in its one MGET and writes only what is missing or
+    differs; blobs past the ones read are SET NX each: every blob is there after the call, none replaced."""
+    shas = [f"s{i}" for i in range(150)]
+    for sha in shas[::7]:  # some there already, in the part read and past it
+        r.set(k.fn(sha), b"kept")
+    r.set(k.signer, "old")
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node(f"n{i}", sha) for i, sha in enumerate(shas)], signer="new1234",
+                                        fns={sha: b"blob-" + sha.encode() for sha in shas}))
+    assert r.get(k.signer) == b"new1234"
+    assert [r.get(k.fn(sha)) for sha in shas] == [b"kept" if i % 7 == 0 else b"blob-" + sha.encode()
+                                                  for i, sha in enumerate(shas)]
+
+
 def test_include_helpers_a_script_does_not_use_are_left_out() -> None:
     """Every closure a script defines is made again at each call: ops.source leaves out the unused ones."""
     assert "local function promote_due(" not in ops.source("schedule")  # include/delayed.lua's, claim's
@@ -111,3 +126,70 @@ def test_include_helpers_a_script_does_not_use_are_left_out() -> None:
     assert "local function write_nodes(" in ops.source("schedule")
     text = "local function a(x)\n  return x\nend\nlocal function b(x)\n  return a(x)\nend\nreturn 1\n"
     assert ops._unused_dropped(text) == "return 1\n"  # b is unused, and then so is a
+
+
+LONE_OPTIONS = [{}, {"timeout": "5.0", "max_attempts": "2", "retry_policy": b"P", "soft_timeout": "1.0",
+                     "resources": "cpus=2", "limits": "l1,l2"}, {"max_attempts": "7"}, {"priority": "3"},
+                {"result_ttl": "60.0"}, {"result_ttl": "0"}, {"limits": "l1", "priority": "9", "result_ttl": "5.0"}]
+
+
+@pytest.mark.parametrize("queue_ttl", [None, "30.0"])
+@pytest.mark.parametrize("options", LONE_OPTIONS)
+def test_a_lone_new_root_writes_what_the_general_path_writes(r: redis.Redis, k: QueueKeys, s: ops.Scripts,
+                                                            options: dict, queue_ttl: str | None) -> None:
+    """One new root without inputs, flags or due time takes schedule.lua's lean path (write_root): the
+    same record, stream entry, counts and events as the same node written by write_nodes, in a call of two."""
+    r.set(k.events_cap, "100")
+    if queue_ttl:
+        r.set(k.result_ttl, queue_ttl)
+    got = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("lone", "f", b"x", "", "nm", root=True, **options)]))
+    after_lone = {f: int(v) for f, v in r.hgetall(k.counts).items()}
+    pair = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("gen", "f", b"x", "", "nm", root=True, **options),
+                                                ops.Node("other", "f", b"y", "", "o")]))
+    assert got.states == [pair.states[0]] and got.since == "0-0"
+    assert record(r, k, "lone") == record(r, k, "gen")
+    level = options.get("priority", "")
+    stream = k.stream + schema.STREAM_LEVEL + level if level else k.stream
+    entries = [e[1][schema.ENTRY_TASK.encode()] for e in r.xrange(stream)]
+    assert entries[:2] == [b"lone", b"gen"]
+    for tid in ("lone", "gen"):
+        sid = r.hget(k.task(tid), schema.TASK_STREAM_ID).decode()
+        assert sid.rsplit(schema.LEVEL_SEP, 1)[-1] in {e[0].decode() for e in r.xrange(stream)}
+    assert after_lone == {schema.READY.encode(): 1, schema.COUNT_OPEN.encode(): 1}
+    events = {tid: [{f: v for f, v in e[1].items() if f != schema.ENTRY_TASK.encode()} for e in r.xrange(k.events)
+                    if e[1][schema.ENTRY_TASK.encode()] == tid] for tid in (b"lone", b"gen")}
+    assert len(events[b"lone"]) == 1 and events[b"lone"] == events[b"gen"]
+
+
+def test_a_lone_root_that_is_not_new_or_not_plain_takes_the_general_path(r: redis.Redis, k: QueueKeys,
+                                                                          s: ops.Scripts) -> None:
+    """An existing node is left as it is (a root flag added), a due time makes it SCHEDULED, inputs make it
+    wait: the lean path steps aside and writes nothing of its own."""
+    ops.schedule(s, k, ops.ScheduleArgs([ops.Node("inner", "f", b"x")]))
+    got = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("inner", "g", b"new", root=True, metadata=b"M")]))
+    assert got.states == [schema.READY]
+    assert r.hget(k.task("inner"), schema.TASK_ROOT) == b"1" and r.hget(k.task("inner"), schema.TASK_FN) == b"f"
+    again = ops.schedule(s, k, ops.ScheduleArgs([ops.Node("inner", "g", b"new", root=True)]))
+    assert again.states == [schema.READY] and r.xlen(k.stream) == 1
+    assert ops.schedule(s, k, ops.ScheduleArgs([ops.Node("later", "f", root=True, due="+600")])).states \
+        == [schema.SCHEDULED]
+    assert ops.schedule(s, k, ops.ScheduleArgs([ops.Node("dep", "f", inputs="later", root=True)])).states \
+        == [schema.WAITING]
+    assert r.hgetall(k.counts) == {schema.READY.encode(): b"1", schema.SCHEDULED.encode(): b"1",
+                                   schema.WAITING.encode(): b"1", schema.COUNT_OPEN.encode(): b"3"}
+
+
+@pytest.mark.parametrize("max_attempts", ["3", "5"])
+def test_the_leaf_command_is_the_command_write_builds(k: QueueKeys, s: ops.Scripts, max_attempts: str) -> None:
+    """A single schedule() of a leaf goes as ops.leaf_command (a template filled in): the very tuple
+    schedule.command builds for that node, and that node is what the options of a call without any make."""
+    from forrestq import producer
+    from forrestq.plan import NodeSpec
+
+    spec = NodeSpec("abc1", "sha1", b"blob", "mod.fn", b"\x00args", [])
+    node = producer._plain_options(int(max_attempts)).node(spec, True, b"", None)
+    assert node == ops.Node("abc1", "sha1", b"\x00args", "", "mod.fn", root=True, max_attempts=max_attempts)
+    for now, signer in ((1764645000.1234, "f1"), (1.0, "none")):
+        general = ops.schedule.command(s, k, ops.ScheduleArgs([node], now, True, signer, {"sha1": b"blob"}))
+        leaf = ops.leaf_command(s, k, "abc1", "sha1", b"\x00args", "mod.fn", b"blob", now, signer, max_attempts)
+        assert leaf == general and [type(v) for v in leaf] == [type(v) for v in general]

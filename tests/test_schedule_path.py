@@ -89,3 +89,39 @@ def test_a_big_schedule_many_is_cut_into_chunks_that_all_land(url, r, monkeypatc
     batch = q.schedule_many([defer(tasks.add, shared, i) for i in range(30)])
     assert len(batch) == 30 and q.counts()["waiting"] == 30 and q.counts()["ready"] == 1
     assert batch[0].since == "0-0"
+
+
+@pytest.mark.parametrize("options", [{}, {"timeout": 5, "priority": 2, "limits": "l"}, {"result_ttl": 0}])
+def test_a_single_schedule_writes_what_a_batch_writes(url, r, options):
+    """Queue.schedule of one plain call takes schedule.lua's lean path (one new root, write_root); the
+    same call in a batch of two takes write_nodes: same record, events and counts.
+    The queue's own result TTL and the signer and function blob written with them hold for both."""
+    q = Queue("lean", events=True, result_ttl=60)
+    one = q.schedule(defer(tasks.add, 1, 2), **options)
+    r.delete(q.keys.signer, *r.keys(q.keys.fn("*")))  # gone (as after a clean): written again with the next
+    two = q.schedule_many([defer(tasks.add, 1, 2), defer(tasks.add, 3, 4)], **options)
+    assert record(r, q, one.id) == record(r, q, two[0].id)
+    assert r.get(q.keys.signer) == signing.fingerprint().encode() and r.keys(q.keys.fn("*"))
+    task = schema.ENTRY_TASK.encode()
+    events = {ref.id: [{k: v for k, v in fields.items() if k != task}
+                       for _, fields in r.xrange(q.keys.events) if fields[task] == ref.id.encode()]
+              for ref in (one, two[0])}
+    assert events[one.id] == events[two[0].id] and len(events[one.id]) == 1
+    assert q.counts()["ready"] == 3 and r.hget(q.keys.counts, schema.COUNT_OPEN) == b"3"
+    assert r.sismember(schema.QUEUES, "lean")
+
+
+def test_single_schedules_that_are_not_a_plain_leaf_take_the_general_way(url, r):
+    """A tree (inputs), an IO-bound or allow-failed call, a data value, metadata or a key: schedule() of one
+    writes what schedule_many of one writes."""
+    q = Queue("notleaf")
+    inner = defer(tasks.add, 1, 2)
+    tree = q.schedule(defer(tasks.add, inner, 3))
+    assert q.get(tree.id).state == "waiting" and q.get(inner._id).state == "ready"
+    assert r.hget(q.keys.task(tree.id), schema.TASK_INPUTS) == inner._id.encode()
+    data = q.schedule(41)
+    keyed = q.schedule(defer(tasks.add, 1, 2), key="k1", metadata={"m": 1})
+    assert q.schedule(defer(tasks.add, 5, 6), key="k1").id == keyed.id  # the key's node, left as it is
+    assert r.hget(q.keys.task(keyed.id), schema.TASK_KEY) == b"k1" and q.get(keyed.id).metadata == {"m": 1}
+    assert q.get(data.id).state == "ready"
+    assert q.counts()["ready"] == 3 and q.counts()["waiting"] == 1

@@ -8,7 +8,7 @@
 --                            scheduled is failed at once
 -- KEYS[6] delayed  (zset)    SCHEDULED task ids by the server-clock time they are due (a node with a due
 --                            time still ahead and no input to wait for goes here, not on the stream)
--- KEYS[7] signer   (string)  the fingerprint of the producers' secret, SET to ARGV[5] unless that is ""
+-- KEYS[7] signer   (string)  the fingerprint of the producers' secret, SET to ARGV[5] unless that is "" (or it is that)
 -- KEYS[8..] the function blobs' keys (fq:{q}:fn:<sha>, content-addressed), ARGV[6] of them: each SET NX to
 --                            its blob, ARGV[7..]
 -- ARGV[1] queue key prefix "fq:{q}:"   ARGV[2] now (s)   ARGV[3] number of nodes   ARGV[4] "1": return the
@@ -23,6 +23,7 @@
 --   ARGV[4] is "")}. An existing node is left as it is (a shared node runs once), except that a root flag and its metadata are
 --   added (and a node already finished is announced on the finished stream at once).
 -- Events: EVENT_SCHEDULED (name) per new node; EVENT_FAILED (reason) after it when an input had failed.
+-- One new plain root (a single schedule() of one call, the common case) takes write_root, the lean path.
 --- @include stream
 --- @include counts
 --- @include finished
@@ -31,14 +32,21 @@
 --- @include delayed
 --- @include nodes
 local prefix, now, n, nf = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[6])
--- what a schedule writes besides its nodes, in the same call (a command less each)
-if ARGV[5] ~= '' then redis.call('SET', KEYS[7], ARGV[5]) end  -- workers compare their secret's with it
-for i = 1, nf do redis.call('SET', KEYS[7 + i], ARGV[6 + i], 'NX') end
--- the events cap and the queue's result TTL in one read (a new node emits, a new root may need the TTL)
-local got = redis.call('MGET', prefix .. SUFFIX_EVENTS_CAP, prefix .. SUFFIX_RESULT_TTL)
+-- one read: the events cap and the queue's result TTL (a new node emits, a new root may need the TTL), and
+-- what a schedule writes besides its nodes, the signer and (the first BLOBS_READ of) the function blobs,
+-- so that only what is missing or differs is written: a redis.call costs more than a key more in the MGET
+local BLOBS_READ = 100
+local got = redis.call('MGET', prefix .. SUFFIX_EVENTS_CAP, prefix .. SUFFIX_RESULT_TTL, KEYS[7],
+                       unpack(KEYS, 8, 7 + math.min(nf, BLOBS_READ)))
+-- the signer: workers compare their secret's with it
+if ARGV[5] ~= '' and got[3] ~= ARGV[5] then redis.call('SET', KEYS[7], ARGV[5]) end
+for i = 1, nf do  -- content-addressed: a blob there is kept (SET NX)
+  if i > BLOBS_READ or not got[3 + i] then redis.call('SET', KEYS[7 + i], ARGV[6 + i], 'NX') end
+end
 local emit = event_writer(prefix, got[1] or '0')
 -- KEYS: stream, counts, todo, finished, failed, delayed
-local out = write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
+local one = n == 1 and write_root(prefix, now, 7 + nf, KEYS, emit, got[2] or '')  -- the common case, lean
+local out = one and {one} or write_nodes(prefix, now, n, 7 + nf, KEYS, emit, nil, got[2] or '')
 -- last: the finished stream's newest id, so a waiter can block from here without a first look
 local last = ARGV[4] == '1' and (redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 1)[1] or {'0-0'}) or {''}
 return {table.concat(out, ','), last[1]}  -- one string, not a reply per node (states hold no comma)
