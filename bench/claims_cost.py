@@ -23,11 +23,10 @@ with ``PYTHONPATH`` set to each checkout in turns).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-from bench.harness import Bench, context, print_context, server_cpu
+from bench.harness import Bench, context, print_context, server_cpu, tree_cpu
 from bench.tasks import noop, sleep10
 from forrestq import Queue, defer, ops, schema
 from forrestq.schema import QueueKeys
@@ -95,24 +94,9 @@ def sleep(b: Bench, n: int) -> dict[str, float]:
     return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1)}
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` and its descendants alive now (from /proc)."""
-    tick, total, todo, seen = os.sysconf("SC_CLK_TCK"), 0.0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-            for t in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    todo += [int(x) for x in f.read().split()]
-        except OSError:  # gone meanwhile
-            pass
-    return total
+def worker_cpu(pid: int) -> float:
+    """CPU seconds of the worker ``pid`` and its live children, summed."""
+    return sum(tree_cpu(pid).values())
 
 
 def drain(b: Bench, n: int) -> dict[str, float]:
@@ -122,10 +106,10 @@ def drain(b: Bench, n: int) -> dict[str, float]:
         q.schedule_many([defer(noop) for _ in range(4)]).wait(timeout=60)  # the worker is up and warm
         base = q.counts()["done"]
         q.schedule_many([defer(noop) for _ in range(n)])
-        cpu0, server0, t0 = tree_cpu(proc.pid), server_cpu(b.r), time.perf_counter()
+        cpu0, server0, t0 = worker_cpu(proc.pid), server_cpu(b.r), time.perf_counter()
         b.wait_finished("drain", base + n, 60 + n * 0.01, proc, interval=0.002)
         wall = time.perf_counter() - t0
-        cpu, server = tree_cpu(proc.pid) - cpu0, server_cpu(b.r) - server0
+        cpu, server = worker_cpu(proc.pid) - cpu0, server_cpu(b.r) - server0
     return {"rate": n / wall, "worker_cpu_us": cpu / n * 1e6, "server_cpu_us": server / n * 1e6}
 
 
