@@ -72,10 +72,7 @@ local function write_root(prefix, now, first, keys, emit, qttl)
   local t = prefix .. SUFFIX_TASK .. id
   if redis.call('EXISTS', t) == 1 then return nil end  -- an existing node: write_nodes knows what to do
   local fields = {TASK_FN, ARGV[j+1], TASK_ARGS, ARGV[j+2], TASK_NAME, ARGV[j+4], TASK_CREATED, now}
-  if ARGV[first+1] ~= DEFAULT_MAX_ATTEMPTS or ARGV[first] ~= '' or ARGV[first+2] ~= '' or ARGV[first+3] ~= ''
-      or ARGV[first+4] ~= '' or ARGV[first+7] ~= '' or ARGV[first+8] ~= '' then
-    for _, v in ipairs(option_pairs(first)) do fields[#fields+1] = v end
-  end
+  for _, v in ipairs(option_pairs(first)) do fields[#fields+1] = v end
   fields[#fields+1] = TASK_ROOT; fields[#fields+1] = '1'
   local ttl = ARGV[first+6]
   if ttl == '' then ttl = qttl end
