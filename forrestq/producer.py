@@ -289,8 +289,6 @@ def send_schedule(q: QueueCore, scripts: list[tuple[Any, ...]]) -> str:
 def chunks(nodes: list[ops.Node]) -> list[list[ops.Node]]:
     """``nodes`` cut into the chunks of one script call each: :data:`CHUNK_NODES` nodes or
     :data:`CHUNK_BYTES` of arguments, whichever comes first."""
-    if len(nodes) == 1:  # one node is one chunk, whatever its size (a single schedule() call)
-        return [nodes]
     out: list[list[ops.Node]] = []
     chunk: list[ops.Node] = []
     size = 0
