@@ -75,7 +75,7 @@ class TaskFiles:
         (the child never does it: a truncate per task would cost it ~6 us)."""
         os.ftruncate(self.stack_fd, 0)
 
-    def output_tail(self, begin: int = 0) -> bytes:
+    def output_tail(self, begin: int) -> bytes:
         """The last OUTPUT_TAIL bytes of the output file from ``begin`` (where the task's output began)."""
         size = os.fstat(self.out_fd).st_size
         start = max(begin, size - OUTPUT_TAIL)
@@ -140,7 +140,7 @@ class Meter:
 
 
 def of_dead_child(pid: int, usage: resource.struct_rusage | None, cpu0: float, runtime: float,
-                  files: TaskFiles | None, output_at: int = 0) -> Evidence:
+                  files: TaskFiles | None, output_at: int) -> Evidence:
     """The evidence of a task whose child ``pid`` died (``usage``: from ``wait4``; ``output_at``: where
     the task's output began in the output file)."""
     ev = Evidence(runtime=runtime, pid=pid)
