@@ -67,7 +67,7 @@ class Claims:
         self.lock = threading.Lock()
         self.since = 0.0  # monotonic time the running task started (0: none runs)
         self.watcher: threading.Thread | None = None  # started with the first claim of several
-        self.armed = threading.Event()  # set while a task runs with something held: the watcher looks
+        self.armed = threading.Event()  # set while something is held: the watcher looks (not woken per task)
         self.rescuer: ops.Scripts | None = None  # the watcher's own connection
         self.fetching = threading.Lock()  # one claim at a time: the child's loop's, or the watcher's ahead
         self.fetch = False  # set when a task starts: the watcher claims the next one while it runs
@@ -292,7 +292,7 @@ class Claims:
             self._watch()
             self.nudge.set()
         if (self.fetch or self.holding()) and not self.armed.is_set():  # (a set wakes its condition)
-            self.armed.set()  # the watcher looks while this task runs (it clears it, then reads since, fetch)
+            self.armed.set()  # the watcher looks while anything is held (it clears it, then reads holding, fetch)
 
     def _may_fetch(self) -> bool:
         """Whether a claim ahead may go now: the task still runs, nothing is queued, a lane is left
@@ -325,9 +325,9 @@ class Claims:
             if self.fetch:
                 self.fetch = False
                 self.fetch_ahead()
-            if not (self.since and self.holding()):  # nothing to look after: sleep until a task starts with some
+            if not self.holding():  # nothing to look after: sleep until a task starts with something held
                 self.armed.clear()
-                if not (self.fetch or (self.since and self.holding())):  # (looked again: it may be set meanwhile)
+                if not (self.fetch or self.holding()):  # (looked again: it may be set meanwhile)
                     self.armed.wait()
                 continue
             if self.nudge.wait(ENDS_WAIT / 2):  # a task started that wants the next one claimed
