@@ -125,10 +125,10 @@ class Claims:
     def _exchange(self, k: QueueKeys, token: str, count: int, sid: str, ahead: bool) -> list[ops.Claimed] | ops.Skip:
         scripts = self.rescuer if ahead and self.rescuer else self.scripts
         a = self.ahead_args if ahead else self.args
-        ends, pipe = self._take_ends(scripts)
+        ends, commands = self._take_ends(scripts)
         a.token, a.sid, a.now, a.count = token, sid, time.time(), count
-        (ops.claim_many if count > 1 else ops.claim).queue(scripts, pipe, k, a)
-        replies = self._send(ends, pipe, scripts)
+        commands.append((ops.claim_many if count > 1 else ops.claim).command(scripts, k, a))
+        replies = self._send(ends, commands, scripts)
         raw = replies[-1]
         if count > 1:
             got: list[ops.Claimed] | ops.Skip = [] if isinstance(raw, Exception) else ops.claim_many.reply(raw)
@@ -158,13 +158,14 @@ class Claims:
         caller recorded them with its last claim)."""
         a = self.args
         with self.fetching:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xreadgroup(GROUP, a.consumer, {k.stream: ">" for k in self.keys}, count=1, block=block_ms)
+            # sent raw (its reply is only looked at for an error): no pipeline object, no reply parsing
+            commands: list[tuple[Any, ...]] = [("XREADGROUP", "GROUP", GROUP, a.consumer, "COUNT", 1, "BLOCK", block_ms,
+                                                "STREAMS", *(k.stream for k in self.keys), *(">" for _ in self.keys))]
             tokens = [new_token() for _ in self.keys]
             for k, token in zip(self.keys, tokens):
                 a.token, a.sid, a.now, a.count = token, CLAIM_DELIVERED, None, 1
-                ops.claim.queue(self.scripts, pipe, k, a)
-            replies = self.scripts.execute(pipe, raise_on_error=False)
+                commands.append(ops.claim.command(self.scripts, k, a))
+            replies = self.scripts.send_all(commands, raise_on_error=False)
         got = [(qi, raw if isinstance(raw, Exception) else ops.claim.reply(raw)) for qi, raw in enumerate(replies[1:])]
         out = [(qi, dataclasses.replace(c, token=tokens[qi])) for qi, c in got if isinstance(c, ops.Claimed)]
         trouble = next((e for e in (replies[0], *(c for _, c in got)) if isinstance(e, Exception)), None)
@@ -174,19 +175,18 @@ class Claims:
             raise trouble
         return out
 
-    def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], Any]:
-        """The ends not recorded yet (taken: another thread cannot send them too), and a pipeline
-        holding their completions (:func:`_queue_ends`)."""
+    def _take_ends(self, scripts: ops.Scripts) -> tuple[list[End], list[tuple[Any, ...]]]:
+        """The ends not recorded yet (taken: another thread cannot send them too), and the commands
+        that record them (:func:`_end_commands`)."""
         with self.lock:
             ends, self.ends = self.ends, []
-        pipe = self.r.pipeline(transaction=False)
-        _queue_ends(scripts, pipe, self.keys, ends, self.replicas)
-        return ends, pipe
+        return ends, _end_commands(scripts, self.keys, ends, self.replicas)
 
-    def _send(self, ends: list[End], pipe: Any, scripts: ops.Scripts) -> list[Any]:
-        """Execute ``pipe`` (the completions of ``ends`` first); if it cannot be sent, the ends are kept."""
+    def _send(self, ends: list[End], commands: list[tuple[Any, ...]], scripts: ops.Scripts) -> list[Any]:
+        """Send ``commands`` (the completions of ``ends`` first) in one round trip; if they cannot be
+        sent, the ends are kept."""
         try:
-            return scripts.execute(pipe, raise_on_error=False)
+            return scripts.send_all(commands, raise_on_error=False)
         except BaseException:
             with self.lock:
                 self.ends[:0] = ends
@@ -269,9 +269,9 @@ class Claims:
 
     def record(self, scripts: ops.Scripts) -> None:
         """Record the ends now, in one round trip."""
-        ends, pipe = self._take_ends(scripts)
+        ends, commands = self._take_ends(scripts)
         if ends:
-            self.settle(ends, self._send(ends, pipe, scripts), scripts)
+            self.settle(ends, self._send(ends, commands, scripts), scripts)
 
     def flush(self) -> None:
         """Hand back what was claimed ahead and record the ends (the child is leaving); raises while
@@ -368,20 +368,20 @@ def _alone(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion) -> Any:
         return e
 
 
-def _queue_ends(scripts: ops.Scripts, pipe: Any, keys: list[QueueKeys], ends: list[End], replicas: int) -> None:
-    """The completions of ``ends`` on ``pipe``: one call per run of ends of one queue, or with
-    durability one call per end, each followed by its WAIT."""
+def _end_commands(scripts: ops.Scripts, keys: list[QueueKeys], ends: list[End], replicas: int) -> list[tuple[Any, ...]]:
+    """The completions of ``ends``: one call per run of ends of one queue, or with durability one
+    call per end, each followed by its WAIT."""
     if replicas:
+        out = []
         for qi, c, _ in ends:
-            durability.queue_complete(scripts, pipe, keys[qi], c, replicas)
-    else:
-        for qi, run in _runs(ends):
-            ops.complete_many.queue(scripts, pipe, keys[qi], [c for _, c, _ in run])
+            out += [ops.complete.command(scripts, keys[qi], c), durability.wait_args(replicas)]
+        return out
+    return [ops.complete_many.command(scripts, keys[qi], [c for _, c, _ in run]) for qi, run in _runs(ends)]
 
 
 def _answers(ends: list[End], replies: list[Any], scripts: ops.Scripts, keys: list[QueueKeys],
              replicas: int) -> list[tuple[Any, Any]]:
-    """Per end of :func:`_queue_ends`, in order: the server's answer (kept or not, an error, or with
+    """Per end of :func:`_end_commands`, in order: the server's answer (kept or not, an error, or with
     durability the call's raw reply) and its WAIT's reply (None without durability). A call of several
     ends the server refused for a reason other than a transient one is sent again end by end, so that
     only a bad one fails (an end recorded before the bad one then reads as refused: its warning says
