@@ -2,6 +2,7 @@
 their turn, and nothing is stranded or held up by it: not by a slow task, not by a child's death."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -11,9 +12,11 @@ from helpers import wait_for
 from procs import worker
 
 from forrestq import Queue, codec, defer, ops, schema
+from forrestq.connection import connect
 from forrestq.schema import QueueKeys
 from forrestq.worker.claims import Claims
 from forrestq.worker.slots import Slot, SlotTable
+from forrestq.worker.supervisor import unblock
 
 
 def test_claim_many_takes_up_to_count_tasks_each_fenced_by_its_own_token(r: redis.Redis) -> None:
@@ -202,3 +205,24 @@ def test_ends_whose_call_met_a_transient_error_are_kept_for_the_next_round_trip(
     claims.record(claims.scripts)  # the next round trip records them, in one call
     assert [Queue("transient-call").get(c.task_id).state for _, c, _ in ends] == ["done"] * 3
     assert len(claims.free) == 8 and not claims.ends
+
+
+def test_a_blocking_read_for_work_is_named_by_its_consumer_and_a_stopping_worker_can_end_it(url: str) -> None:
+    """An idle child's blocking read (its own connection, sent raw with the claims behind it) carries the
+    consumer's name, so a stopping worker finds it (supervisor.unblock) and the child returns at once,
+    having claimed nothing, instead of waiting out its block."""
+    Queue("idle").schedule_many([])  # the queue's stream and group exist, empty
+    k = QueueKeys("idle")
+    r = connect(url, check=False, socket_timeout=60, client_name="idle-c1")
+    r.xgroup_create(k.stream, schema.GROUP, id="0", mkstream=True)
+    claims = Claims(r, ops.Scripts(r), [k], ops.ClaimArgs("idle-c1", "", 60_000, "h", "w"), [Slot()], 0, lambda: None)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(claims.wait(30_000)), daemon=True)
+    started = time.monotonic()
+    reader.start()
+    other = redis.Redis.from_url(url)
+    wait_for(lambda: any(c.get("name") == "idle-c1" and c.get("cmd") == "xreadgroup" for c in other.client_list()),
+             timeout=10, what="the child's blocking read")
+    unblock(other, {"idle-c1"}, time.monotonic())
+    reader.join(timeout=10)
+    assert got == [[]] and time.monotonic() - started < 10
