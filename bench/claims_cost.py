@@ -16,6 +16,10 @@ Parts, each on a private server (``bench.harness.Bench``: valkey, loopback, ``ap
             one done (ideal 1.0 s), and how far over the ideal that is.
 ``drain``   ``forrestq worker --procs 2`` drains N queued no-ops: the rate, and the CPU each costs the
             worker's process tree (supervisor and children, from /proc) and the server (``INFO cpu``).
+``wait``    a child's wait for work (``Claims.wait``: its blocking XREADGROUP and the claim pipelined
+            behind it), called in a loop in this process on a backlog of N no-ops, so that it never
+            blocks: this process's CPU and the wall time per call (each call as a consumer of its own,
+            so that its pending entries hold only the one it was just delivered).
 
 Medians of ``--reps``. This VM is noisy: compare builds in one session, interleaved (run this command
 with ``PYTHONPATH`` set to each checkout in turns).
@@ -29,7 +33,10 @@ import time
 from bench.harness import Bench, context, print_context, server_cpu, tree_cpu
 from bench.tasks import noop, sleep10
 from forrestq import Queue, defer, ops, schema
+from forrestq.connection import connect
 from forrestq.schema import QueueKeys
+from forrestq.worker.claims import Claims
+from forrestq.worker.slots import Slot
 
 
 def memory(b: Bench, n: int) -> dict[str, float]:
@@ -113,7 +120,24 @@ def drain(b: Bench, n: int) -> dict[str, float]:
     return {"rate": n / wall, "worker_cpu_us": cpu / n * 1e6, "server_cpu_us": server / n * 1e6}
 
 
-PARTS = {"memory": (memory, 20_000), "scripts": (scripts, 8_000), "sleep": (sleep, 200), "drain": (drain, 8_000)}
+def wait(b: Bench, n: int) -> dict[str, float]:
+    b.r.flushall(asynchronous=False)
+    q = Queue("wait", url=b.url)
+    q.schedule_many([defer(noop) for _ in range(n + 1)])
+    r = connect(b.url, check=False, socket_timeout=30, client_name="bench-wait")
+    claims = Claims(r, ops.Scripts(r), [QueueKeys("wait")], ops.ClaimArgs("bench-wait", "", 60_000, "bench", "bench"),
+                    [Slot()], 0, lambda: None)
+    claims.wait(10)  # the connection and the scripts
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        claims.args.consumer = f"bench-wait-{i}"
+        if not claims.wait(10):
+            raise RuntimeError("a wait claimed nothing from the backlog")
+    return {"client_cpu_us": (time.process_time() - cpu0) / n * 1e6, "wall_us": (time.perf_counter() - t0) / n * 1e6}
+
+
+PARTS = {"memory": (memory, 20_000), "scripts": (scripts, 8_000), "sleep": (sleep, 200), "drain": (drain, 8_000),
+         "wait": (wait, 4_000)}
 
 
 def main() -> None:
