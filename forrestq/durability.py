@@ -22,7 +22,7 @@ from . import ops
 from .errors import ConfigError, NotDurable
 from .schema import QueueKeys
 
-__all__ = ["CHOICES", "replicas", "wait_args", "confirm", "settle_wait", "queue_complete", "complete"]
+__all__ = ["CHOICES", "replicas", "wait_args", "confirm", "settle_wait", "complete_commands", "complete"]
 
 logger = logging.getLogger("forrestq.worker")
 
@@ -64,21 +64,19 @@ def settle_wait(reply: Any, n: int, what: str) -> None:
         logger.warning("%s", e if isinstance(e, NotDurable) else f"{what}: WAIT failed ({e}); the record stands")
 
 
-def queue_complete(scripts: ops.Scripts, pipe: Any, k: QueueKeys, c: ops.Completion, n: int) -> None:
-    """Queue ``ops.complete`` on pipe and, with ``n`` replicas, the WAIT that must follow it."""
-    ops.complete.queue(scripts, pipe, k, c)
-    if n:
-        pipe.execute_command(*wait_args(n))
+def complete_commands(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion, n: int) -> list[tuple[Any, ...]]:
+    """``ops.complete`` as a command and, with ``n`` replicas, the WAIT that must follow it (for
+    :meth:`ops.Scripts.send_all`: one round trip, one connection)."""
+    command = ops.complete.command(scripts, k, c)
+    return [command, wait_args(n)] if n else [command]
 
 
 def complete(scripts: ops.Scripts, k: QueueKeys, c: ops.Completion, n: int) -> bool:
     """``ops.complete``, and with ``n`` replicas the WAIT right after it on the same connection (one
-    pipeline); returns whether the record was kept."""
+    round trip); returns whether the record was kept."""
     if not n:
         return ops.complete(scripts, k, c)
-    pipe = scripts.client.pipeline(transaction=False)
-    queue_complete(scripts, pipe, k, c, n)
-    raw, waited = scripts.execute(pipe, raise_on_error=False)
+    raw, waited = scripts.send_all(complete_commands(scripts, k, c, n), raise_on_error=False)
     kept = ops.complete.reply(raw)
     settle_wait(waited, n, f"the end of task {c.task_id}")
     return kept

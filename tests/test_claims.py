@@ -211,7 +211,6 @@ def test_a_blocking_read_for_work_is_named_by_its_consumer_and_a_stopping_worker
     """An idle child's blocking read (its own connection, sent raw with the claims behind it) carries the
     consumer's name, so a stopping worker finds it (supervisor.unblock) and the child returns at once,
     having claimed nothing, instead of waiting out its block."""
-    Queue("idle").schedule_many([])  # the queue's stream and group exist, empty
     k = QueueKeys("idle")
     r = connect(url, check=False, socket_timeout=60, client_name="idle-c1")
     r.xgroup_create(k.stream, schema.GROUP, id="0", mkstream=True)

@@ -372,10 +372,7 @@ def _end_commands(scripts: ops.Scripts, keys: list[QueueKeys], ends: list[End], 
     """The completions of ``ends``: one call per run of ends of one queue, or with durability one
     call per end, each followed by its WAIT."""
     if replicas:
-        out = []
-        for qi, c, _ in ends:
-            out += [ops.complete.command(scripts, keys[qi], c), durability.wait_args(replicas)]
-        return out
+        return [cmd for qi, c, _ in ends for cmd in durability.complete_commands(scripts, keys[qi], c, replicas)]
     return [ops.complete_many.command(scripts, keys[qi], [c for _, c, _ in run]) for qi, run in _runs(ends)]
 
 
