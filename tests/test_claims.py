@@ -171,6 +171,39 @@ def test_one_call_records_several_ends_each_fenced_by_its_own_token(r: redis.Red
     assert q.get(refs[2]).state == "done"
 
 
+@pytest.mark.parametrize("per_call", [1, 1200])
+def test_a_call_of_many_ends_leaves_what_as_many_calls_of_one_would(r: redis.Redis, per_call: int) -> None:
+    """complete.lua writes the counts, zsets, lease deletions, stream acks and stats of a call's ends
+    once per key at its end (include/later.lua), in slices past 1,000 items; a call of one end writes
+    them at once. Either way each end's record, counters, indexes and statistics are exact."""
+    n, name = 1200, f"many-ends-{per_call}"
+    q = Queue(name)
+    refs = q.schedule_many((defer(tasks.add, i, 1) for i in range(n)), result_ttl=3600)
+    s, k = ops.Scripts(r), QueueKeys(name)
+    got: list[ops.Claimed] = []
+    while len(got) < n:
+        token = f"tok{len(got)}"
+        claimed = ops.claim_many(s, k, ops.ClaimArgs("c1", token, 60_000, "h", "w", count=8))
+        for i, c in enumerate(claimed):
+            c.token = ops.claim_token(token, i)
+        got += claimed
+    ends = [ops.Completion(c.id, c.token, schema.DONE if i % 2 == 0 else schema.FAILED, result=codec.dumps(i),
+                           reason="" if i % 2 == 0 else "ValueError: odd", runtime=0.5, host="h", pid=4242)
+            for i, c in enumerate(got)]
+    kept = [kept for at in range(0, n, per_call) for kept in ops.complete_many(s, k, ends[at:at + per_call])]
+    assert kept == [True] * n
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 0, "done": n // 2, "failed": n // 2}
+    assert r.zcard(k.done) == n // 2 and r.zcard(k.failed) == n // 2 and r.zcard(k.expiry) == n
+    assert r.exists(*(k.lease(c.id) for c in got)) == 0
+    assert r.xlen(k.stream) == 0 and r.xpending(k.stream, schema.GROUP)["pending"] == 0
+    assert r.xlen(k.finished) == n
+    (st,) = q.stats().values()
+    assert (st.runs, st.failed, st.samples) == (n, n // 2, 1000)  # the newest 1,000 samples read
+    assert 1000 <= r.llen(k.stats_samples(st.name)) <= 1100  # trimmed back to 1,000 once it holds a tenth more
+    assert [q.get(ref).state for ref in refs[:4]] == ["done", "failed", "done", "failed"]
+    assert q.get(refs[2]).returnvalue == 2
+
+
 def _held_ends(r: redis.Redis, name: str, n: int) -> tuple[Claims, list[tuple[int, ops.Completion, Slot]]]:
     """A child's Claims holding the ends of ``n`` tasks it claimed and ran (not recorded yet)."""
     q = Queue(name)

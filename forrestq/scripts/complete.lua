@@ -28,6 +28,8 @@
 -- KEYS[7] instead of the stream (include/delayed.lua).
 -- Stats (include/stats.lua): a DONE or FAILED end that is not a cancel counts for the task's function
 -- (TASK_NAME); a sample of its runtime, peak memory and host is kept when F[18] names its pid.
+-- The counts, the done/failed/expiry zsets, the leases' deletion, the stream entries' drop and the stats go
+-- in one call per key at the end (include/later.lua): a call of several ends costs little more than one.
 -- Returns per block, in order: 1 when recorded, 0 when refused (the attempt no longer holds the task: a
 -- stale worker).
 --- @include stream
@@ -35,6 +37,7 @@
 --- @include finished
 --- @include upstream
 --- @include events
+--- @include later
 --- @include stats
 --- @include delayed
 --- @include nodes
@@ -109,15 +112,18 @@ local function complete_one()
   end
   -- a node leaves state `from` for the finished state `to` (DONE or FAILED): counts, zsets, announcement
   -- (ttl: the root's TASK_RESULT_TTL, nil for none; on_stream: it has a stream entry, so it is not in the todo
-  -- zset, which indexes the unfinished tasks that have none: forrestq.unfinished)
+  -- zset, which indexes the unfinished tasks that have none: forrestq.unfinished); counts and zsets are
+  -- written at the call's end (include/later.lua)
   local function finish(node, from, to, root, gen, ttl, on_stream)
-    move_count(KEYS[2], from, to)
+    later_add('incr', KEYS[2], nil, from, -1)
+    later_add('incr', KEYS[2], nil, to, 1)
     if not on_stream then redis.call('ZREM', KEYS[3], node) end
-    redis.call('ZADD', to == DONE and KEYS[4] or KEYS[5], now, node)
+    later_add('zadd', to == DONE and KEYS[4] or KEYS[5], nil, now, node)
     if root == '1' then
       announce(KEYS[6], node, gen)
-      root_finished(KEYS[2], to)
-      if ttl then redis.call('ZADD', KEYS[8], server_now() + tonumber(ttl), node) end
+      later_add('incr', KEYS[2], nil, COUNT_OPEN, -1)
+      later_add('incr', KEYS[2], nil, root_count(to), 1)
+      if ttl then later_add('zadd', KEYS[8], nil, server_now() + tonumber(ttl), node) end
     end
   end
   local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[o + 10]}
@@ -135,8 +141,11 @@ local function complete_one()
     redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
   end
   redis.call('HSET', t, unpack(fields))
-  redis.call('DEL', lease)
-  drop_entry(KEYS[1], group, f[3])
+  later_add('del', '', nil, lease)
+  if f[3] then  -- its stream entry
+    local s, e = entry_stream(KEYS[1], f[3])
+    later_add('drop', s, group, e)
+  end
   finish(id, RUNNING, outcome, f[4], f[5], f[9], f[3])
   if ARGV[o + 15] ~= '1' then record_stats(prefix, f[8], outcome ~= DONE, ARGV[o + 10], ARGV[o + 17], ARGV[o + 18], host) end
   if token == '' then emit(EVENT_LOST, id, EVENT_HOST, host, EVENT_ATTEMPT, attempt) end
@@ -195,9 +204,11 @@ local function complete_one()
   return 1
 end
 local out, i = {}, 3
+later_direct = 4 + tonumber(ARGV[3]) > #ARGV  -- one end: its writes go at once (gathering would cost more)
 while i <= #ARGV do
   o = i - 2
   out[#out + 1] = complete_one()
   i = i + 1 + tonumber(ARGV[i])
 end
+later_write()
 return out

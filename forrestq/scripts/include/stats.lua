@@ -5,17 +5,15 @@
 -- measured by its worker (a pid is known), a sample "runtime peak_rss host" (STATS_SEP between the
 -- parts) on a list of the last STATS_SAMPLES, newest first: p50/p95 are over the last runs only.
 -- The list is trimmed back to STATS_SAMPLES once it holds a tenth more (one call less per task; the
--- reader reads the first STATS_SAMPLES).
+-- reader reads the first STATS_SAMPLES). Written at the script's end (include/later.lua, needed before it):
+-- the ends of one call that ran the same function count in one HINCRBY and push in one LPUSH.
 local function record_stats(prefix, name, failed, runtime, peak, pid, host)
   if not name or name == '' then return end
   local stats = prefix .. SUFFIX_STATS
-  redis.call('HINCRBY', stats, STATS_RUNS .. name, 1)
-  if failed then redis.call('HINCRBY', stats, STATS_FAILED .. name, 1) end
+  later_add('incr', stats, nil, STATS_RUNS .. name, 1)
+  if failed then later_add('incr', stats, nil, STATS_FAILED .. name, 1) end
   if pid ~= '' then
-    local samples = prefix .. SUFFIX_STATS_SAMPLES .. name
-    local cap = tonumber(STATS_SAMPLES)
-    if redis.call('LPUSH', samples, runtime .. STATS_SEP .. peak .. STATS_SEP .. host) > cap + cap / 10 then
-      redis.call('LTRIM', samples, 0, cap - 1)
-    end
+    later_add('push', prefix .. SUFFIX_STATS_SAMPLES .. name, tonumber(STATS_SAMPLES),
+              runtime .. STATS_SEP .. peak .. STATS_SEP .. host)
   end
 end
