@@ -115,15 +115,15 @@ local function complete_one()
   -- zset, which indexes the unfinished tasks that have none: forrestq.unfinished); counts and zsets are
   -- written at the call's end (include/later.lua)
   local function finish(node, from, to, root, gen, ttl, on_stream)
-    later_add('incr', KEYS[2], nil, from, -1)
-    later_add('incr', KEYS[2], nil, to, 1)
+    later_add('HINCRBY', KEYS[2], nil, from, -1)
+    later_add('HINCRBY', KEYS[2], nil, to, 1)
     if not on_stream then redis.call('ZREM', KEYS[3], node) end
-    later_add('zadd', to == DONE and KEYS[4] or KEYS[5], nil, now, node)
+    later_add('ZADD', to == DONE and KEYS[4] or KEYS[5], nil, now, node)
     if root == '1' then
       announce(KEYS[6], node, gen)
-      later_add('incr', KEYS[2], nil, COUNT_OPEN, -1)
-      later_add('incr', KEYS[2], nil, root_count(to), 1)
-      if ttl then later_add('zadd', KEYS[8], nil, server_now() + tonumber(ttl), node) end
+      later_add('HINCRBY', KEYS[2], nil, COUNT_OPEN, -1)
+      later_add('HINCRBY', KEYS[2], nil, root_count(to), 1)
+      if ttl then later_add('ZADD', KEYS[8], nil, server_now() + tonumber(ttl), node) end
     end
   end
   local fields = {TASK_STATE, outcome, TASK_FINISHED, now, TASK_RUNTIME, ARGV[o + 10]}
@@ -141,10 +141,10 @@ local function complete_one()
     redis.call('HDEL', t, TASK_RESULT, TASK_ERROR, TASK_TRACEBACK, TASK_REASON, TASK_UPSTREAM, TASK_OUTPUT, TASK_STACK)
   end
   redis.call('HSET', t, unpack(fields))
-  later_add('del', '', nil, lease)
+  later_add('DEL', '', nil, lease)
   if f[3] then  -- its stream entry
     local s, e = entry_stream(KEYS[1], f[3])
-    later_add('drop', s, group, e)
+    later_add('XDEL', s, group, e)
   end
   finish(id, RUNNING, outcome, f[4], f[5], f[9], f[3])
   if ARGV[o + 15] ~= '1' then record_stats(prefix, f[8], outcome ~= DONE, ARGV[o + 10], ARGV[o + 17], ARGV[o + 18], host) end

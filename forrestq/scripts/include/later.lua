@@ -5,13 +5,13 @@
 -- drop_entry: XACK, XDEL), values pushed on a capped list (LPUSH, newest first; trimmed back to the cap once it
 -- holds a tenth more). The script must not read what it gathered before its last step, later_write().
 local LATER_SLICE = 1000  -- items per call at most (an even number: ZADD's score-member pairs stay whole)
--- each write {kind, key, extra, items...} in first-use order; kind -> key -> its write. For 'incr' the items
+-- each write {kind, key, extra, items...} in first-use order; kind -> key -> its write. For HINCRBY the items
 -- are the fields, the write also maps each field to its sum
 local later_writes, later_by = {}, {}
 local later_direct = false  -- true: each write is made at once (a call with one thing to record gains nothing)
 local function made(w)  -- make one gathered write
   local kind, key, extra = w[1], w[2], w[3]
-  if kind == 'incr' then
+  if kind == 'HINCRBY' then
     for i = 4, #w do
       local by = w[w[i]]
       if by ~= 0 then redis.call('HINCRBY', key, w[i], by) end
@@ -21,11 +21,11 @@ local function made(w)  -- make one gathered write
   local length
   for i = 4, #w, LATER_SLICE do
     local j = math.min(i + LATER_SLICE - 1, #w)
-    if kind == 'del' then
+    if kind == 'DEL' then
       redis.call('DEL', unpack(w, i, j))
-    elseif kind == 'zadd' then
+    elseif kind == 'ZADD' then
       redis.call('ZADD', key, unpack(w, i, j))
-    elseif kind == 'drop' then
+    elseif kind == 'XDEL' then
       redis.call('XACK', key, extra, unpack(w, i, j))
       redis.call('XDEL', key, unpack(w, i, j))
     else
@@ -34,10 +34,12 @@ local function made(w)  -- make one gathered write
   end
   if length and length > extra + extra / 10 then redis.call('LTRIM', key, 0, extra - 1) end
 end
-local function later_add(kind, key, extra, a, b)  -- a DEL of key a ('del', key ''), a ZADD of score a, member
-  if later_direct then                             -- b ('zadd'), an entry a to drop ('drop', key: its stream,
-    if kind == 'incr' then                         -- extra: the group), a push of a on a list capped at extra
-      redis.call('HINCRBY', key, a, b)             -- ('push'), a change of field a by b ('incr')
+-- one write of `kind`, named by its command: 'HINCRBY' field a by b, 'DEL' key a (key ''), 'ZADD' score a member b,
+-- 'XDEL' the entry a of stream key (and its XACK by the group `extra`), 'LPUSH' a on a list capped at `extra`
+local function later_add(kind, key, extra, a, b)
+  if later_direct then
+    if kind == 'HINCRBY' then
+      redis.call('HINCRBY', key, a, b)
     else
       made({kind, key, extra or false, a, b})
     end
@@ -51,7 +53,7 @@ local function later_add(kind, key, extra, a, b)  -- a DEL of key a ('del', key 
     by[key] = w
     later_writes[#later_writes + 1] = w
   end
-  if kind == 'incr' then
+  if kind == 'HINCRBY' then
     if w[a] == nil then w[#w + 1] = a; w[a] = 0 end
     w[a] = w[a] + b
     return

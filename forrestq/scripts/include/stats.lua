@@ -10,10 +10,10 @@
 local function record_stats(prefix, name, failed, runtime, peak, pid, host)
   if not name or name == '' then return end
   local stats = prefix .. SUFFIX_STATS
-  later_add('incr', stats, nil, STATS_RUNS .. name, 1)
-  if failed then later_add('incr', stats, nil, STATS_FAILED .. name, 1) end
+  later_add('HINCRBY', stats, nil, STATS_RUNS .. name, 1)
+  if failed then later_add('HINCRBY', stats, nil, STATS_FAILED .. name, 1) end
   if pid ~= '' then
-    later_add('push', prefix .. SUFFIX_STATS_SAMPLES .. name, tonumber(STATS_SAMPLES),
+    later_add('LPUSH', prefix .. SUFFIX_STATS_SAMPLES .. name, tonumber(STATS_SAMPLES),
               runtime .. STATS_SEP .. peak .. STATS_SEP .. host)
   end
 end
