@@ -13,7 +13,9 @@ Parts, each on a private server (``bench.harness.Bench``: valkey, loopback, ``ap
             no-ops, then their completions pipelined 48 at a time, 8 per call the way a child sends them
             (``ops.complete_many``; ``complete1_us``: one per call, for comparison).
 ``sleep``   ``forrestq worker --procs 2`` drains 200 x ``time.sleep(0.01)``: schedule_many -> the last
-            one done (ideal 1.0 s), and how far over the ideal that is.
+            one done (ideal 1.0 s), and how far over the ideal that is; from the task records, where the
+            excess goes: the first task's start after the call, the median gap in a child between one
+            task's end and the next one's start, and the median of its runtime over the 10 ms it sleeps.
 ``drain``   ``forrestq worker --procs 2`` drains N queued no-ops: the rate, and the CPU each costs the
             worker's process tree (supervisor and children, from /proc) and the server (``INFO cpu``).
 ``wait``    a child's wait for work (``Claims.wait``: its blocking XREADGROUP and the claim pipelined
@@ -89,8 +91,8 @@ def sleep(b: Bench, n: int) -> dict[str, float]:
     with b.worker("sleep", 2):
         q.schedule_many([defer(noop) for _ in range(4)]).wait(timeout=60)  # the worker is up and warm
         base = q.counts()["done"]
-        t0 = time.perf_counter()
-        q.schedule_many(defer(sleep10) for _ in range(n))
+        t0, clock0 = time.perf_counter(), time.time()
+        refs = q.schedule_many(defer(sleep10) for _ in range(n))
         deadline = time.monotonic() + 60 + n * 0.05
         while q.counts()["done"] < base + n:
             if time.monotonic() > deadline:
@@ -98,7 +100,18 @@ def sleep(b: Bench, n: int) -> dict[str, float]:
             time.sleep(0.002)
         wall = time.perf_counter() - t0
     ideal = n * 0.01 / 2
-    return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1)}
+    # from the records (the child's clock; t1 - rt: when its code started): per child, the gap between one
+    # task's end and the next one's start, and the overshoot of the sleep itself; the first start's delay
+    tasks = [q.get(ref) for ref in refs]
+    starts: dict[int | None, list[tuple[float, float]]] = {}
+    for t in tasks:
+        assert t.finished is not None and t.runtime is not None
+        starts.setdefault(t.pid, []).append((t.finished - t.runtime, t.finished))
+    gaps = [later[0] - before[1] for runs in starts.values() for before, later in zip(sorted(runs), sorted(runs)[1:])]
+    return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1),
+            "first_start_ms": 1000 * (min(s for runs in starts.values() for s, _ in runs) - clock0),
+            "gap_us": 1e6 * statistics.median(gaps),
+            "overshoot_us": 1e6 * statistics.median(t.runtime - 0.01 for t in tasks if t.runtime is not None)}
 
 
 def worker_cpu(pid: int) -> float:
