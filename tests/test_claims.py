@@ -204,6 +204,31 @@ def test_a_call_of_many_ends_leaves_what_as_many_calls_of_one_would(r: redis.Red
     assert q.get(refs[2]).returnvalue == 2
 
 
+def test_a_call_that_fails_at_an_end_keeps_every_write_of_the_ends_before_it(r: redis.Redis) -> None:
+    """complete.lua gathers a call's counter, zset, lease and stream writes for its end (include/later.lua);
+    should the script fail at one end, the ends before it are recorded whole all the same (the child then
+    sends the call's ends again one by one: those read as refused, the others are recorded)."""
+    q = Queue("bad-end")
+    refs = q.schedule_many(defer(tasks.add, i, 1) for i in range(3))
+    s, k = ops.Scripts(r), QueueKeys("bad-end")
+    got = ops.claim_many(s, k, ops.ClaimArgs("c1", "tok", 60_000, "h", "w", count=3))
+    ends = [ops.Completion(c.id, ops.claim_token("tok", i), schema.RETRY if i == 1 else schema.DONE,
+                           result=codec.dumps(1), delay=5.0) for i, c in enumerate(got)]
+    command = list(ops.complete_many.command(s, k, ends))
+    argv = 3 + command[2]  # EVALSHA sha numkeys KEYS... ARGV...: ARGV[1] is command[argv]
+    second = 3 + 1 + int(command[argv + 2])  # ARGV index of the second block's length: its fields follow
+    command[argv + second - 1 + 12] = "not a number"  # its F[14], the retry delay: the script fails there
+    with pytest.raises(redis.ResponseError):
+        r.execute_command(*command)
+    first = q.get(refs[0])
+    assert first.state == "done" and first.returnvalue == 1
+    assert q.counts() == {"waiting": 0, "scheduled": 0, "ready": 0, "running": 2, "done": 1, "failed": 0}
+    assert r.zscore(k.done, got[0].id) is not None and not r.exists(k.lease(got[0].id))
+    assert q.get(refs[2]).state == "running" and r.exists(k.lease(got[2].id))  # the end after it: untouched
+    # (what the failing end itself wrote before the script stopped is what it wrote before gathering)
+    assert r.xpending(k.stream, schema.GROUP)["pending"] == 1 and r.xlen(k.stream) == 1
+
+
 def _held_ends(r: redis.Redis, name: str, n: int) -> tuple[Claims, list[tuple[int, ops.Completion, Slot]]]:
     """A child's Claims holding the ends of ``n`` tasks it claimed and ran (not recorded yet)."""
     q = Queue(name)

@@ -203,11 +203,19 @@ local function complete_one()
   end
   return 1
 end
+if 4 + tonumber(ARGV[3]) > #ARGV then  -- one end: its writes go at once (gathering would cost more)
+  later_direct, o = true, 1
+  return {complete_one()}
+end
 local out, i = {}, 3
-later_direct = 4 + tonumber(ARGV[3]) > #ARGV  -- one end: its writes go at once (gathering would cost more)
 while i <= #ARGV do
   o = i - 2
-  out[#out + 1] = complete_one()
+  local ok, kept = pcall(complete_one)
+  if not ok then  -- the ends before this one keep every write, as if each had gone in a call of its own
+    later_write()
+    error(kept, 0)
+  end
+  out[#out + 1] = kept
   i = i + 1 + tonumber(ARGV[i])
 end
 later_write()
