@@ -107,11 +107,14 @@ def sleep(b: Bench, n: int) -> dict[str, float]:
     for t in tasks:
         assert t.finished is not None and t.runtime is not None
         starts.setdefault(t.pid, []).append((t.finished - t.runtime, t.finished))
-    gaps = [later[0] - before[1] for runs in starts.values() for before, later in zip(sorted(runs), sorted(runs)[1:])]
+    for runs in starts.values():
+        runs.sort()
+    gaps = [later[0] - before[1] for runs in starts.values() for before, later in zip(runs, runs[1:])]
     return {"sleep_s": wall, "over_ideal_pct": 100 * (wall / ideal - 1),
             "first_start_ms": 1000 * (min(s for runs in starts.values() for s, _ in runs) - clock0),
             "gap_us": 1e6 * statistics.median(gaps),
-            "overshoot_us": 1e6 * statistics.median(t.runtime - 0.01 for t in tasks if t.runtime is not None)}
+            "overshoot_us": 1e6 * statistics.median(finished - start - 0.01 for runs in starts.values()
+                                                    for start, finished in runs)}
 
 
 def worker_cpu(pid: int) -> float:

@@ -204,9 +204,10 @@ local function complete_one()
   return 1
 end
 if 4 + tonumber(ARGV[3]) > #ARGV then  -- one end: its writes go at once (gathering would cost more)
-  later_direct, o = true, 1
+  o = 1
   return {complete_one()}
 end
+later_direct = false
 local out, i = {}, 3
 while i <= #ARGV do
   o = i - 2

@@ -3,12 +3,13 @@
 -- their leases, one XACK and one XDEL of their entries, one ZADD): counter changes (HINCRBY; a field whose
 -- changes sum to 0 is left alone), key deletions (DEL), zset members (ZADD), stream entries to drop (as
 -- drop_entry: XACK, XDEL), values pushed on a capped list (LPUSH, newest first; trimmed back to the cap once it
--- holds a tenth more). The script must not read what it gathered before its last step, later_write().
+-- holds a tenth more). Each write is made at once unless the script gathers (later_direct = false); then
+-- it must not read what it gathered before its last step, later_write().
 local LATER_SLICE = 1000  -- items per call at most (an even number: ZADD's score-member pairs stay whole)
 -- each write {kind, key, extra, items...} in first-use order; kind -> key -> its write. For HINCRBY the items
 -- are the fields, the write also maps each field to its sum
 local later_writes, later_by = {}, {}
-local later_direct = false  -- true: each write is made at once (a call with one thing to record gains nothing)
+local later_direct = true  -- false: gather (a call with one thing to record gains nothing from it)
 local function made(w)  -- make one gathered write
   local kind, key, extra = w[1], w[2], w[3]
   if kind == 'HINCRBY' then
